@@ -1,0 +1,1 @@
+"""Benchmarking: model-level latency/throughput and an HTTP load generator."""
