@@ -14,7 +14,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from .render import fail, print_json, stderr, stdout
+from .render import fail, print_columns, print_json, stderr, stdout
 
 
 class Output(str, Enum):
@@ -167,21 +167,17 @@ def register(app: typer.Typer) -> None:
         elif output is Output.tags:
             sys.stdout.write("".join(f"{m.tag}\n" for m in models))
         else:
-            from rich.table import Table
-
-            table = Table(box=None, pad_edge=False)
-            for col in ("TAG", "CREATED (UTC)", "FORMAT", "SIZE", "LABELS"):
-                table.add_column(col, no_wrap=col != "LABELS")
-            for m in models:
-                man = m.manifest
-                table.add_row(
+            rows = [
+                [
                     str(m.tag),
-                    man.creation_time[:19].replace("T", " "),
-                    man.format,
-                    _human(man.size),
-                    ",".join(f"{k}={v}" for k, v in sorted(man.labels.items())),
-                )
-            stdout.print(table)
+                    m.manifest.creation_time[:19].replace("T", " "),
+                    m.manifest.format,
+                    _human(m.manifest.size),
+                    ",".join(f"{k}={v}" for k, v in sorted(m.manifest.labels.items())),
+                ]
+                for m in models
+            ]
+            print_columns(["TAG", "CREATED (UTC)", "FORMAT", "SIZE", "LABELS"], rows)
 
     @app.command(rich_help_panel="Store")
     def get(

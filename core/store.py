@@ -26,9 +26,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
-
-from filelock import FileLock
+from typing import TYPE_CHECKING, Any
 
 from . import selectors
 from .errors import AlreadyExists, IntegrityError, ManifestError, NotFound, UsageError
@@ -43,6 +41,9 @@ from .manifest import (
     write_stat_cache,
 )
 from .tag import Tag, new_version, parse_tag, validate_name, validate_version
+
+if TYPE_CHECKING:
+    from filelock import FileLock
 
 LOCK_TIMEOUT = 60.0
 
@@ -97,6 +98,8 @@ class Store:
         return self.models_dir / validate_name(name) / validate_version(version)
 
     def lock(self, name: str) -> FileLock:
+        from filelock import FileLock  # imported here: most commands never take a lock
+
         self.locks_dir.mkdir(parents=True, exist_ok=True)
         return FileLock(str(self.locks_dir / f"{validate_name(name)}.lock"), timeout=LOCK_TIMEOUT)
 
