@@ -22,6 +22,7 @@ from .errors import (
     InvalidName,
     ManifestError,
     NotFound,
+    RemoteError,
     ShelfError,
     UntrustedError,
     UsageError,
@@ -31,6 +32,15 @@ from .store import Store
 from .tag import Tag
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> object:
+    # `Remote` is imported on first use: `import torchshelf` stays as fast as `shelf list` needs.
+    if name == "Remote":
+        from .remote import Remote
+
+        return Remote
+    raise AttributeError(f"module 'torchshelf' has no attribute {name!r}")
 
 __all__ = [
     "AlreadyExists",
@@ -43,11 +53,13 @@ __all__ = [
     "Model",
     "ModelInfo",
     "NotFound",
+    "RemoteError",
     "ShelfError",
     "Store",
     "Tag",
     "UntrustedError",
     "UsageError",
+    "Remote",
     "get",
     "load_model",
     "models",
