@@ -242,10 +242,15 @@ class Remote:
 
     def _run(self, coro: Awaitable[Any]) -> Any:
         """Run a coroutine on s3fs's event loop, turning transport failures into RemoteError."""
+        try:
+            loop = self.fs.loop
+        except BaseException:
+            coro.close()  # type: ignore[attr-defined]  # never started: no "never awaited" warning
+            raise
         from fsspec.asyn import sync
 
         with self._errors():
-            return sync(self.fs.loop, lambda: coro)
+            return sync(loop, lambda: coro)
 
     @contextlib.contextmanager
     def _errors(self) -> Iterator[None]:
