@@ -103,7 +103,7 @@ def make_version(store: Store, name: str, version: str, files: dict[str, bytes],
 
 def files_of(size: int = 4096) -> dict[str, bytes]:
     return {"weights.safetensors": os.urandom(size), "structure.pkl": os.urandom(64),
-            "custom_objects/0.json": b'{"vocab": 3}'}
+            "custom_objects/0.json": b'{"vocab": 3}', "custom_objects/1.json": b""}
 
 
 def shelf(*args: str, env: dict[str, str], home: Path | None = None, check: bool = True,
