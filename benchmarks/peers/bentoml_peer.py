@@ -24,9 +24,9 @@ Notes (also in README.md):
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -55,7 +55,11 @@ MAX_BATCH_SIZE = int(os.environ.get("TORCHSHELF_PEER_MAX_BATCH_SIZE", "32"))
 MAX_LATENCY_MS = int(float(os.environ.get("TORCHSHELF_PEER_MAX_LATENCY_MS", "10")))
 MODEL_NAME = f"torchshelf-peer-{MODEL}"
 
-log = logging.getLogger("torchshelf.peer.bentoml")
+TRACE = os.environ.get("TORCHSHELF_PEER_TRACE") == "1"
+if TRACE:  # diagnostics only; see bentoml_trace.py
+    import bentoml_trace
+
+    bentoml_trace.install()
 
 
 @bentoml.service(
@@ -90,8 +94,12 @@ class PeerService:
     def predict(self, inputs: np.ndarray) -> np.ndarray:
         """Run one batch (BentoML concatenates the callers' rows along dim 0)."""
         x = torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.float32))
+        t0 = time.perf_counter()
         with torch.inference_mode():
-            return self.model(x).numpy()
+            y = self.model(x).numpy()
+        if TRACE:
+            bentoml_trace.record("compute_ms", 1000 * (time.perf_counter() - t0))
+        return y
 
 
 def ensure_saved(model_name: str) -> None:
