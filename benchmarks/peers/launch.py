@@ -123,12 +123,15 @@ def _signal_all(pids: set[int], sig: signal.Signals) -> None:
             os.kill(pid, sig)
 
 
-def stop_tree(proc: subprocess.Popen[bytes], grace_s: float = 10.0) -> list[int]:
+def stop_tree(
+    proc: subprocess.Popen[bytes], grace_s: float = 10.0, known: set[int] | None = None
+) -> list[int]:
     """Stop proc and all its descendants: SIGTERM, wait up to grace_s, then SIGKILL.
 
-    Returns the pids that needed SIGKILL (empty when SIGTERM was enough).
+    `known` adds pids seen earlier: a child whose parent already died has been re-parented to
+    init and no longer shows up as a descendant. Returns the pids that needed SIGKILL.
     """
-    pids = {proc.pid} | descendants(proc.pid)
+    pids = {proc.pid} | descendants(proc.pid) | {p for p in (known or set()) if _alive(p)}
     _signal_all(pids, signal.SIGTERM)
     deadline = time.monotonic() + grace_s
     while time.monotonic() < deadline:
@@ -155,6 +158,7 @@ class Peer:
     process: subprocess.Popen[bytes]
     log_path: Path
     startup_s: float = 0.0
+    pids: set[int] = field(default_factory=set)  # the process tree once it answered
     sigkilled: list[int] = field(default_factory=list)
 
     def log_tail(self, chars: int = 4000) -> str:
@@ -219,9 +223,10 @@ def launch(
                 raise TimeoutError(f"{name} did not answer within {ready_timeout_s:.0f} s")
             time.sleep(0.2)
         peer.startup_s = time.monotonic() - t0
+        peer.pids = {proc.pid} | descendants(proc.pid)
         yield peer
     finally:
-        peer.sigkilled = stop_tree(proc, grace_s)
+        peer.sigkilled = stop_tree(proc, grace_s, peer.pids)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -231,11 +236,15 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description="Start, probe and stop peers (smoke test).")
     p.add_argument("peers", nargs="*", default=list(PEERS))
     p.add_argument("--model", default="small", choices=sorted(INPUT_DIM))
+    p.add_argument("--kill-parent", action="store_true", help="SIGKILL the parent before teardown")
     args = p.parse_args(argv)
     ok = True
     for name in args.peers:
         with launch(name, args.model) as peer:
-            pids = {peer.process.pid} | descendants(peer.process.pid)
+            pids = set(peer.pids)
+            if args.kill_parent:  # simulate a crashed parent: its children are orphaned
+                os.kill(peer.process.pid, signal.SIGKILL)
+                peer.process.wait()
         left = sorted(pid for pid in pids if _alive(pid))
         ok = ok and not left
         print(json.dumps({"peer": name, "model": args.model, "startup_s": round(peer.startup_s, 2),
