@@ -313,12 +313,18 @@ def register(app: typer.Typer) -> None:
         if bad:
             raise typer.Exit(1)
 
-    @app.command(rich_help_panel="Store")
-    def gc() -> None:
+    @app.command(rich_help_panel="Store", cls=RemoteFlagCommand)
+    def gc(
+        remote: Annotated[str | None, typer.Option("--remote", metavar="[URL]", help=REMOTE_HELP + " Removes leftovers of interrupted pushes there.", show_default=False)] = None,
+        older_than: Annotated[float, typer.Option("--older-than", help="With --remote: only leftovers idle this many hours (a push may still be running).")] = 24.0,
+    ) -> None:
         """Remove leftovers of interrupted saves, imports and deletes; report what was freed."""
         import torchshelf
 
-        report = torchshelf.models.gc()
+        if remote is not None:
+            report = open_remote(remote).gc(older_than=older_than * 3600)
+        else:
+            report = torchshelf.models.gc()
         for entry in report.removed:
             stdout.print(f"removed {entry}", highlight=False)
         stdout.print(f"freed {_human(report.bytes_freed)} ({report.bytes_freed} bytes) in {len(report.removed)} entries", highlight=False)

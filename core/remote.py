@@ -68,7 +68,7 @@ from .errors import (
     UsageError,
 )
 from .manifest import MANIFEST, HashingWriter, Manifest, Progress, check_relpath, parse_manifest
-from .store import Store, now_iso
+from .store import GcReport, Store, now_iso
 from .tag import NAME_RE, VERSION_RE, Tag, parse_tag, validate_name
 
 if TYPE_CHECKING:
@@ -431,6 +431,58 @@ class Remote:
             return sorted(f"s3://{self._vkey(n, v)}" for (n, v), f in files.items() if MANIFEST not in f)
 
         return self._run(scan())
+
+    def gc(self, older_than: float = 24 * 3600.0) -> GcReport:
+        """Delete leftovers of pushes that stopped more than `older_than` seconds ago.
+
+        A leftover is a version prefix with objects but no manifest, whose newest object is
+        older than that, plus incomplete multipart uploads started before it. The age guard is
+        what keeps a push still under way safe; a push stalled for longer would commit a
+        manifest whose files are gone, which every pull then refuses as incomplete.
+        """
+        from datetime import timedelta, timezone
+
+        cutoff = datetime.now(timezone.utc) - timedelta(seconds=older_than)
+        depth = len(self._key("models").split("/"))
+        base = self._key("models")
+
+        def stamp(value: Any) -> datetime:
+            if isinstance(value, datetime):
+                return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+            return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+
+        async def collect() -> tuple[builtins.list[str], int]:
+            try:
+                objects = await self.fs._find(base, detail=True)
+            except FileNotFoundError:
+                objects = {}
+            groups: dict[tuple[str, str], builtins.list[tuple[str, dict[str, Any]]]] = collections.defaultdict(list)
+            for key, info in objects.items():
+                parts = key.split("/")[depth:]
+                if len(parts) >= 3:
+                    groups[(parts[0], parts[1])].append((key, info))
+            removed, freed, doomed = [], 0, []
+            for (n, v), items in sorted(groups.items()):
+                if any(k.split("/")[depth + 2:] == [MANIFEST] for k, _ in items):
+                    continue
+                if max(stamp(info.get("LastModified")) for _, info in items) > cutoff:
+                    continue  # maybe a push still under way
+                doomed += [k for k, _ in items]
+                freed += sum(int(info.get("size", 0)) for _, info in items)
+                removed.append(f"s3://{self._vkey(n, v)}")
+            if doomed:
+                await self.fs._rm(doomed)
+            prefix = base.split("/", 1)[1] + "/"
+            uploads = await self.fs._call_s3("list_multipart_uploads", Bucket=self.bucket, Prefix=prefix)
+            for up in uploads.get("Uploads", []):
+                if stamp(up["Initiated"]) <= cutoff:
+                    await self.fs._call_s3("abort_multipart_upload", Bucket=self.bucket,
+                                           Key=up["Key"], UploadId=up["UploadId"])
+                    removed.append(f"s3://{self.bucket}/{up['Key']} (incomplete upload)")
+            return removed, freed
+
+        removed, freed = self._run(collect())
+        return GcReport(tuple(removed), freed)
 
     # --- labels -----------------------------------------------------------------------------
 

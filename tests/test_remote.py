@@ -263,6 +263,9 @@ def test_an_interrupted_push_is_invisible_and_a_retry_completes_it(
     assert not (tmp_path / "b" / "models" / "big").exists()
     assert remote.leftovers() == [f"{url}/models/big/1"]
 
+    shelf("gc", "--remote", env=env)  # too recent to remove: the push might still be running
+    assert remote.leftovers() == [f"{url}/models/big/1"]
+
     shelf("push", "big:1", env=env)  # the retry reuses what the killed push completed
     assert [str(m.tag) for m in remote.list()] == ["big:1"]
     assert remote.leftovers() == []
@@ -414,3 +417,25 @@ def test_optional_remote_value_parsing() -> None:
     assert norm(["--remote", "s3://b/p", "clf"]) == ["--remote", "s3://b/p", "clf"]
     assert norm(["clf", "--remote", "--latest"]) == ["clf", "--remote=", "--latest"]
     assert norm(["--remote=s3://b", "--", "--remote"]) == ["--remote=s3://b", "--", "--remote"]
+
+
+def test_gc_remote_removes_only_old_leftovers(tmp_path: Path, env: dict[str, str], url: str, s3: Any, bucket: str) -> None:
+    make_version(Store(tmp_path / "a"), "clf", "1", files_of())
+    remote = Remote(url)
+    remote.push(Store(tmp_path / "a"), "clf:1")
+    s3.put_object(Bucket=bucket, Key="team/models/clf/2/weights.safetensors", Body=b"half a push")
+    s3.create_multipart_upload(Bucket=bucket, Key="team/models/clf/3/weights.safetensors")
+
+    # Younger than a day: may be a push under way, so it stays. (moto dates every multipart
+    # upload 2010-11-10, so the incomplete upload counts as old even here.)
+    first = remote.gc()
+    assert first.removed == (f"s3://{bucket}/team/models/clf/3/weights.safetensors (incomplete upload)",)
+    assert remote.leftovers() == [f"{url}/models/clf/2"]
+    report = remote.gc(older_than=0)
+
+    assert report.removed == (f"{url}/models/clf/2",)
+    assert report.bytes_freed == len(b"half a push")
+    assert remote.leftovers() == [] and not s3.list_multipart_uploads(Bucket=bucket).get("Uploads")
+    assert [str(m.tag) for m in remote.list()] == ["clf:1"]
+    out = shelf("gc", "--remote", "--older-than", "0", env=env)
+    assert "freed 0 B" in out.stdout
