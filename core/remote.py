@@ -18,7 +18,9 @@ Protocol (no database, no server of our own; only what S3 itself guarantees):
 2. Then the manifest, also with `If-None-Match: *`. Exactly one writer of a version can create
    it; the loser gets 412 and compares files: same hashes is a no-op, different is refused
    (`AlreadyExists`). Because data objects are create-only, the files a winning manifest names
-   are the winner's bytes (or byte-identical ones).
+   are the winner's bytes (or byte-identical ones). Two writers with different bytes that each
+   created some of the objects are both refused: nobody wins, nothing becomes visible, and the
+   leftovers wait for `gc`.
 3. Readers (list, get, pull) only see versions whose manifest exists; objects without a
    manifest (an interrupted or refused push) are invisible. S3 has been strongly
    read-after-write consistent since 2020, so a manifest, once written, is seen by every reader.
@@ -33,14 +35,15 @@ Protocol (no database, no server of our own; only what S3 itself guarantees):
    change; it is not a snapshot across versions (moving `stage=production` from v1 to v2 is
    two writes, and a list in between may show both or neither; `list --latest` picks one).
 
-Honest limits: conditional writes need a server that implements them (AWS S3 since 2024,
-recent MinIO, moto >= 5.0.x). A server that silently ignores `If-None-Match` degrades step 2
+Honest limits: conditional writes need a server that implements them (AWS S3 since late
+2024, recent MinIO, moto >= 5.1). A server that silently ignores `If-None-Match` degrades step 2
 to "last writer wins" between two pushes of one version that start within the same upload
 window; auto versions carry 24 random bits, so that needs the same explicit `--version` on
 two machines at once. moto checks the condition and stores the object in two steps, so
 against moto the window is small but not zero. An interrupted push leaves data objects
-without a manifest; they are invisible, a retry of the same version reuses them, and
-`Remote.leftovers()` lists them for deletion.
+without a manifest (and maybe an incomplete multipart upload); they are invisible, a retry of
+the same version reuses them, `Remote.leftovers()` lists them and `Remote.gc(older_than)`
+(`shelf gc --remote`) deletes those idle for long enough that no push can still be writing.
 """
 
 from __future__ import annotations

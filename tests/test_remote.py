@@ -144,6 +144,7 @@ def test_push_then_pull_round_trips_every_byte_and_trusts_the_copy(tmp_path: Pat
     assert not list((tmp_path / "b" / ".tmp").iterdir())
 
 
+@pytest.mark.slow
 def test_cli_push_list_by_label_get_label_and_pull(tmp_path: Path, env: dict[str, str], url: str) -> None:
     make_version(Store(tmp_path / "a"), "clf", "1", files_of(), labels={"stage": "dev"})
     make_version(Store(tmp_path / "a"), "clf", "2", files_of(), labels={"stage": "dev"})
@@ -232,6 +233,7 @@ def test_pull_refuses_a_version_that_exists_locally_with_other_files(tmp_path: P
 # --- failures ---------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_an_interrupted_push_is_invisible_and_a_retry_completes_it(
     tmp_path: Path, env: dict[str, str], url: str, s3: Any, bucket: str
 ) -> None:
@@ -327,6 +329,7 @@ def test_remote_config_from_shelf_toml(tmp_path: Path, env: dict[str, str], url:
 # --- concurrency ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_two_processes_push_different_versions_of_one_name_at_once(tmp_path: Path, env: dict[str, str], url: str) -> None:
     a = Store(tmp_path / "a")
     make_version(a, "clf", "1", files_of(8 << 20))
@@ -343,6 +346,7 @@ def test_two_processes_push_different_versions_of_one_name_at_once(tmp_path: Pat
         remote.pull(Store(tmp_path / "b"), f"clf:{v}")
 
 
+@pytest.mark.slow
 def test_two_writers_of_one_version_cannot_both_win(tmp_path: Path, env: dict[str, str], url: str) -> None:
     contents = {}
     for who in ("a", "b"):
@@ -370,6 +374,7 @@ def test_two_writers_of_one_version_cannot_both_win(tmp_path: Path, env: dict[st
         assert remote.leftovers() == [f"{url}/models/clf/1"]
 
 
+@pytest.mark.slow
 def test_concurrent_label_changes_are_not_lost(tmp_path: Path, env: dict[str, str], url: str) -> None:
     make_version(Store(tmp_path / "a"), "clf", "1", files_of(), labels={"owner": "ml"})
     Remote(url).push(Store(tmp_path / "a"), "clf:1")
