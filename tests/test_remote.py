@@ -275,18 +275,24 @@ def test_an_interrupted_push_is_invisible_and_a_retry_completes_it(
     assert (tmp_path / "b" / "models" / "big" / "1" / "weights.safetensors").read_bytes() == big["weights.safetensors"]
 
 
-@pytest.mark.parametrize("damage", ["same size", "truncated"])
+@pytest.mark.parametrize("ranged", [False, True], ids=["one GET", "ranged GETs"])
+@pytest.mark.parametrize("damage", ["same size", "truncated", "longer"])
 def test_pull_refuses_a_corrupted_remote_object(
-    tmp_path: Path, env: dict[str, str], url: str, s3: Any, bucket: str, damage: str
+    tmp_path: Path, env: dict[str, str], url: str, s3: Any, bucket: str, damage: str, ranged: bool,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    if ranged:  # large files are fetched in ordered ranges: make 1 MiB count as large
+        monkeypatch.setattr("torchshelf.remote.RANGE_CHUNK", 256 << 10)
     files = files_of(1 << 20)
     make_version(Store(tmp_path / "a"), "clf", "1", files)
     Remote(url).push(Store(tmp_path / "a"), "clf:1")
     bad = bytearray(files["weights.safetensors"])
     if damage == "same size":
         bad[len(bad) // 2] ^= 0xFF
-    else:
+    elif damage == "truncated":
         del bad[-10:]
+    else:
+        bad += b"tail"
     s3.put_object(Bucket=bucket, Key="team/models/clf/1/weights.safetensors", Body=bytes(bad))
 
     b = Store(tmp_path / "b")
@@ -294,6 +300,8 @@ def test_pull_refuses_a_corrupted_remote_object(
         Remote(url).pull(b, "clf:1")
     assert b.list() == []
     assert not list((tmp_path / "b" / ".tmp").iterdir())
+    if ranged:
+        return
     refused = shelf("pull", "clf", env=env, home=tmp_path / "b", check=False)
     assert refused.returncode == 1 and "corrupt" in refused.stderr
 
