@@ -22,17 +22,44 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
+
+
+@app.callback()
+def _options(
+    store: str = typer.Option(
+        None, "--store", envvar=None, help="Store root (default: $TORCHSHELF_HOME, shelf.toml, ~/.torchshelf).",
+        show_default=False,
+    ),
+    version: bool = typer.Option(False, "--version", help="Print the version and exit."),
+) -> None:
+    """torchshelf: a versioned PyTorch model store, a batching inference server and a benchmark."""
+    import os
+
+    if version:
+        from torchshelf import __version__
+
+        typer.echo(__version__)
+        raise typer.Exit()
+    if store:
+        # The flag wins over everything; core reads the root from the environment, and child
+        # processes (serve workers) inherit it.
+        os.environ["TORCHSHELF_HOME"] = os.path.abspath(os.path.expanduser(store))
+
+
 store_cmds.register(app)
 serve.register(app)
 bench.register(app)
 
 
 def main() -> None:
-    """Console-script entry point: run the app, turning `ShelfError` into a one-line message."""
+    """Console-script entry point: run the app; errors become one line on stderr and an exit code."""
     from torchshelf.errors import ShelfError
 
     try:
         app()
-    except ShelfError as exc:  # raised outside a command body (e.g. in a callback)
+    except ShelfError as exc:
         fail(exc)
-    sys.exit(0)
+    except OSError as exc:
+        fail(exc, 1)
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -8,7 +8,8 @@ from typing import Any, NoReturn
 
 from rich.console import Console
 
-stdout = Console(soft_wrap=True)
+# Piped output is for scripts: never truncate a table to the 80 columns rich assumes off a tty.
+stdout = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 240)
 stderr = Console(stderr=True, soft_wrap=True)
 
 

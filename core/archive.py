@@ -1,0 +1,211 @@
+"""Export and import: one version as a POSIX (pax) tar holding `<name>/<version>/...`.
+
+Export verifies what it streams. Import never calls `tarfile.extract`: it reads the manifest
+(which must come first), then copies each member that the manifest lists into a staging
+directory while hashing it, and commits only when every file matches. Anything else (links,
+devices, directories, unlisted or duplicate names, `..`, absolute paths, sizes that differ from
+the manifest, more bytes than the limit) refuses the whole archive and writes nothing.
+Imported versions are untrusted: nothing in them is unpickled until `shelf trust`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import shutil
+import tarfile
+import time
+from pathlib import Path
+from typing import IO, Any
+
+from .errors import AlreadyExists, ArchiveError, IntegrityError, ManifestError
+from .manifest import MANIFEST, HashingWriter, Manifest, Progress, check_relpath, parse_manifest
+from .store import Store, now_iso
+from .tag import Tag, validate_name, validate_version
+
+MAX_MANIFEST_BYTES = 16 << 20
+ENV_MAX_IMPORT = "TORCHSHELF_MAX_IMPORT_BYTES"
+DEFAULT_MAX_IMPORT = 256 << 30
+_COPY = 8 << 20
+
+
+class _HashingReader:
+    """A file object for tarfile that hashes what it hands out."""
+
+    def __init__(self, fh: IO[bytes], progress: Progress | None) -> None:
+        self._fh = fh
+        self.sha = hashlib.sha256()
+        self._progress = progress
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._fh.read(n)
+        self.sha.update(data)
+        if self._progress is not None and data:
+            self._progress(len(data))
+        return data
+
+
+def export_model(store: Store, tag: object, path: Path, progress: Progress | None = None) -> Path:
+    """Write one version to `path` as a tar; the file appears only when complete and verified."""
+    manifest = store.resolve(tag)
+    vdir = store.version_dir(manifest.name, manifest.version)
+    store.check(manifest)
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    prefix = f"{manifest.name}/{manifest.version}"
+    try:
+        with open(tmp, "wb") as raw, tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            tar.copybufsize = _COPY
+            data = manifest.to_json()
+            info = _member(f"{prefix}/{MANIFEST}", len(data))
+            import io
+
+            tar.addfile(info, io.BytesIO(data))
+            for rel, rec in manifest.files.items():
+                with open(vdir / rel, "rb") as fh:
+                    reader = _HashingReader(fh, progress)
+                    tar.addfile(_member(f"{prefix}/{rel}", rec["size"]), reader)  # type: ignore[arg-type]
+                if reader.sha.hexdigest() != rec["sha256"]:
+                    raise IntegrityError(f"{manifest.name}:{manifest.version}: file {rel} changed while exporting", rel)
+            raw.flush()
+            os.fsync(raw.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _member(name: str, size: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size = size
+    info.mode = 0o644
+    info.mtime = int(time.time())
+    info.type = tarfile.REGTYPE
+    return info
+
+
+def _max_import_bytes() -> int:
+    try:
+        return int(os.environ.get(ENV_MAX_IMPORT, DEFAULT_MAX_IMPORT))
+    except ValueError:
+        return DEFAULT_MAX_IMPORT
+
+
+def import_model(store: Store, path: Path, *, trust: bool = False, progress: Progress | None = None) -> Manifest:
+    """Import a version exported by `export_model`; refuse anything unsafe. Returns its manifest."""
+    path = Path(path)
+    try:
+        tar = tarfile.open(path, mode="r:*")
+    except (tarfile.TarError, OSError) as exc:
+        raise ArchiveError(f"{path} is not a readable tar archive: {exc}") from None
+    staging: Path | None = None
+    try:
+        with tar:
+            members = iter(tar)
+            first = next(members, None)
+            if first is None:
+                raise ArchiveError(f"{path} is empty")
+            name, version, rel = _split_member(first)
+            if rel != MANIFEST or not first.isreg() or first.size > MAX_MANIFEST_BYTES:
+                raise ArchiveError(f"{path}: the first member must be <name>/<version>/{MANIFEST}")
+            fh = tar.extractfile(first)
+            assert fh is not None
+            try:
+                manifest = parse_manifest(fh.read(), f"{path.name}:{MANIFEST}")
+            except ManifestError as exc:
+                raise ArchiveError(f"{path}: {exc}") from None
+            if (manifest.name, manifest.version) != (name, version):
+                raise ArchiveError(f"{path}: member path {name}/{version} does not match its manifest")
+            total = manifest.size
+            if total > _max_import_bytes():
+                raise ArchiveError(
+                    f"{path}: the version holds {total} bytes, over the import limit "
+                    f"({ENV_MAX_IMPORT}={_max_import_bytes()})"
+                )
+            store.root.mkdir(parents=True, exist_ok=True)
+            free = shutil.disk_usage(store.root).free
+            if total > free:
+                raise ArchiveError(f"{path}: needs {total} bytes but the store has {free} free")
+            if store.version_dir(name, version).exists():
+                raise AlreadyExists(f"model {name}:{version} already exists in {store.root}")
+            staging = store.stage()
+            seen: set[str] = set()
+            for member in members:
+                mname, mversion, mrel = _split_member(member)
+                if (mname, mversion) != (name, version):
+                    raise ArchiveError(f"{path}: member {member.name!r} is outside {name}/{version}")
+                if not member.isreg():
+                    raise ArchiveError(f"{path}: member {member.name!r} is not a regular file (links and devices are refused)")
+                if mrel in seen or mrel == MANIFEST:
+                    raise ArchiveError(f"{path}: duplicate member {member.name!r}")
+                rec = manifest.files.get(mrel)
+                if rec is None:
+                    raise ArchiveError(f"{path}: member {member.name!r} is not listed in the manifest")
+                if member.size != rec["size"]:
+                    raise ArchiveError(f"{path}: member {member.name!r} has {member.size} bytes, manifest says {rec['size']}")
+                seen.add(mrel)
+                target = staging / check_relpath(mrel)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                src = tar.extractfile(member)
+                assert src is not None
+                writer = HashingWriter(target, progress)
+                try:
+                    remaining = member.size
+                    while remaining > 0:
+                        chunk = src.read(min(_COPY, remaining))
+                        if not chunk:
+                            raise ArchiveError(f"{path}: member {member.name!r} is truncated")
+                        writer.write(chunk)
+                        remaining -= len(chunk)
+                except BaseException:
+                    writer.abort()
+                    raise
+                got = writer.close()
+                if got["sha256"] != rec["sha256"]:
+                    raise ArchiveError(f"{path}: {mrel} does not match the sha256 in its manifest")
+            missing = sorted(set(manifest.files) - seen)
+            if missing:
+                raise ArchiveError(f"{path}: files listed in the manifest are missing: {missing}")
+            origin: dict[str, Any] = {
+                "source": "import",
+                "archive": str(path.resolve()),
+                "imported_at": now_iso(),
+                "trusted": bool(trust),
+            }
+            result = store.commit(staging, manifest, auto_version=False, origin=origin)
+            staging = None
+            return result
+    except tarfile.TarError as exc:
+        raise ArchiveError(f"{path}: corrupt archive: {exc}") from None
+    finally:
+        if staging is not None:
+            store.discard(staging)
+
+
+def _split_member(member: tarfile.TarInfo) -> tuple[str, str, str]:
+    """`name/version/rel` with every part checked; anything else is an ArchiveError."""
+    raw = member.name
+    if raw.startswith("/") or "\\" in raw or "\0" in raw:
+        raise ArchiveError(f"unsafe member name {raw!r} (absolute path)")
+    parts = raw.split("/")
+    if any(p in ("", ".", "..") for p in parts) or len(parts) < 3:
+        raise ArchiveError(f"unsafe member name {raw!r}")
+    try:
+        name = validate_name(parts[0])
+        version = validate_version(parts[1])
+        rel = "/".join(parts[2:])
+        if rel != MANIFEST:
+            check_relpath(rel)
+    except (ManifestError, Exception) as exc:
+        if isinstance(exc, ArchiveError):
+            raise
+        raise ArchiveError(f"unsafe member name {raw!r}: {exc}") from None
+    if name != parts[0]:
+        raise ArchiveError(f"unsafe member name {raw!r}")
+    return name, version, rel
+
+
+def exported_tag(manifest: Manifest) -> Tag:
+    return Tag(manifest.name, manifest.version)

@@ -1,0 +1,291 @@
+"""The manifest: the JSON record of one stored version, and the hashing that backs it.
+
+Layout of a version directory (`<root>/models/<name>/<version>/`)::
+
+    manifest.json            this schema; written last in staging, replaced atomically by `label`
+    weights.safetensors      eager modules: every parameter and buffer (ties stored once)
+    structure.pkl            eager modules: the module tree with tensors replaced by references
+    model.ts                 TorchScript modules
+    custom_objects/<i>.*     custom objects: .json, .safetensors (tensors) or .pkl (pickled)
+    .stat-cache.json         not in the manifest: stat signatures of files when last hashed
+    .origin.json             not in the manifest: where the version came from, and its trust
+
+Every file listed under `files` has its sha256 and size; hashes are computed once, as bytes
+enter the store. `.stat-cache.json` lets a load skip re-hashing a file whose (size, mtime_ns,
+ctime_ns, inode) did not change since it was hashed, as git's index does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import IntegrityError, ManifestError
+
+SCHEMA = 1
+MANIFEST = "manifest.json"
+STAT_CACHE = ".stat-cache.json"
+ORIGIN = ".origin.json"
+FORMATS = ("safetensors", "torchscript")
+CHUNK = 64 << 20  # bytes per write/hash step: large enough for throughput, small for progress
+
+Progress = Callable[[int], None]
+
+
+@dataclass
+class Manifest:
+    """Everything known about one version; serialised as `manifest.json`."""
+
+    name: str
+    version: str
+    creation_time: str
+    format: str
+    torch_version: str
+    module_class: str | None
+    files: dict[str, dict[str, Any]]
+    labels: dict[str, str] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)
+    signatures: dict[str, dict[str, Any]] = field(default_factory=dict)
+    structure: dict[str, Any] = field(default_factory=dict)
+    custom_objects: dict[str, dict[str, Any]] = field(default_factory=dict)
+    schema: int = SCHEMA
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), indent=1, sort_keys=True, allow_nan=True).encode()
+
+    @property
+    def size(self) -> int:
+        """Total bytes of the version's files."""
+        return sum(int(f["size"]) for f in self.files.values())
+
+
+_REQUIRED = {
+    "name": str,
+    "version": str,
+    "creation_time": str,
+    "format": str,
+    "torch_version": str,
+    "files": dict,
+    "labels": dict,
+    "metadata": dict,
+    "signatures": dict,
+    "structure": dict,
+    "custom_objects": dict,
+    "schema": int,
+}
+_OPTIONAL_NULLABLE = {"module_class": str}
+
+
+def parse_manifest(data: bytes, where: str = MANIFEST) -> Manifest:
+    """Parse and validate manifest bytes; any defect is a `ManifestError` naming `where`."""
+    try:
+        raw = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"{where} is not valid JSON ({exc}); run `shelf gc` or re-save", where) from None
+    if not isinstance(raw, dict):
+        raise ManifestError(f"{where} must hold a JSON object", where)
+    known = set(_REQUIRED) | set(_OPTIONAL_NULLABLE)
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ManifestError(f"{where} has unknown fields {unknown}: written by a newer torchshelf?", where)
+    missing = sorted(set(_REQUIRED) - set(raw))
+    if missing:
+        raise ManifestError(f"{where} is missing fields {missing}", where)
+    for key, typ in _REQUIRED.items():
+        if not isinstance(raw[key], typ) or (typ is int and isinstance(raw[key], bool)):
+            raise ManifestError(f"{where}: field {key!r} must be {typ.__name__}", where)
+    if raw.get("module_class") is not None and not isinstance(raw["module_class"], str):
+        raise ManifestError(f"{where}: field 'module_class' must be a string or null", where)
+    if raw["schema"] > SCHEMA:
+        raise ManifestError(f"{where} has schema {raw['schema']}; upgrade torchshelf to read it", where)
+    if raw["format"] not in FORMATS:
+        raise ManifestError(f"{where}: unknown format {raw['format']!r}", where)
+    for rel, rec in raw["files"].items():
+        check_relpath(rel, where)
+        if (
+            not isinstance(rec, dict)
+            or not isinstance(rec.get("sha256"), str)
+            or len(rec["sha256"]) != 64
+            or not isinstance(rec.get("size"), int)
+            or rec["size"] < 0
+        ):
+            raise ManifestError(f"{where}: bad file record for {rel!r}", where)
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in raw["labels"].items()):
+        raise ManifestError(f"{where}: labels must map strings to strings", where)
+    raw.setdefault("module_class", None)
+    return Manifest(**raw)
+
+
+def check_relpath(rel: str, where: str = MANIFEST) -> str:
+    """Refuse file names that could escape the version directory or collide with ours."""
+    parts = rel.split("/")
+    if (
+        not rel
+        or rel.startswith("/")
+        or "\\" in rel
+        or "\0" in rel
+        or any(p in ("", ".", "..") or p.startswith(".") for p in parts)
+        or rel == MANIFEST
+    ):
+        raise ManifestError(f"{where}: unsafe file name {rel!r}", where)
+    return rel
+
+
+# --- hashing ---------------------------------------------------------------------------------
+
+
+class HashingWriter:
+    """Write a file while a background thread sha256-hashes the same buffers.
+
+    `hashlib` and file writes both release the GIL on large buffers, so on two cores hashing
+    costs almost nothing on top of writing + fsync. Buffers are hashed in the order written and
+    are referenced (not copied) until hashed.
+    """
+
+    def __init__(self, path: Path, progress: Progress | None = None) -> None:
+        self.path = path
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        self._sha = hashlib.sha256()
+        self._size = 0
+        self._progress = progress
+        self._queue: queue.SimpleQueue[memoryview | None] = queue.SimpleQueue()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._hash_loop, name="torchshelf-hash", daemon=True)
+        self._thread.start()
+
+    def _hash_loop(self) -> None:
+        try:
+            while (buf := self._queue.get()) is not None:
+                self._sha.update(buf)
+        except BaseException as exc:  # surfaced in close()
+            self._error = exc
+
+    def write(self, data: bytes | memoryview) -> None:
+        view = memoryview(data).cast("B")
+        for start in range(0, len(view), CHUNK):
+            chunk = view[start : start + CHUNK]
+            written = 0
+            while written < len(chunk):
+                written += os.write(self._fd, chunk[written:])
+            self._queue.put(chunk)
+            self._size += len(chunk)
+            if self._progress is not None:
+                self._progress(len(chunk))
+
+    def close(self, fsync: bool = True) -> dict[str, Any]:
+        """Flush to disk and return the file record `{"sha256": ..., "size": ...}`."""
+        self._queue.put(None)
+        try:
+            if fsync:
+                os.fsync(self._fd)
+        finally:
+            os.close(self._fd)
+            self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return {"sha256": self._sha.hexdigest(), "size": self._size}
+
+    def abort(self) -> None:
+        self._queue.put(None)
+        os.close(self._fd)
+        self._thread.join()
+
+
+def hash_file(path: Path, progress: Progress | None = None) -> dict[str, Any]:
+    """sha256 and size of a file, read in large chunks."""
+    sha = hashlib.sha256()
+    size = 0
+    with open(path, "rb", buffering=0) as fh:
+        buf = bytearray(CHUNK)
+        view = memoryview(buf)
+        while n := fh.readinto(buf):
+            sha.update(view[:n])
+            size += n
+            if progress is not None:
+                progress(n)
+    return {"sha256": sha.hexdigest(), "size": size}
+
+
+def stat_signature(path: Path) -> list[int]:
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+
+
+def read_stat_cache(version_dir: Path) -> dict[str, list[int]]:
+    try:
+        data = json.loads((version_dir / STAT_CACHE).read_bytes())
+        return {k: v for k, v in data.get("files", {}).items() if isinstance(v, list)}
+    except (OSError, ValueError, AttributeError):
+        return {}
+
+
+def write_stat_cache(version_dir: Path, signatures: dict[str, list[int]]) -> None:
+    """Best effort: a read-only store simply re-hashes on load."""
+    tmp = version_dir / f"{STAT_CACHE}.{os.getpid()}.tmp"
+    try:
+        tmp.write_text(json.dumps({"files": signatures}))
+        os.replace(tmp, version_dir / STAT_CACHE)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+
+
+def check_files(
+    manifest: Manifest,
+    version_dir: Path,
+    *,
+    full: bool = False,
+    progress: Progress | None = None,
+) -> None:
+    """Raise `IntegrityError` naming the first file that does not match the manifest.
+
+    With `full=False` a file is re-hashed only when its stat signature differs from the one
+    recorded when it was last hashed; `full=True` (what `shelf verify` does) re-hashes all.
+    """
+    cache = {} if full else read_stat_cache(version_dir)
+    fresh: dict[str, list[int]] = {}
+    changed = False
+    for rel, rec in manifest.files.items():
+        path = version_dir / rel
+        try:
+            sig = stat_signature(path)
+        except FileNotFoundError:
+            raise IntegrityError(
+                f"{manifest.name}:{manifest.version}: file {rel} is missing", rel
+            ) from None
+        if sig[0] != rec["size"]:
+            raise IntegrityError(
+                f"{manifest.name}:{manifest.version}: file {rel} has size {sig[0]}, "
+                f"expected {rec['size']}; the version is corrupt, delete and re-import it",
+                rel,
+            )
+        if not full and cache.get(rel) == sig:
+            fresh[rel] = sig
+            if progress is not None:
+                progress(rec["size"])
+            continue
+        got = hash_file(path, progress)
+        if got["sha256"] != rec["sha256"]:
+            raise IntegrityError(
+                f"{manifest.name}:{manifest.version}: file {rel} does not match its sha256 "
+                "in the manifest; the version is corrupt, delete and re-import it",
+                rel,
+            )
+        fresh[rel] = sig
+        changed = True
+    if changed or set(fresh) != set(cache):
+        write_stat_cache(version_dir, fresh)
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

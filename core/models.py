@@ -1,0 +1,78 @@
+"""`torchshelf.models`: list, get, delete, label, export, import, verify, trust and gc."""
+
+from __future__ import annotations
+
+import builtins
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from . import archive
+from .api import default_store
+from .api import get as _get
+from .manifest import Progress
+from .model import Model
+from .store import GcReport, Store
+from .tag import Tag
+
+__all__ = ["list", "get", "delete", "set_labels", "export_model", "import_model", "verify", "trust", "gc"]
+
+StoreLike = Store | str | os.PathLike[str] | None
+
+
+def list(  # noqa: A001 - the seed's API name
+    name: str | None = None,
+    labels: dict[str, str] | Iterable[str] | None = None,
+    *,
+    latest: bool = False,
+    store: StoreLike = None,
+) -> builtins.list[Model]:
+    """Stored versions, newest first; `labels` is `{"k": "v"}` or selector strings."""
+    st = default_store(store)
+    return [Model(st, m) for m in st.list(name, labels, latest_only=latest)]
+
+
+def get(tag: Any, *, store: StoreLike = None) -> Model:
+    """A reference to one version (`name`, `name:latest` or `name:version`)."""
+    return _get(tag, store=store)
+
+
+def delete(tag: Any, *, store: StoreLike = None) -> builtins.list[Tag]:
+    """Delete `name:version`, or every version of a bare `name`; returns the deleted tags."""
+    return default_store(store).delete(tag)
+
+
+def set_labels(tag: Any, labels: dict[str, str], remove: Iterable[str] = (), *, store: StoreLike = None) -> Model:
+    """Set (and remove) labels on one version; other labels are kept."""
+    st = default_store(store)
+    return Model(st, st.set_labels(tag, {str(k): str(v) for k, v in labels.items()}, remove))
+
+
+def export_model(tag: Any, path: str | os.PathLike[str], *, store: StoreLike = None,
+                 progress: Progress | None = None) -> Path:
+    """Write one version to a `.shelf` tar archive at `path`."""
+    return archive.export_model(default_store(store), tag, Path(path), progress)
+
+
+def import_model(path: str | os.PathLike[str], trust: bool = False, *, store: StoreLike = None,
+                 progress: Progress | None = None) -> Model:
+    """Import an archive; pickled parts stay locked until `trust=True` or `trust(tag)`."""
+    st = default_store(store)
+    return Model(st, archive.import_model(st, Path(path), trust=trust, progress=progress))
+
+
+def verify(tags: Iterable[Any] = (), *, store: StoreLike = None) -> builtins.list[tuple[Tag, Exception | None]]:
+    """Re-hash every file of the given versions (all when none): `[(tag, error or None)]`."""
+    return builtins.list(default_store(store).verify(tags))
+
+
+def trust(tag: Any, *, store: StoreLike = None) -> Model:
+    """Mark an imported version as trusted, allowing its pickled parts to load."""
+    st = default_store(store)
+    return Model(st, st.set_trusted(tag))
+
+
+def gc(*, store: StoreLike = None) -> GcReport:
+    """Remove leftovers of interrupted saves, imports and deletes."""
+    return default_store(store).gc()

@@ -1,0 +1,390 @@
+"""The local store: layout on disk, atomic commits, locks, listing, labels, deletion and gc.
+
+Layout under the root (see `config.store_root`)::
+
+    models/<name>/<version>/   one complete version (see `manifest` for its files)
+    .tmp/<host>.<pid>.<rand>/  a version being written; renamed into models/ when complete
+    .trash/<rand>/             a version being deleted; renamed out of models/ first
+    .locks/<name>.lock         one filelock per model name
+
+A version appears by one `rename(2)` of a fully written and fsynced staging directory, and
+disappears by one rename into `.trash/`, so readers see it whole or not at all. The name lock
+serialises commits, deletes and label changes of one name; reads take no lock. A crashed writer
+leaves only `.tmp/` or `.trash/` entries, which `gc()` (and every save, for dead writers) removes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import secrets
+import shutil
+import socket
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock
+
+from . import selectors
+from .errors import AlreadyExists, IntegrityError, ManifestError, NotFound, UsageError
+from .manifest import (
+    MANIFEST,
+    ORIGIN,
+    Manifest,
+    check_files,
+    fsync_dir,
+    parse_manifest,
+    stat_signature,
+    write_stat_cache,
+)
+from .tag import Tag, new_version, parse_tag, validate_name, validate_version
+
+LOCK_TIMEOUT = 60.0
+
+
+@dataclass(frozen=True)
+class GcReport:
+    """What `gc` removed: entries and bytes freed."""
+
+    removed: tuple[str, ...]
+    bytes_freed: int
+
+
+def _dir_size(path: Path) -> int:
+    total = 0
+    for base, _, files in os.walk(path):
+        for f in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(base, f)).st_size
+    return total
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+
+
+class Store:
+    """A model store rooted at `root`. Cheap to construct; creates directories on first write."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.models_dir = self.root / "models"
+        self.tmp_dir = self.root / ".tmp"
+        self.trash_dir = self.root / ".trash"
+        self.locks_dir = self.root / ".locks"
+
+    def __repr__(self) -> str:
+        return f"Store({str(self.root)!r})"
+
+    # --- paths and locks --------------------------------------------------------------------
+
+    def version_dir(self, name: str, version: str) -> Path:
+        return self.models_dir / validate_name(name) / validate_version(version)
+
+    def lock(self, name: str) -> FileLock:
+        self.locks_dir.mkdir(parents=True, exist_ok=True)
+        return FileLock(str(self.locks_dir / f"{validate_name(name)}.lock"), timeout=LOCK_TIMEOUT)
+
+    # --- reading ----------------------------------------------------------------------------
+
+    def read_manifest(self, name: str, version: str) -> Manifest:
+        path = self.version_dir(name, version) / MANIFEST
+        try:
+            data = path.read_bytes()
+        except (FileNotFoundError, NotADirectoryError):
+            raise NotFound(f"model {name}:{version} not found; see `shelf list {name}`") from None
+        manifest = parse_manifest(data, f"{name}:{version}/{MANIFEST}")
+        if manifest.name != name or manifest.version != version:
+            raise ManifestError(
+                f"{name}:{version}/{MANIFEST} names {manifest.name}:{manifest.version}", MANIFEST
+            )
+        return manifest
+
+    def names(self) -> list[str]:
+        try:
+            entries = os.scandir(self.models_dir)
+        except FileNotFoundError:
+            return []
+        with entries:
+            return sorted(e.name for e in entries if e.is_dir() and not e.name.startswith("."))
+
+    def manifests(self, name: str, *, skip_broken: bool = True) -> list[Manifest]:
+        """Every readable version of `name`, newest first. Vanishing versions are skipped."""
+        try:
+            entries = os.scandir(self.models_dir / validate_name(name))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        found = []
+        with entries:
+            versions = [e.name for e in entries if not e.name.startswith(".")]
+        for version in versions:
+            try:
+                found.append(self.read_manifest(name, version))
+            except NotFound:
+                continue  # deleted while we looked
+            except ManifestError:
+                if not skip_broken:
+                    raise
+        found.sort(key=lambda m: (m.creation_time, m.version), reverse=True)
+        return found
+
+    def resolve(self, tag: object) -> Manifest:
+        """`name`, `name:latest` or `name:version` -> that version's manifest, or NotFound."""
+        name, version = parse_tag(tag)
+        if version is not None:
+            return self.read_manifest(name, version)
+        found = self.manifests(name)
+        if not found:
+            raise NotFound(f"model {name!r} not found; see `shelf list`")
+        return found[0]
+
+    def list(
+        self,
+        name: str | None = None,
+        labels: Iterable[str] | dict[str, str] | None = None,
+        latest_only: bool = False,
+    ) -> list[Manifest]:
+        """Versions newest first, filtered by label selectors (ANDed)."""
+        sels = selectors.parse_selectors(labels)
+        names = [validate_name(name)] if name else self.names()
+        out: list[Manifest] = []
+        for n in names:
+            versions = [m for m in self.manifests(n) if selectors.matches(m.labels, sels)]
+            out.extend(versions[:1] if latest_only else versions)
+        out.sort(key=lambda m: (m.creation_time, m.version), reverse=True)
+        return out
+
+    def origin(self, name: str, version: str) -> dict[str, Any]:
+        """Where a version came from; locally saved versions have no origin file and are trusted."""
+        try:
+            data = json.loads((self.version_dir(name, version) / ORIGIN).read_bytes())
+            return data if isinstance(data, dict) else {"trusted": False}
+        except FileNotFoundError:
+            return {"source": "local", "trusted": True}
+        except ValueError:
+            return {"trusted": False}
+
+    def is_trusted(self, name: str, version: str) -> bool:
+        return self.origin(name, version).get("trusted") is True
+
+    def check(self, manifest: Manifest, *, full: bool = False, progress: Any = None) -> None:
+        """Integrity check of a version's files (stat-cached unless `full`)."""
+        check_files(manifest, self.version_dir(manifest.name, manifest.version), full=full,
+                    progress=progress)
+
+    # --- writing ----------------------------------------------------------------------------
+
+    def stage(self) -> Path:
+        """A fresh staging directory on the store's filesystem; cleans dead writers' leftovers."""
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        self._collect_dead_staging()
+        path = self.tmp_dir / f"{socket.gethostname()}.{os.getpid()}.{secrets.token_hex(6)}"
+        path.mkdir()
+        return path
+
+    def commit(self, staging: Path, manifest: Manifest, *, auto_version: bool,
+               origin: dict[str, Any] | None = None) -> Manifest:
+        """Write the manifest, fsync, and rename `staging` into place as one complete version.
+
+        With `auto_version`, a version that another process took meanwhile is replaced by a
+        fresh one; otherwise an existing version is `AlreadyExists`.
+        """
+        if origin is not None:
+            (staging / ORIGIN).write_text(json.dumps(origin))
+        while True:
+            (staging / MANIFEST).write_bytes(manifest.to_json())
+            for rel in [MANIFEST, *manifest.files]:
+                fd = os.open(staging / rel, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            for sub in {(staging / rel).parent for rel in manifest.files} | {staging}:
+                fsync_dir(sub)
+            name_dir = self.models_dir / manifest.name
+            target = name_dir / manifest.version
+            with self.lock(manifest.name):
+                name_dir.mkdir(parents=True, exist_ok=True)
+                try:
+                    os.rename(staging, target)
+                except OSError as exc:
+                    if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                        raise
+                    if not auto_version:
+                        raise AlreadyExists(
+                            f"model {manifest.name}:{manifest.version} already exists; versions "
+                            "are immutable, pick another --version"
+                        ) from None
+                else:
+                    fsync_dir(name_dir)
+                    break
+            manifest.version = new_version()
+        write_stat_cache(target, {rel: stat_signature(target / rel) for rel in manifest.files})
+        return manifest
+
+    def discard(self, staging: Path) -> None:
+        shutil.rmtree(staging, ignore_errors=True)
+
+    def write_manifest(self, manifest: Manifest) -> None:
+        """Atomically replace a committed version's manifest (labels change; files do not)."""
+        vdir = self.version_dir(manifest.name, manifest.version)
+        tmp = vdir / f".{MANIFEST}.{secrets.token_hex(4)}.tmp"
+        tmp.write_bytes(manifest.to_json())
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, vdir / MANIFEST)
+        fsync_dir(vdir)
+
+    def set_labels(self, tag: object, labels: dict[str, str], remove: Iterable[str] = ()) -> Manifest:
+        """Add/overwrite `labels` and drop `remove` keys on one version, under the name lock."""
+        target = self.resolve(tag)
+        for key, value in labels.items():
+            if not isinstance(key, str) or not key or not isinstance(value, str):
+                raise UsageError(f"invalid label {key!r}={value!r}: keys and values are strings")
+        with self.lock(target.name):
+            manifest = self.read_manifest(target.name, target.version)
+            for key in remove:
+                manifest.labels.pop(key, None)
+            manifest.labels.update(labels)
+            self.write_manifest(manifest)
+        return manifest
+
+    def set_trusted(self, tag: object) -> Manifest:
+        manifest = self.resolve(tag)
+        with self.lock(manifest.name):
+            vdir = self.version_dir(manifest.name, manifest.version)
+            origin = self.origin(manifest.name, manifest.version)
+            origin.update(trusted=True, trusted_at=now_iso())
+            tmp = vdir / f"{ORIGIN}.{secrets.token_hex(4)}.tmp"
+            tmp.write_text(json.dumps(origin))
+            os.replace(tmp, vdir / ORIGIN)
+        return manifest
+
+    def delete(self, tag: object) -> list[Tag]:
+        """`name:version` deletes that version; a bare `name` (or `name:latest`?) all versions.
+
+        Each version leaves `models/` by one rename into `.trash/`, then is removed.
+        """
+        name, version = parse_tag(tag)
+        explicit_latest = isinstance(tag, str) and tag.strip().endswith(":latest")
+        if version is None and explicit_latest:
+            version = self.resolve(tag).version
+        removed: list[Tag] = []
+        with self.lock(name):
+            if version is not None:
+                versions = [version]
+                if not (self.models_dir / name / version).is_dir():
+                    raise NotFound(f"model {name}:{version} not found; see `shelf list {name}`")
+            else:
+                try:
+                    versions = [v for v in os.listdir(self.models_dir / name) if not v.startswith(".")]
+                except FileNotFoundError:
+                    raise NotFound(f"model {name!r} not found; see `shelf list`") from None
+            self.trash_dir.mkdir(parents=True, exist_ok=True)
+            doomed = []
+            for v in versions:
+                dest = self.trash_dir / f"{name}.{v}.{secrets.token_hex(6)}"
+                try:
+                    os.rename(self.models_dir / name / v, dest)
+                except FileNotFoundError:
+                    continue
+                doomed.append(dest)
+                removed.append(Tag(name, v))
+            with contextlib.suppress(OSError):
+                (self.models_dir / name).rmdir()  # only if empty
+        for dest in doomed:
+            shutil.rmtree(dest, ignore_errors=True)
+        return removed
+
+    # --- maintenance ------------------------------------------------------------------------
+
+    def _staging_owner_alive(self, entry: str) -> bool:
+        parts = entry.split(".")
+        if len(parts) < 3:
+            return False
+        host, pid = ".".join(parts[:-2]), parts[-2]
+        if host != socket.gethostname() or not pid.isdigit():
+            return True  # another machine's writer: only it (or an explicit gc) may remove it
+        return _pid_alive(int(pid))
+
+    def _collect_dead_staging(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            for entry in os.listdir(self.tmp_dir):
+                if not self._staging_owner_alive(entry):
+                    shutil.rmtree(self.tmp_dir / entry, ignore_errors=True)
+
+    def gc(self) -> GcReport:
+        """Remove leftovers of interrupted writes and deletes; report what was freed."""
+        removed: list[str] = []
+        freed = 0
+        for base, alive_check in ((self.tmp_dir, True), (self.trash_dir, False)):
+            try:
+                entries = os.listdir(base)
+            except FileNotFoundError:
+                continue
+            for entry in entries:
+                if alive_check and self._staging_owner_alive(entry):
+                    continue
+                path = base / entry
+                size = _dir_size(path)
+                shutil.rmtree(path, ignore_errors=True)
+                if not path.exists():
+                    removed.append(str(path.relative_to(self.root)))
+                    freed += size
+        # Stray temp files of interrupted label/trust writes inside versions.
+        for name in self.names():
+            for vdir in (self.models_dir / name).iterdir():
+                if not vdir.is_dir():
+                    continue
+                for f in vdir.glob(".*.tmp"):
+                    size = f.stat().st_size
+                    f.unlink(missing_ok=True)
+                    removed.append(str(f.relative_to(self.root)))
+                    freed += size
+        return GcReport(tuple(removed), freed)
+
+    def verify(self, tags: Iterable[object] = ()) -> Iterator[tuple[Tag, Exception | None]]:
+        """Re-hash every file of the given versions (all versions when none are given)."""
+        targets: list[tuple[str, str]] = []
+        tags = list(tags)
+        if tags:
+            for tag in tags:
+                name, version = parse_tag(tag)
+                if version is None and not (isinstance(tag, str) and tag.endswith(":latest")):
+                    targets += [(m.name, m.version) for m in self.manifests(name, skip_broken=False)]
+                    if not targets:
+                        raise NotFound(f"model {name!r} not found; see `shelf list`")
+                else:
+                    m = self.resolve(tag)
+                    targets.append((m.name, m.version))
+        else:
+            for name in self.names():
+                with contextlib.suppress(FileNotFoundError):
+                    targets += [(name, v) for v in sorted(os.listdir(self.models_dir / name))
+                                if not v.startswith(".")]
+        for name, version in targets:
+            try:
+                manifest = self.read_manifest(name, version)
+                self.check(manifest, full=True)
+            except (IntegrityError, NotFound) as exc:
+                yield Tag(name, version), exc
+            else:
+                yield Tag(name, version), None
