@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import copy
 import importlib.util
-import os
 import resource
 import sys
 import time
@@ -477,7 +476,6 @@ def bench_model(
             "dtype": spec.dtype,
             "batch_dim": spec.batch_dim,
             "torch_threads": torch.get_num_threads(),
-            "pid": os.getpid(),
         },
         results=list(results),
         warnings=warnings,
