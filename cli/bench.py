@@ -198,9 +198,11 @@ def register(app: typer.Typer) -> None:
         with _progress(stderr.is_terminal) as progress:
             if url is not None:
                 from torchshelf.bench.load import (
+                    Endpoint,
                     LoadSettings,
                     bench_server,
                     body_from_file,
+                    body_from_server,
                     body_from_shape,
                 )
                 from torchshelf.bench.model import _normalise_dtype, parse_shape
@@ -220,10 +222,14 @@ def register(app: typer.Typer) -> None:
                         parse_shape(input_shape), _normalise_dtype(dtype or "float32")
                     )
                 else:
-                    raise UsageError(
-                        "server mode needs a request body: pass --input-shape (one item's shape, "
-                        "e.g. 3,224,224) or --body FILE.json"
-                    )
+                    found = body_from_server(Endpoint.parse(url), headers)
+                    if found is None:
+                        raise UsageError(
+                            "server mode needs a request body and the server reports no input "
+                            "spec for this route: pass --input-shape (one item's shape, e.g. "
+                            "3,224,224) or --body FILE.json"
+                        )
+                    request_body = found
                 settings = LoadSettings(
                     concurrency=tuple(parse_int_list(concurrency or "1,8,64", "--concurrency")),
                     warmup_s=1.0 if warmup_duration is None else warmup_duration,

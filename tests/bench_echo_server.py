@@ -2,7 +2,8 @@
 
 POST /predict answers `{"outputs": <the inputs>}`, re-encoding a same-sized JSON answer, and
 records the number of items of each request in a `torchshelf_batch_size` histogram on /metrics,
-so the load generator's metrics reading can be checked without a model.
+so the load generator's metrics reading can be checked without a model. POST /flaky answers 503
+to every third request. GET /schema describes /predict the way `shelf serve` does.
 """
 
 from __future__ import annotations
@@ -34,11 +35,36 @@ async def predict(request: Request) -> Response:
     return JSONResponse({"outputs": inputs})
 
 
+_calls = [0]
+
+
+async def flaky(request: Request) -> Response:
+    await request.body()
+    _calls[0] += 1
+    if _calls[0] % 3 == 0:
+        return JSONResponse({"error": "busy"}, status_code=503, headers={"Retry-After": "1"})
+    return JSONResponse({"outputs": [0]})
+
+
+async def schema(request: Request) -> Response:
+    api = {"name": "predict", "path": "/predict", "batch": True, "batch_dim": 0,
+           "input_spec": {"shape": [-1, 2, 3], "dtype": "float32"},
+           "params": [{"name": "inputs", "kind": "tensor", "shape": [-1, 2, 3], "dtype": "float32"}]}
+    return JSONResponse({"kind": "model", "apis": [api]})
+
+
 async def metrics(request: Request) -> Response:
     return Response(generate_latest(registry), media_type="text/plain; version=0.0.4")
 
 
-app = Starlette(routes=[Route("/predict", predict, methods=["POST"]), Route("/metrics", metrics)])
+app = Starlette(
+    routes=[
+        Route("/predict", predict, methods=["POST"]),
+        Route("/flaky", flaky, methods=["POST"]),
+        Route("/schema", schema),
+        Route("/metrics", metrics),
+    ]
+)
 
 if __name__ == "__main__":
     uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=False, log_level="warning")

@@ -44,6 +44,7 @@ __all__ = [
     "LoadSettings",
     "body_from_shape",
     "body_from_file",
+    "body_from_server",
     "bench_server",
     "parse_batch_size_histogram",
 ]
@@ -124,15 +125,81 @@ def _random_nested(shape: Sequence[int], integer: bool, rng: random.Random) -> A
 
 
 def body_from_shape(
-    item_shape: Sequence[int], dtype: str = "float32", items: int = 1
+    item_shape: Sequence[int],
+    dtype: str = "float32",
+    items: int = 1,
+    *,
+    batch_dim: int = 0,
+    key: str = "inputs",
 ) -> RequestBody:
-    """`{"inputs": [...]}` holding `items` random items of `item_shape` (batch dim first)."""
+    """`{"inputs": ...}` holding `items` random items of `item_shape`, batched at `batch_dim`.
+
+    Values are rounded to 4 decimals: the server parses them like any client's, and shorter
+    numbers keep the body (and the client's cost of sending it) close to what people send.
+    """
     integer = not (dtype.startswith("float") or dtype.startswith("bfloat"))
-    rng = random.Random(0)
-    inputs = _random_nested([items, *item_shape], integer, rng)
-    data = json.dumps({"inputs": inputs}, separators=(",", ":")).encode()
-    shape = ",".join(map(str, item_shape))
-    return RequestBody(data, "application/json", items, f"--input-shape {shape} ({dtype})")
+    shape = list(item_shape)
+    shape.insert(batch_dim, items)
+    inputs = _random_nested(shape, integer, random.Random(0))
+    data = json.dumps({key: inputs}, separators=(",", ":")).encode()
+    text = ",".join(map(str, item_shape))
+    return RequestBody(data, "application/json", items, f"shape {text} ({dtype}) x {items}")
+
+
+def body_from_server(
+    endpoint: Endpoint, headers: Sequence[tuple[str, str]] = ()
+) -> RequestBody | None:
+    """Build a one-item body from the input spec the server reports at `GET /schema`.
+
+    `shelf serve` describes each api there (path, batch, batch_dim, input_spec with the full
+    shape and -1 for free dims, parameter names). None when the server has no such route, the
+    api is not listed, or a free dimension other than the batch one leaves the shape unknown.
+    """
+    import httpx
+
+    try:
+        response = httpx.get(endpoint.origin + "/schema", headers=dict(headers), timeout=5.0)
+        doc = response.json() if response.status_code == 200 else None
+    except (httpx.HTTPError, ValueError):
+        return None
+    if not isinstance(doc, dict):
+        return None
+    path = endpoint.path.split("?", 1)[0]
+    api = next(
+        (a for a in doc.get("apis", []) if isinstance(a, dict) and a.get("path") == path), None
+    )
+    if api is None:
+        return None
+    params = [p for p in api.get("params") or [] if isinstance(p, dict)]
+    spec = api.get("input_spec")
+    if not isinstance(spec, dict) and len(params) == 1 and params[0].get("shape"):
+        spec = {"shape": params[0]["shape"], "dtype": params[0].get("dtype") or "float32"}
+    if not isinstance(spec, dict) or not isinstance(spec.get("shape"), list) or len(params) > 1:
+        return None
+    shape = [int(d) for d in spec["shape"]]
+    batch_dim = int(api.get("batch_dim") or 0)
+    if api.get("batch") and 0 <= batch_dim < len(shape):
+        shape.pop(batch_dim)
+    elif shape and shape[0] == -1:  # an unbatched api whose leading dim is free: send one row
+        shape, batch_dim = shape[1:], 0
+    else:
+        batch_dim = -1
+    if any(d <= 0 for d in shape):
+        return None
+    key = str(params[0].get("name") or "inputs") if params else "inputs"
+    dtype = str(spec.get("dtype") or "float32")
+    if batch_dim < 0:  # the spec is the whole input: no batch dimension to add
+        data = json.dumps(
+            {
+                key: _random_nested(
+                    shape, not dtype.startswith(("float", "bfloat")), random.Random(0)
+                )
+            },
+            separators=(",", ":"),
+        ).encode()
+        return RequestBody(data, "application/json", 1, f"/schema {shape} ({dtype})")
+    body = body_from_shape(shape, dtype, 1, batch_dim=batch_dim, key=key)
+    return RequestBody(body.data, body.content_type, 1, f"/schema {body.source}")
 
 
 def body_from_file(path: str | Path, content_type: str | None = None) -> RequestBody:
@@ -299,12 +366,14 @@ def _probe(endpoint: Endpoint, body: RequestBody, headers: Sequence[tuple[str, s
         raise ServerUnreachable(
             f"cannot reach {endpoint.url}: {exc}; is the server running (e.g. `shelf serve TAG`)?"
         ) from None
-    if response.status_code >= 400:
+    if 400 <= response.status_code < 500:  # our request is wrong; 5xx is load to measure
         detail = response.text.strip().replace("\n", " ")[:300]
-        hint = (
-            "check --input-shape/--dtype or --body against the model's input"
-            if response.status_code in (400, 415, 422)
-            else "check the URL and the server's log"
+        hint = {
+            401: "pass the token with --header 'Authorization: Bearer TOKEN'",
+            403: "pass the token with --header 'Authorization: Bearer TOKEN'",
+            404: "check the URL's path (GET /openapi.json lists the server's routes)",
+        }.get(
+            response.status_code, "check --input-shape/--dtype or --body against the model's input"
         )
         raise ServerUnreachable(
             f"{endpoint.url} answered {response.status_code} to the benchmark request "
