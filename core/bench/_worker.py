@@ -23,6 +23,7 @@ import sys
 import time
 from array import array
 from multiprocessing.connection import Connection
+from typing import Any
 
 # Status recorded for a request that failed below HTTP (reset, refused, bad framing).
 CONNECTION_ERROR = 0
@@ -261,11 +262,25 @@ async def _worker_async(conn: Connection) -> None:
     await asyncio.sleep(0)  # let the transports' close callbacks run
 
 
+def _run(main_coro: Any) -> None:
+    """Run on uvloop when it is installed (the `fast` extra): it halves the client's cost."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main_coro)
+        return
+    loop = uvloop.new_event_loop()
+    try:
+        loop.run_until_complete(main_coro)
+    finally:
+        loop.close()
+
+
 def main(fd: int) -> None:
     """Entry point: `python _worker.py FD`, FD being this end of a socketpair to the parent."""
     conn = Connection(fd)
     try:
-        asyncio.run(_worker_async(conn))
+        _run(_worker_async(conn))
     except (KeyboardInterrupt, BrokenPipeError, ConnectionResetError, EOFError):
         pass
     finally:
