@@ -417,28 +417,38 @@ def bench_model(
         >>> report = bench_model("resnet:latest", ModelBenchSettings(batch_sizes=(1, 32)))
         >>> report.to_dict()["results"][0]["latency_ms"]["p50"]
     """
-    import torch
+    from ..devices import parse_device
 
-    from ..devices import resolve_device
-
-    dev = resolve_device(device)
+    parse_device(device)
+    # Everything that can be checked from the manifest is checked before torch is imported
+    # (about a second here), so a missing --input-shape fails at once.
+    ref = None
     signatures: dict[str, Any] | None = None
     shown = target
-    if _is_python_target(target):
-        model = _load_python_target(target).to(dev).eval()
-    else:
+    if not _is_python_target(target):
         import torchshelf
 
         ref = torchshelf.get(target)
         shown = str(getattr(ref, "tag", target))
         signatures = getattr(ref, "signatures", None)
-        model = torchshelf.load_model(shown, device_id=str(dev))
     spec = resolve_input_spec(signatures, input_shape, dtype, target=shown)
     if settings.channels_last and len(spec.item_shape) != 3:
         raise UsageError(
             f"--channels-last needs 4-D inputs (N, C, H, W); this input is one item of shape "
             f"{list(spec.item_shape)} plus the batch dimension"
         )
+
+    import torch
+
+    from ..devices import resolve_device
+
+    dev = resolve_device(device)
+    if ref is None:
+        model = _load_python_target(target).to(dev).eval()
+    else:
+        import torchshelf
+
+        model = torchshelf.load_model(shown, device_id=str(dev))
 
     results: list[ModelResult] = []
     warnings: list[str] = []
