@@ -40,7 +40,7 @@ def _progress(enabled: bool) -> Iterator[Callable[[str, int, int, bool], None] |
     columns = (
         TextColumn("[bold]{task.description}"),
         BarColumn(),
-        TextColumn("window {task.completed:.0f}/{task.total:.0f}"),
+        TextColumn("window {task.fields[windows]}/{task.total:.0f}"),
         TimeElapsedColumn(),
     )
     with Progress(*columns, console=stderr, transient=True) as bar:
@@ -48,8 +48,8 @@ def _progress(enabled: bool) -> Iterator[Callable[[str, int, int, bool], None] |
 
         def update(label: str, done: int, most: int, finished: bool) -> None:
             if label not in tasks:
-                tasks[label] = bar.add_task(label, total=most)
-            bar.update(tasks[label], completed=most if finished else done)
+                tasks[label] = bar.add_task(label, total=most, windows=0)
+            bar.update(tasks[label], completed=most if finished else done, windows=done)
 
         yield update
 
@@ -75,6 +75,7 @@ def _render_table(doc: dict[str, Any]) -> None:
     server = doc["mode"] == "server"
     variants = {r.get("variant") for r in doc["results"]}
     title = f"{doc['target']} · {doc['device']}" + (f" · torch {doc['torch']}" if doc["torch"] else "")
+    title += " · latency in ms"
     table = Table(title=title, title_justify="left", box=None, pad_edge=False)
     if server:
         table.add_column("CONCURRENCY", justify="right")
@@ -84,8 +85,8 @@ def _render_table(doc: dict[str, Any]) -> None:
             table.add_column("VARIANT")
         table.add_column("BATCH", justify="right")
         table.add_column("ITEMS/S", justify="right")
-    for col in ("P50 ms", "P90 ms", "P95 ms", "P99 ms", "MEAN ± STD ms"):
-        table.add_column(col, justify="right")
+    for col in ("P50", "P90", "P95", "P99", "MEAN ± STD"):
+        table.add_column(col, justify="right", no_wrap=True)
     if server:
         for col in ("ERRORS", "SERVER BATCH", "CLIENT CPU"):
             table.add_column(col, justify="right")

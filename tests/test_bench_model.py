@@ -141,7 +141,7 @@ def test_table_goes_to_stdout_and_the_spec_comes_from_the_signature(store):
     run = shelf("bench", "tiny", "--batch-sizes", "2", "--duration", "0.05", "--max-windows", "3",
                 env={**store, "COLUMNS": "200"})  # fmt: skip
     assert run.returncode == 0, run.stderr
-    assert "P50 ms" in run.stdout and "ITEMS/S" in run.stdout
+    assert "P50" in run.stdout and "ITEMS/S" in run.stdout
 
 
 def test_a_model_without_an_input_spec_names_the_flag_to_pass(store):

@@ -155,14 +155,8 @@ def body_from_server(
     shape and -1 for free dims, parameter names). None when the server has no such route, the
     api is not listed, or a free dimension other than the batch one leaves the shape unknown.
     """
-    import httpx
-
-    try:
-        response = httpx.get(endpoint.origin + "/schema", headers=dict(headers), timeout=5.0)
-        doc = response.json() if response.status_code == 200 else None
-    except (httpx.HTTPError, ValueError):
-        return None
-    if not isinstance(doc, dict):
+    doc = _fetch_schema(endpoint, headers)
+    if doc is None:
         return None
     path = endpoint.path.split("?", 1)[0]
     api = next(
@@ -578,10 +572,11 @@ def bench_server(
         torch_version: str | None = version("torch")
     except Exception:  # torch not installed next to the client: fine in server mode
         torch_version = None
+    schema = _fetch_schema(endpoint, settings.headers) or {}
     return BenchReport(
         mode="server",
         target=endpoint.url,
-        device="server",
+        device=str(schema.get("device") or "unknown (server)"),
         torch=torch_version,
         settings={
             **settings.to_dict(),
