@@ -146,6 +146,18 @@ def body_from_shape(
     return RequestBody(data, "application/json", items, f"shape {text} ({dtype}) x {items}")
 
 
+def _fetch_schema(endpoint: Endpoint, headers: Sequence[tuple[str, str]]) -> dict[str, Any] | None:
+    """`GET /schema` on the target's own address (what `shelf serve` reports), or None."""
+    import httpx
+
+    try:
+        response = httpx.get(endpoint.origin + "/schema", headers=dict(headers), timeout=5.0)
+        doc = response.json() if response.status_code == 200 else None
+    except (httpx.HTTPError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
 def body_from_server(
     endpoint: Endpoint, headers: Sequence[tuple[str, str]] = ()
 ) -> RequestBody | None:
