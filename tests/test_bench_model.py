@@ -45,6 +45,7 @@ def slow_py(tmp_path_factory) -> str:
 def store(tmp_path_factory) -> dict[str, str]:
     """A store holding `tiny` (with an input spec) and `nospec` (without), saved via the API."""
     import torch
+
     import torchshelf
 
     root = tmp_path_factory.mktemp("store")

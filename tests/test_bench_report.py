@@ -7,6 +7,7 @@ import json
 import math
 
 import pytest
+
 from torchshelf.bench.report import (
     LatencyStats,
     Window,

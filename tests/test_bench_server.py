@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from torchshelf.bench.load import LoadSettings, bench_server, body_from_shape
 
 HERE = Path(__file__).parent
@@ -189,6 +190,7 @@ def _serve_available() -> bool:
 @pytest.mark.skipif(not _serve_available(), reason="`shelf serve` is not on this branch yet")
 def test_against_shelf_serve_batches_grow_past_one_under_concurrency(tmp_path):
     import torch
+
     import torchshelf
 
     env = {"TORCHSHELF_HOME": str(tmp_path / "store")}
