@@ -25,7 +25,7 @@ class BenchOutput(str, Enum):
 
 # Flags that make sense in one mode only; giving them in the other is an error, not a no-op.
 _MODEL_ONLY = ("--device", "--batch-sizes", "--iterations", "--warmup", "--compile",
-               "--channels-last")  # fmt: skip
+               "--channels-last", "--threads")  # fmt: skip
 _SERVER_ONLY = ("--concurrency", "--procs", "--body", "--header", "--warmup-duration")
 
 
@@ -148,6 +148,7 @@ def register(app: typer.Typer) -> None:
         iterations: Annotated[int | None, typer.Option("--iterations", help="Model mode: iterations per window instead of --duration.", show_default=False)] = None,
         compile_: Annotated[bool, typer.Option("--compile", help="Model mode: also measure a torch.compile'd variant.")] = False,
         channels_last: Annotated[bool, typer.Option("--channels-last", help="Model mode: also measure a channels_last variant (4-D inputs).")] = False,
+        threads: Annotated[int | None, typer.Option("--threads", help="Model mode: torch intra-op threads (default: torch's).", show_default=False)] = None,
         stability: Annotated[str, typer.Option("--stability", help="Windows repeat until the last 3 agree within this.")] = "10%",
         max_windows: Annotated[int, typer.Option("--max-windows", help="Give up on stability after this many windows.")] = 10,
         concurrency: Annotated[str | None, typer.Option("--concurrency", help="--url: comma-separated closed-loop client counts.  [default: 1,8,64]", show_default=False)] = None,
@@ -255,6 +256,7 @@ def register(app: typer.Typer) -> None:
                     max_windows=max_windows,
                     compile=compile_,
                     channels_last=channels_last,
+                    threads=threads,
                 )
                 report = bench_model(
                     target,  # type: ignore[arg-type]

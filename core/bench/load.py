@@ -36,7 +36,14 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..errors import ShelfError, UsageError
-from .report import BenchReport, LatencyStats, ServerResult, Window, windows_agree
+from .report import (
+    BenchReport,
+    LatencyStats,
+    ServerResult,
+    Window,
+    busy_machine_warnings,
+    windows_agree,
+)
 
 __all__ = [
     "Endpoint",
@@ -561,7 +568,7 @@ def bench_server(
     _probe(endpoint, body, settings.headers)
     request = _encode_request(endpoint, body, settings.headers)
     results: list[ServerResult] = []
-    warnings: list[str] = []
+    warnings: list[str] = busy_machine_warnings()
     for level in settings.concurrency:
         result = _run_level(endpoint, request, body, level, settings, progress)
         results.append(result)

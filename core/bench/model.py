@@ -26,7 +26,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import UsageError
-from .report import BenchReport, LatencyStats, ModelResult, Window, windows_agree
+from .report import (
+    BenchReport,
+    LatencyStats,
+    ModelResult,
+    Window,
+    busy_machine_warnings,
+    windows_agree,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -172,6 +179,7 @@ class ModelBenchSettings:
     max_windows: int = 10
     compile: bool = False
     channels_last: bool = False
+    threads: int | None = None  # torch intra-op threads; None keeps torch's default
 
     def __post_init__(self) -> None:
         if not self.batch_sizes or any(b < 1 for b in self.batch_sizes):
@@ -186,6 +194,8 @@ class ModelBenchSettings:
             raise UsageError("--stability must be a positive percentage, e.g. 10%")
         if self.max_windows < 3:
             raise UsageError("--max-windows must be at least 3 (stability compares the last 3)")
+        if self.threads is not None and self.threads < 1:
+            raise UsageError("--threads must be >= 1")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able copy for the report."""
@@ -443,6 +453,10 @@ def bench_model(
     from ..devices import resolve_device
 
     dev = resolve_device(device)
+    if settings.threads is not None:
+        # On a shared machine, fewer intra-op threads than cores avoids waiting on a thread
+        # that the OS has descheduled; a knob to compare, like --compile.
+        torch.set_num_threads(settings.threads)
     if ref is None:
         model = _load_python_target(target).to(dev).eval()
     else:
@@ -451,7 +465,7 @@ def bench_model(
         model = torchshelf.load_model(shown, device_id=str(dev))
 
     results: list[ModelResult] = []
-    warnings: list[str] = []
+    warnings: list[str] = busy_machine_warnings()
     for name, use_compile, use_cl in _variants(settings):
         candidate = model
         if use_cl:

@@ -40,6 +40,7 @@ __all__ = [
     "load_report",
     "write_csv",
     "machine_info",
+    "busy_machine_warnings",
 ]
 
 PERCENTILES = (50, 90, 95, 99)
@@ -240,6 +241,8 @@ def machine_info() -> dict[str, Any]:
         pass
     if hasattr(os, "sched_getaffinity"):
         info["cpus_usable"] = len(os.sched_getaffinity(0))
+    if hasattr(os, "getloadavg"):
+        info["load_average"] = [round(x, 2) for x in os.getloadavg()]
     with contextlib.suppress(ValueError, OSError, AttributeError):
         info["memory_bytes"] = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     torch = sys.modules.get("torch")  # only describe torch if this run already imported it
@@ -249,6 +252,20 @@ def machine_info() -> dict[str, Any]:
             info["cuda"] = torch.version.cuda
             info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     return info
+
+
+def busy_machine_warnings() -> list[str]:
+    """A warning when other work already keeps the CPUs busy: numbers taken now will be noisy."""
+    if not hasattr(os, "getloadavg"):
+        return []
+    load = os.getloadavg()[0]
+    cpus = os.cpu_count() or 1
+    if load < cpus:
+        return []
+    return [
+        f"the machine was busy before the run (load average {load:.1f} on {cpus} CPUs): "
+        "expect noisy numbers; compare runs taken under the same conditions"
+    ]
 
 
 # --- flag parsing shared by the CLI and the library -------------------------------------------
