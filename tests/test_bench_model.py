@@ -22,6 +22,9 @@ MODELS_PY = textwrap.dedent(
         def forward(self, x):
             time.sleep({SLEEP_S})
             return x + 1
+
+    def conv():
+        return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU())
     """
 )
 
@@ -35,10 +38,15 @@ def shelf(*args: str, env: dict[str, str] | None = None, timeout: float = 180):
 
 
 @pytest.fixture(scope="module")
-def slow_py(tmp_path_factory) -> str:
+def models_py(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("models") / "models.py"
     path.write_text(MODELS_PY)
-    return f"{path}:Slow"
+    return path
+
+
+@pytest.fixture(scope="module")
+def slow_py(models_py) -> str:
+    return f"{models_py}:Slow"
 
 
 @pytest.fixture(scope="module")
@@ -118,14 +126,15 @@ def test_inputs_come_from_the_signature_or_the_flags():
 def test_json_has_the_documented_fields_and_consistent_throughput(store, tmp_path):
     csv_path, png = tmp_path / "out.csv", tmp_path / "out.png"
     run = shelf("bench", "tiny", "--batch-sizes", "1,8", "--duration", "0.1", "--max-windows", "3",
-                "--warmup", "3", "--output", "json", "--csv", str(csv_path), "--plot", str(png),
-                env=store)  # fmt: skip
+                "--warmup", "3", "--threads", "1", "--output", "json", "--csv", str(csv_path),
+                "--plot", str(png), env=store)  # fmt: skip
     assert run.returncode == 0, run.stderr
     doc = json.loads(run.stdout)
     assert doc["target"].startswith("tiny:")
     assert doc["device"] == "cpu"
     assert doc["torch"] and doc["machine"]["cpu_count"] >= 1
     assert doc["settings"]["input_shape"] == [16] and doc["settings"]["batch_sizes"] == [1, 8]
+    assert doc["settings"]["torch_threads"] == 1
     assert [r["batch_size"] for r in doc["results"]] == [1, 8]
     for r in doc["results"]:
         assert set(r["latency_ms"]) == {"p50", "p90", "p95", "p99", "mean", "std"}
@@ -133,7 +142,7 @@ def test_json_has_the_documented_fields_and_consistent_throughput(store, tmp_pat
         assert lat["p50"] <= lat["p90"] <= lat["p95"] <= lat["p99"]
         assert r["peak_memory_bytes"] > 1_000_000  # RSS of a process that imported torch
         expected = r["batch_size"] / (lat["mean"] / 1e3)
-        assert r["throughput_per_s"] == pytest.approx(expected, rel=2e-3)  # mean is rounded
+        assert r["throughput_per_s"] == pytest.approx(expected, rel=1e-3)  # mean is rounded to 1 ns
     assert csv_path.read_text().startswith("Batch Size,Variant,Inferences/Second,p50 latency")
     assert png.read_bytes()[:4] == b"\x89PNG"
 
@@ -182,6 +191,24 @@ def test_baseline_passes_and_fails_as_it_should(slow_py, tmp_path):
     assert doc["results"][0]["latency_ms"]["p50"] >= SLEEP_S * 1e3
 
 
+def test_channels_last_is_measured_next_to_eager(models_py):
+    run = shelf("bench", f"{models_py}:conv", "--input-shape", "3,16,16", "--batch-sizes", "2",
+                "--channels-last", "--duration", "0.05", "--max-windows", "3", "-o", "json")  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    doc = json.loads(run.stdout)
+    assert [(r["variant"], r["batch_size"]) for r in doc["results"]] == [
+        ("eager", 2),
+        ("channels-last", 2),
+    ]
+    assert doc["settings"]["channels_last"] is True
+
+
+def test_channels_last_refuses_inputs_that_are_not_images(models_py):
+    run = shelf("bench", f"{models_py}:conv", "--input-shape", "16", "--channels-last")
+    assert run.returncode == 2
+    assert "--channels-last needs 4-D inputs" in run.stderr
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -198,6 +225,7 @@ def test_baseline_passes_and_fails_as_it_should(slow_py, tmp_path):
         (("--url", "http://127.0.0.1:1/p"), "pass --input-shape"),
         (("tiny", "--baseline", "/nonexistent/b.json"), "does not exist"),
         (("tiny", "--output", "yaml"), "yaml"),
+        (("tiny", "--threads", "0"), "--threads must be >= 1"),
     ],
 )
 def test_bad_flags_are_clear_errors_with_exit_2(args, message, tmp_path):

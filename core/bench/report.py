@@ -87,7 +87,7 @@ class LatencyStats:
 
     def to_dict(self) -> dict[str, float]:
         """The contract's `latency_ms` object (count is kept out: it lives on the result)."""
-        return {k: _round(v) for k, v in asdict(self).items() if k != "count"}
+        return {k: _round(v, 6) for k, v in asdict(self).items() if k != "count"}
 
 
 def _round(value: float | None, digits: int = 4) -> float | None:
