@@ -226,6 +226,7 @@ def test_channels_last_refuses_inputs_that_are_not_images(models_py):
         (("tiny", "--baseline", "/nonexistent/b.json"), "does not exist"),
         (("tiny", "--output", "yaml"), "yaml"),
         (("tiny", "--threads", "0"), "--threads must be >= 1"),
+        (("tiny", "--duration", "1", "--iterations", "5"), "not both"),
     ],
 )
 def test_bad_flags_are_clear_errors_with_exit_2(args, message, tmp_path):

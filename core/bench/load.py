@@ -472,7 +472,12 @@ def _run_level(
         for proc, pconn in workers:
             if not pconn.poll(60):
                 raise ServerUnreachable(f"load worker {proc.pid} did not start within 60 s")
-            message = pconn.recv()
+            try:
+                message = pconn.recv()
+            except EOFError:
+                raise ShelfError(
+                    f"load worker {proc.pid} exited before starting (see its error above)"
+                ) from None
             if message[0] == "error":
                 raise ServerUnreachable(message[1] + "; is the server running?")
         start_ns = time.perf_counter_ns() + 50_000_000
@@ -490,9 +495,12 @@ def _run_level(
             cpu: list[tuple[int, int]] = []
             wall = 0
             for proc, pconn in workers:
-                if not pconn.poll(settings.duration_s * 4 + 30):
-                    raise ShelfError(f"load worker {proc.pid} stopped reporting")
-                _, _, lat_bytes, st_bytes, cpu_ns, wall_ns = pconn.recv()
+                try:
+                    if not pconn.poll(settings.duration_s * 4 + 30):
+                        raise EOFError
+                    _, _, lat_bytes, st_bytes, cpu_ns, wall_ns = pconn.recv()
+                except EOFError:
+                    raise ShelfError(f"load worker {proc.pid} stopped reporting") from None
                 lat.frombytes(lat_bytes)
                 sts.frombytes(st_bytes)
                 cpu.append((cpu_ns, wall_ns))
