@@ -48,13 +48,21 @@ def plot_report(report: dict[str, Any], path: str | os.PathLike[str]) -> None:
             ax_lat.plot(xs, [r["latency_ms"][pct] for r in rows], style, label=f"{prefix}{pct}")
         ax_thr.plot(xs, [r[y_key] for r in rows], "-o", label=name or None)
     x_label = "concurrency (clients)" if server else "batch size"
+    ticks = sorted({r[x_key] for r in report["results"]})
     for ax in (ax_lat, ax_thr):
         ax.set_xscale("log", base=2)
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+        ax.minorticks_off()
         ax.set_xlabel(x_label)
         ax.grid(True, which="both", alpha=0.3)
+    latencies = [r["latency_ms"][p] for r in report["results"] for p in ("p50", "p99")]
+    latencies = [v for v in latencies if v]
+    if latencies and max(latencies) / min(latencies) > 20:
+        ax_lat.set_yscale("log")  # a tail far above the median would flatten the median's line
     ax_lat.set_ylabel("latency (ms)")
     ax_lat.legend(fontsize="small")
     ax_thr.set_ylabel("requests/s" if server else "items/s")
+    ax_thr.set_ylim(bottom=0)  # a truncated axis makes noise look like a trend
     if len(groups) > 1:
         ax_thr.legend(fontsize="small")
     title = f"{report.get('target')} on {report.get('device')}"
