@@ -26,7 +26,7 @@ class BenchOutput(str, Enum):
 # Flags that make sense in one mode only; giving them in the other is an error, not a no-op.
 _MODEL_ONLY = ("--device", "--batch-sizes", "--iterations", "--warmup", "--compile",
                "--channels-last", "--threads")  # fmt: skip
-_SERVER_ONLY = ("--concurrency", "--procs", "--body", "--header", "--warmup-duration")
+_SERVER_ONLY = ("--concurrency", "--procs", "--body", "--header", "--warmup-duration", "--timeout")
 
 
 @contextlib.contextmanager
@@ -155,6 +155,7 @@ def register(app: typer.Typer) -> None:
         procs: Annotated[int | None, typer.Option("--procs", help="--url: load-generator worker processes (default: 1).", show_default=False)] = None,
         warmup_duration: Annotated[float | None, typer.Option("--warmup-duration", help="--url: seconds of load before measuring each level (default: 1).", show_default=False)] = None,
         body: Annotated[Path | None, typer.Option("--body", help="--url: send this file as the request body (JSON, or .safetensors).", show_default=False)] = None,
+        timeout: Annotated[float | None, typer.Option("--timeout", help="--url: seconds before an unanswered request counts as a timeout error (default: 30).", show_default=False)] = None,
         header: Annotated[list[str] | None, typer.Option("--header", "-H", help="--url: extra request header 'Name: value'; repeatable.", show_default=False)] = None,
         output: Annotated[BenchOutput, typer.Option("--output", "-o", help="table or json.")] = BenchOutput.table,
         plot: Annotated[Path | None, typer.Option("--plot", help="Also draw latency and throughput curves to this PNG (needs the 'plot' extra).", show_default=False)] = None,
@@ -243,6 +244,7 @@ def register(app: typer.Typer) -> None:
                     max_windows=max_windows,
                     procs=1 if procs is None else procs,
                     headers=tuple(headers),
+                    timeout_s=30.0 if timeout is None else timeout,
                 )
                 report = bench_server(url, request_body, settings, progress=progress)
             else:

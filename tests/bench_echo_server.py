@@ -3,11 +3,12 @@
 POST /predict answers `{"outputs": <the inputs>}`, re-encoding a same-sized JSON answer, and
 records the number of items of each request in a `torchshelf_batch_size` histogram on /metrics,
 so the load generator's metrics reading can be checked without a model. POST /flaky answers 503
-to every third request. GET /schema describes /predict the way `shelf serve` does.
+to every third request, POST /hang after a second. GET /schema describes /predict the way `shelf serve` does.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 
@@ -46,6 +47,12 @@ async def flaky(request: Request) -> Response:
     return JSONResponse({"outputs": [0]})
 
 
+async def hang(request: Request) -> Response:
+    await request.body()
+    await asyncio.sleep(1.0)
+    return JSONResponse({"outputs": [0]})
+
+
 async def schema(request: Request) -> Response:
     api = {"name": "predict", "path": "/predict", "batch": True, "batch_dim": 0,
            "input_spec": {"shape": [-1, 2, 3], "dtype": "float32"},
@@ -61,6 +68,7 @@ app = Starlette(
     routes=[
         Route("/predict", predict, methods=["POST"]),
         Route("/flaky", flaky, methods=["POST"]),
+        Route("/hang", hang, methods=["POST"]),
         Route("/schema", schema),
         Route("/metrics", metrics),
     ]

@@ -126,6 +126,14 @@ def test_errors_are_counted_by_status_and_kept_out_of_latency(echo):
     assert any("503" in w for w in report.warnings)
 
 
+def test_requests_past_the_timeout_are_counted_as_timeouts(echo):
+    settings = LoadSettings(concurrency=(2,), warmup_s=0.1, duration_s=0.4, max_windows=3,
+                            timeout_s=0.2)  # fmt: skip
+    (r,) = bench_server(f"{echo}/hang", body_from_shape((2,)), settings).results
+    assert set(r.errors) == {"timeout"} and r.errors["timeout"] >= 3
+    assert r.latency.count == 0 and r.requests_per_s == 0
+
+
 def test_a_wrong_route_fails_before_any_load_with_the_servers_answer(echo):
     run = shelf("bench", "--url", f"{echo}/nope", "--input-shape", "4", *QUICK)
     assert run.returncode == 1

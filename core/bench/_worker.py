@@ -25,8 +25,10 @@ from array import array
 from multiprocessing.connection import Connection
 from typing import Any
 
-# Status recorded for a request that failed below HTTP (reset, refused, bad framing).
+# Statuses recorded for requests that failed below HTTP: reset, refused or bad framing; or no
+# complete answer within the job's timeout (the connection is then closed and replaced).
 CONNECTION_ERROR = 0
+TIMEOUT = -1
 
 _HEAD, _BODY, _CHUNK_SIZE, _CHUNK_DATA, _TRAILERS, _UNTIL_CLOSE = range(6)
 
@@ -135,6 +137,14 @@ class _ClosedLoop(asyncio.Protocol):
     def _fail(self) -> None:
         self.transport.close()  # type: ignore[union-attr]
 
+    def expire(self) -> None:
+        """Give up on a request that has taken longer than the timeout."""
+        if self.in_flight:
+            self.pool.latencies.append(time.perf_counter_ns() - self.t0)
+            self.pool.statuses.append(TIMEOUT)
+            self.in_flight = False
+            self.transport.abort()  # type: ignore[union-attr]
+
     def connection_lost(self, exc: Exception | None) -> None:
         if self.in_flight:
             if self.state == _UNTIL_CLOSE and exc is None:
@@ -195,6 +205,15 @@ class _Pool:
                 client.send()
             return
 
+    async def watchdog(self, timeout_ns: int) -> None:
+        """Expire requests older than `timeout_ns`: a scan per second, off the request path."""
+        while self.running:
+            await asyncio.sleep(min(1.0, timeout_ns / 2e9))
+            oldest = time.perf_counter_ns() - timeout_ns
+            for client in list(self.clients):
+                if client.in_flight and client.t0 < oldest:
+                    client.expire()
+
     def close(self) -> None:
         self.running = False
         for task in self.pending:
@@ -225,6 +244,7 @@ async def _worker_async(conn: Connection) -> None:
     start_ns: int = message[1]
     await asyncio.sleep(max(0.0, (start_ns - time.perf_counter_ns()) / 1e9))
     pool.start()
+    watchdog = asyncio.get_running_loop().create_task(pool.watchdog(job["timeout_ns"]))
 
     # The parent says "stop" on the pipe once it has stable windows; watching the pipe's file
     # descriptor lets a window end early instead of running on after the decision.
@@ -259,6 +279,7 @@ async def _worker_async(conn: Connection) -> None:
         mark, cpu_mark, wall_mark = end, cpu_now, wall_now
     loop.remove_reader(conn.fileno())
     pool.close()
+    watchdog.cancel()
     await asyncio.sleep(0)  # let the transports' close callbacks run
 
 

@@ -61,8 +61,11 @@ Progress = Callable[[str, int, int, bool], None]
 
 _WORKER = Path(__file__).with_name("_worker.py")
 
-# Recorded by the worker for a request that failed below HTTP (reset, refused, bad framing).
+# Recorded by the worker for a request that failed below HTTP (reset, refused, bad framing),
+# or that got no complete answer within `LoadSettings.timeout_s`.
 CONNECTION_ERROR = 0
+TIMEOUT = -1
+_ERROR_NAMES = {CONNECTION_ERROR: "connection", TIMEOUT: "timeout"}
 
 # A worker whose process used more than this fraction of one core was probably the bottleneck.
 CLIENT_BOUND_CPU = 0.85
@@ -250,6 +253,7 @@ class LoadSettings:
     max_windows: int = 10
     procs: int = 1
     headers: tuple[tuple[str, str], ...] = field(default=())
+    timeout_s: float = 30.0  # a request unanswered this long counts as a "timeout" error
 
     def __post_init__(self) -> None:
         if not self.concurrency or any(c < 1 for c in self.concurrency):
@@ -264,6 +268,8 @@ class LoadSettings:
             raise UsageError("--max-windows must be at least 3 (stability compares the last 3)")
         if self.procs < 1:
             raise UsageError("--procs must be >= 1")
+        if not self.timeout_s > 0:
+            raise UsageError("--timeout must be a positive number of seconds")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able copy for the report (header values are hidden: they may hold tokens)."""
@@ -463,6 +469,7 @@ def _run_level(
                 "warmup_ns": int(settings.warmup_s * 1e9),
                 "window_ns": int(settings.duration_s * 1e9),
                 "max_windows": settings.max_windows,
+                "timeout_ns": int(settings.timeout_s * 1e9),
             }
         )
         for share in shares
@@ -532,7 +539,7 @@ def _run_level(
             if 200 <= status < 300:
                 ok_latencies.append(value)
             else:
-                errors["connection" if status == CONNECTION_ERROR else str(status)] += 1
+                errors[_ERROR_NAMES.get(status, str(status))] += 1
     wall_s = sum(w for _, _, w, _ in tail) / 1e9
     cpu_s = sum(c for _, _, _, cpu in tail for c, _ in cpu) / 1e9
     per_worker = [
