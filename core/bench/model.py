@@ -16,6 +16,7 @@ and calls it. Timing rules, each for a reason:
 from __future__ import annotations
 
 import copy
+import dataclasses
 import importlib.util
 import resource
 import sys
@@ -394,6 +395,13 @@ def _load_python_target(target: str) -> Any:
     return obj
 
 
+def _signature_method(signatures: dict[str, Any] | None) -> str:
+    """The method to time: `__call__` unless the model's only signature names another."""
+    if not signatures or "__call__" in signatures or len(signatures) != 1:
+        return "__call__"
+    return next(iter(signatures))
+
+
 def _is_python_target(target: str) -> bool:
     head, sep, _ = target.rpartition(":")
     return bool(sep) and head.endswith(".py")
@@ -466,17 +474,23 @@ def bench_model(
 
     results: list[ModelResult] = []
     warnings: list[str] = busy_machine_warnings()
+    method = _signature_method(signatures)
     for name, use_compile, use_cl in _variants(settings):
         candidate = model
         if use_cl:
             candidate = copy.deepcopy(model).to(memory_format=torch.channels_last)
-        call: Callable[[Any], Any] = candidate
+        call: Callable[[Any], Any] = (
+            candidate if method == "__call__" else getattr(candidate, method)
+        )
+        variant_settings = settings
         if use_compile:
-            call = torch.compile(candidate, dynamic=False)
+            call = torch.compile(call, dynamic=False)
+            # Compilation happens on the first call: never let it land in a timed window.
+            variant_settings = dataclasses.replace(settings, warmup=max(settings.warmup, 2))
         results += measure_callable(
             call,
             spec,
-            settings,
+            variant_settings,
             device=dev,
             variant=name,
             channels_last=use_cl,
@@ -499,6 +513,7 @@ def bench_model(
             "input_shape": list(spec.item_shape),
             "dtype": spec.dtype,
             "batch_dim": spec.batch_dim,
+            "method": method,
             "torch_threads": torch.get_num_threads(),
         },
         results=list(results),
