@@ -125,3 +125,12 @@ def test_server_csv_has_perf_analyzer_columns_in_microseconds(tmp_path):
     assert rows[0]["p50 latency"] == "1500"
     assert rows[0]["Avg latency"] == "1600"
     assert rows[0]["Errors"] == "2"
+
+
+def test_importing_the_bench_package_imports_neither_torch_nor_matplotlib():
+    import subprocess
+    import sys
+
+    code = "import sys, torchshelf.bench; print(sorted({'torch', 'matplotlib'} & set(sys.modules)))"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert run.stdout.strip() == "[]", run.stderr
