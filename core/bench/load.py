@@ -400,6 +400,15 @@ def _probe(endpoint: Endpoint, body: RequestBody, headers: Sequence[tuple[str, s
         )
 
 
+def client_was_bound(cpu_fractions: Sequence[float]) -> bool:
+    """True when any load worker kept its core busier than `CLIENT_BOUND_CPU` (of 1.0).
+
+    A closed-loop client that is never idle is waiting on itself, not on the server: the
+    req/s it reports is then the client's ceiling, and more --procs (or cores) would raise it.
+    """
+    return max(cpu_fractions, default=0.0) > CLIENT_BOUND_CPU
+
+
 def _send_stop(workers: Sequence[tuple[Any, Any]]) -> None:
     for _, pconn in workers:
         with contextlib.suppress(OSError):  # already gone
@@ -559,7 +568,7 @@ def _run_level(
         batch_size_distribution=distribution,
         client_cpu_percent=100.0 * cpu_s / wall_s if wall_s else 0.0,
         client_cpu_us_per_request=cpu_s / requests * 1e6 if requests else None,
-        client_bound=max(per_worker, default=0.0) > CLIENT_BOUND_CPU,
+        client_bound=client_was_bound(per_worker),
         windows=len(windows),
         stable=stable,
     )
