@@ -161,7 +161,9 @@ def _fetch_schema(endpoint: Endpoint, headers: Sequence[tuple[str, str]]) -> dic
     import httpx
 
     try:
-        response = httpx.get(endpoint.origin + "/schema", headers=dict(headers), timeout=5.0)
+        response = httpx.get(
+            endpoint.origin + "/schema", headers=dict(headers), timeout=5.0, trust_env=False
+        )
         doc = response.json() if response.status_code == 200 else None
     except (httpx.HTTPError, ValueError):
         return None
@@ -338,7 +340,9 @@ def _fetch_metrics(endpoint: Endpoint, headers: Sequence[tuple[str, str]]) -> _H
     import httpx
 
     try:
-        response = httpx.get(endpoint.origin + "/metrics", headers=dict(headers), timeout=5.0)
+        response = httpx.get(
+            endpoint.origin + "/metrics", headers=dict(headers), timeout=5.0, trust_env=False
+        )
     except httpx.HTTPError:
         return None
     if response.status_code != 200:
@@ -380,6 +384,7 @@ def _probe(endpoint: Endpoint, body: RequestBody, headers: Sequence[tuple[str, s
             content=body.data,
             headers={"Content-Type": body.content_type, **dict(headers)},
             timeout=60.0,
+            trust_env=False,  # never through a proxy from the environment: only the given address
         )
     except httpx.HTTPError as exc:
         raise ServerUnreachable(
@@ -445,6 +450,7 @@ def _start_worker(job: dict[str, Any]) -> tuple[subprocess.Popen[bytes], Connect
         [sys.executable, str(_WORKER), str(theirs.fileno())],
         pass_fds=(theirs.fileno(),),
         stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,  # stdout carries the report (JSON); workers never write there
     )
     theirs.close()
     conn = Connection(ours.detach())
