@@ -156,18 +156,32 @@ def _kind_of(hint: Any) -> tuple[str, str | None]:
     return "any", None
 
 
+def _annotated_spec(hint: Any) -> TensorSpec | None:
+    """`Annotated[torch.Tensor, {"shape": [-1, 64], "dtype": "float32"}]` -> a spec."""
+    if typing.get_origin(hint) is not typing.Annotated:
+        return None
+    for meta in typing.get_args(hint)[1:]:
+        if isinstance(meta, TensorSpec):
+            return meta
+        if isinstance(meta, dict) and ("shape" in meta or "dtype" in meta):
+            return TensorSpec.from_signature(meta)
+    return None
+
+
 def params_of(func: Callable[..., Any], specs: dict[str, TensorSpec] | None = None) -> list[Param]:
     """The decodable parameters of a (bound or unbound) method, from its type hints."""
     sig = inspect.signature(func)
     try:
-        hints = typing.get_type_hints(func)
+        hints = typing.get_type_hints(func, include_extras=True)
     except Exception:  # unresolvable forward refs: fall back to no hints
         hints = {}
     out = []
     for p in sig.parameters.values():
         if p.name == "self" or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
             continue
-        kind, item = _kind_of(hints.get(p.name, Any))
+        hint = hints.get(p.name, Any)
+        kind, item = _kind_of(hint)
+        spec = (specs or {}).get(p.name) or _annotated_spec(hint)
         required = p.default is inspect.Parameter.empty
         out.append(
             Param(
@@ -176,7 +190,7 @@ def params_of(func: Callable[..., Any], specs: dict[str, TensorSpec] | None = No
                 item,
                 required,
                 None if required else p.default,
-                (specs or {}).get(p.name),
+                spec,
             )
         )
     return out
@@ -219,10 +233,12 @@ def _tensor_from_list(name: str, value: Any, spec: TensorSpec | None) -> Any:
         else:
             arr = np.asarray(value)
             kind = arr.dtype.kind
-            if np_name is None and torch_name is None:  # no spec: infer
-                if kind == "f":
+            if np_name is None and torch_name is None:
+                # No spec: numbers become float32, what nearly every model takes (JSON cannot
+                # tell 1 from 1.0 reliably); declare a dtype with Annotated[Tensor, {...}].
+                if kind in "fiu":
                     arr = arr.astype(np.float32)
-                elif kind not in "iub":
+                elif kind != "b":
                     raise InputError(f"{name}: expected a nested list of numbers")
             else:
                 want = np.dtype(np_name) if np_name else np.dtype(np.float32)

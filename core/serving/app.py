@@ -1,0 +1,348 @@
+"""The starlette app of `shelf serve`: routes, auth, limits, codecs around the `Batcher`.
+
+The request path is kept short on purpose (it shares the CPU with the model): no middleware
+stack of our own, metrics children bound once, orjson + numpy for JSON, and the forward pass on
+the worker thread so the event loop only parses and answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from .batching import Batcher, Overloaded, QueueSpec
+from .codecs import (
+    JSON,
+    SAFETENSORS,
+    InputError,
+    decode_json,
+    decode_param,
+    decode_safetensors,
+    encode_json,
+    encode_safetensors,
+)
+from .metrics import ServeMetrics
+from .openapi import openapi_document, schema_document
+from .target import Call, Endpoint, Served, make_runner
+
+__all__ = ["ServeOptions", "build_app"]
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """Server settings from the command line; `None` batching values keep each api's own."""
+
+    host: str = "127.0.0.1"
+    port: int = 3000
+    max_batch_size: int | None = None
+    max_latency_ms: float | None = None
+    max_queue: int = 1024
+    timeout: float = 30.0
+    max_body_bytes: int = 64 * 1024 * 1024
+    api_token: str | None = None
+    metrics_auth: bool = False
+    access_log: bool = False
+    fill_wait: bool = True
+
+
+class _State:
+    def __init__(self) -> None:
+        self.ready = False
+        self.failed: str | None = None
+        self.fns: dict[str, Callable[..., Any]] = {}
+        self.runners: dict[str, Callable[..., Any]] = {}
+        self.on_failure: Callable[[str], None] | None = None
+
+
+def _error(message: str, status: int, headers: dict[str, str] | None = None) -> Response:
+    return Response(encode_json({"error": message}), status, headers, media_type=JSON)
+
+
+def _wants_safetensors(request: Request, sent_safetensors: bool) -> bool:
+    accept = request.headers.get("accept", "")
+    if SAFETENSORS in accept:
+        return True
+    return sent_safetensors and (not accept or accept.startswith("*/*"))
+
+
+def build_app(served: Served, options: ServeOptions) -> Starlette:
+    """Build the ASGI app; the model loads on the worker thread once the server starts."""
+    endpoints = [_effective(ep, options) for ep in served.endpoints]
+    served.endpoints = endpoints
+    names = [ep.name for ep in endpoints]
+    metrics = ServeMetrics(names)
+    state = _State()
+    executor = ThreadPoolExecutor(1, thread_name_prefix=f"torchshelf-{served.device}")
+
+    def trampoline(name: str) -> Callable[[list[Call]], Any]:
+        def run(calls: list[Call]) -> Any:
+            return state.runners[name](calls)
+
+        return run
+
+    specs = [
+        QueueSpec(
+            name=ep.name,
+            run=trampoline(ep.name),
+            batchable=ep.batch,
+            max_batch_size=ep.max_batch_size,
+            max_latency_ms=ep.max_latency_ms,
+            max_queue=options.max_queue,
+        )
+        for ep in endpoints
+    ]
+    holder: dict[str, Batcher] = {}
+    token = options.api_token.encode() if options.api_token else None
+
+    def authorized(request: Request) -> bool:
+        if token is None:
+            return True
+        got = request.headers.get("authorization", "")
+        scheme, _, value = got.partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(), token)
+
+    async def read_body(request: Request) -> bytes:
+        limit = options.max_body_bytes
+        length = request.headers.get("content-length")
+        if length is not None:
+            try:
+                if int(length) > limit:
+                    raise InputError(f"request body is larger than the {limit}-byte limit", 413)
+            except ValueError:
+                raise InputError("invalid Content-Length header", 400) from None
+            return await request.body()
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise InputError(f"request body is larger than the {limit}-byte limit", 413)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def make_handler(ep: Endpoint) -> Callable[[Request], Any]:
+        name = ep.name
+        params = ep.params
+        batch = ep.batch
+        wrap = ep.wrap_outputs
+        timeout = options.timeout
+        image_param = next((p for p in params if p.kind == "image"), None)
+
+        def decode(body: bytes, ctype: str) -> tuple[dict[str, Any], bool]:
+            if ctype.startswith(SAFETENSORS):
+                tensors, meta = decode_safetensors(body)
+                fields: dict[str, Any] = {}
+                for k, v in meta.items():
+                    try:
+                        fields[k] = decode_json(v.encode())
+                    except InputError:
+                        fields[k] = v
+                fields.update(tensors)
+                for p in params:
+                    if p.kind == "list" and p.item_kind == "tensor" and p.name in tensors:
+                        fields[p.name] = list(tensors[p.name].unbind(0))
+                return {p.name: decode_param(p, fields, batch) for p in params}, True
+            if ctype.startswith("image/") and image_param is not None:
+                return {p.name: decode_param(p, {image_param.name: body}) for p in params}, False
+            if ctype.startswith("multipart/"):
+                raise InputError(
+                    f"multipart bodies are not supported: send application/json, {SAFETENSORS}"
+                    " or a raw image/* body",
+                    415,
+                )
+            # Anything else is read as JSON, so `curl -d '{...}'` works without a header.
+            data = decode_json(body)
+            if not isinstance(data, dict):
+                raise InputError(
+                    "the JSON body must be an object whose keys are the api's parameters: "
+                    + ", ".join(p.name for p in params)
+                )
+            return {p.name: decode_param(p, data, batch) for p in params}, False
+
+        def encode(result: Any, binary: bool) -> Response:
+            import torch
+
+            if binary:
+                if isinstance(result, torch.Tensor):
+                    return Response(encode_safetensors({"outputs": result}), media_type=SAFETENSORS)
+                if (
+                    isinstance(result, dict)
+                    and result
+                    and all(isinstance(v, torch.Tensor) for v in result.values())
+                ):
+                    return Response(encode_safetensors(result), media_type=SAFETENSORS)
+            return Response(encode_json({"outputs": result} if wrap else result), media_type=JSON)
+
+        async def handler(request: Request) -> Response:
+            start = time.perf_counter()
+            status = 200
+            try:
+                if not authorized(request):
+                    status = 401
+                    return _error(
+                        "missing or wrong API token: send 'Authorization: Bearer <token>'",
+                        401,
+                        {"WWW-Authenticate": "Bearer"},
+                    )
+                if not state.ready:
+                    status = 503
+                    why = state.failed or "the model is still loading; retry shortly"
+                    return _error(why, 503, {"Retry-After": "1"})
+                body = await read_body(request)
+                kwargs, binary = decode(body, request.headers.get("content-type", ""))
+                binary = _wants_safetensors(request, binary)
+                if ep.is_async:
+                    result = await state.fns[name](**kwargs)
+                else:
+                    rows = ep.rows_of(kwargs)
+                    result = await holder["b"].submit(name, Call(kwargs, rows), rows, timeout)
+                return encode(result, binary)
+            except InputError as exc:
+                status = exc.status
+                return _error(str(exc), status)
+            except Overloaded as exc:
+                status = 503
+                return _error(str(exc), 503, {"Retry-After": str(int(exc.retry_after))})
+            except Exception as exc:
+                status, message = _model_error(exc)
+                return _error(message, status)
+            finally:
+                metrics.request(name, status, time.perf_counter() - start)
+
+        return handler
+
+    async def healthz(request: Request) -> Response:
+        return Response(b'{"status":"ok"}', media_type=JSON)
+
+    async def readyz(request: Request) -> Response:
+        if state.ready:
+            return Response(b'{"status":"ready"}', media_type=JSON)
+        status = "failed" if state.failed else "loading"
+        return Response(encode_json({"status": status, "error": state.failed}), 503, media_type=JSON)
+
+    async def metrics_route(request: Request) -> Response:
+        if options.metrics_auth and not authorized(request):
+            return _error("missing or wrong API token", 401, {"WWW-Authenticate": "Bearer"})
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        for ep in endpoints:  # the gauge is exact even between batches
+            if "b" in holder:
+                metrics.queue_depth(ep.name, holder["b"].depth(ep.name))
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    doc_cache: dict[str, bytes] = {}
+
+    async def openapi(request: Request) -> Response:
+        if "openapi" not in doc_cache:
+            doc_cache["openapi"] = encode_json(openapi_document(served, options))
+        return Response(doc_cache["openapi"], media_type=JSON)
+
+    async def schema(request: Request) -> Response:
+        if "schema" not in doc_cache:
+            doc_cache["schema"] = encode_json(schema_document(served, options))
+        return Response(doc_cache["schema"], media_type=JSON)
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        message = {404: f"no route {request.url.path}; see /openapi.json"}.get(
+            exc.status_code, str(exc.detail)
+        )
+        return _error(message, exc.status_code, dict(exc.headers or {}))
+
+    def load() -> None:
+        fns = served.load()
+        state.fns = fns
+        state.runners = {
+            ep.name: make_runner(ep, fns[ep.name], served.device) for ep in endpoints if not ep.is_async
+        }
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        batcher = Batcher(
+            specs,
+            executor=executor,
+            observer=metrics,
+            default_timeout=options.timeout,
+            fill_wait=options.fill_wait,
+        )
+        holder["b"] = batcher
+        loop = asyncio.get_running_loop()
+
+        async def load_then_ready() -> None:
+            try:
+                await loop.run_in_executor(executor, load)
+            except asyncio.CancelledError:
+                return
+            except BaseException as exc:
+                state.failed = f"loading {served.title} failed: {type(exc).__name__}: {exc}"
+                print(f"error: {state.failed}", file=sys.stderr, flush=True)
+                if state.on_failure is not None:
+                    state.on_failure(state.failed)
+                return
+            state.ready = True
+            if app.state.on_ready is not None:
+                app.state.on_ready()
+
+        task = asyncio.ensure_future(load_then_ready())
+        try:
+            yield
+        finally:
+            await batcher.drain()
+            batcher.close()
+            task.cancel()
+            executor.shutdown(wait=False, cancel_futures=True)
+
+    routes = [
+        Route(ep.path, make_handler(ep), methods=["POST"], name=ep.name) for ep in endpoints
+    ] + [
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", metrics_route, methods=["GET"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
+        Route("/schema", schema, methods=["GET"]),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error})
+    app.state.serve_state = state
+    app.state.metrics = metrics
+    app.state.on_ready = None
+    return app
+
+
+def _effective(ep: Endpoint, options: ServeOptions) -> Endpoint:
+    """Apply `--max-batch-size` / `--max-latency-ms` to batch apis."""
+    from dataclasses import replace
+
+    if not ep.batch:
+        return ep
+    changes: dict[str, Any] = {}
+    if options.max_batch_size is not None:
+        changes["max_batch_size"] = options.max_batch_size
+    if options.max_latency_ms is not None:
+        changes["max_latency_ms"] = options.max_latency_ms
+    return replace(ep, **changes) if changes else ep
+
+
+def _model_error(exc: Exception) -> tuple[int, str]:
+    """Map an exception raised by the model or the api to a status and a message.
+
+    The batch was bisected before we got here, so an error that reaches one caller belongs to
+    that caller's input: value/shape errors are the input's fault (422); anything else is 500.
+    """
+    kind = type(exc).__name__
+    if kind == "OutOfMemoryError":
+        return 503, f"the device ran out of memory: {exc}"
+    if isinstance(exc, (ValueError, TypeError, IndexError, KeyError, RuntimeError)):
+        return 422, f"the model rejected this input: {kind}: {exc}"
+    return 500, f"the api raised {kind}: {exc}"
