@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -62,7 +62,7 @@ def register(app: typer.Typer) -> None:
             ),
         ],
         device: Annotated[
-            Optional[str],
+            str | None,
             typer.Option(
                 "--device",
                 help="cpu, cuda, cuda:N or mps (default: cpu; cuda for a service asking for a gpu).",
@@ -72,14 +72,14 @@ def register(app: typer.Typer) -> None:
         host: Annotated[str, typer.Option("--host", help="Address to bind.")] = "127.0.0.1",
         port: Annotated[int, typer.Option("--port", help="Port to bind.")] = 3000,
         max_batch_size: Annotated[
-            Optional[int],
+            int | None,
             typer.Option(
                 "--max-batch-size", min=1, help="Items per model call for batch apis (default: each api's own, 32).",
                 show_default=False,
             ),
         ] = None,
         max_latency_ms: Annotated[
-            Optional[float],
+            float | None,
             typer.Option(
                 "--max-latency-ms", min=0,
                 help="Longest a batch may wait to fill under load (a lone request never waits).",
@@ -97,7 +97,7 @@ def register(app: typer.Typer) -> None:
             float, typer.Option("--max-body-mb", min=0.001, help="Largest request body (413 past it).")
         ] = 64.0,
         api_token: Annotated[
-            Optional[str],
+            str | None,
             typer.Option(
                 "--api-token",
                 help="Require 'Authorization: Bearer TOKEN' on api routes (or set TORCHSHELF_API_TOKEN).",

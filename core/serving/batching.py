@@ -336,7 +336,7 @@ class Batcher:
         except BaseException as exc:  # the executor itself failed (e.g. shut down)
             outcomes, compute_s = [(False, exc)] * len(batch), 0.0
         q.compute_ewma = compute_s if not q.compute_ewma else 0.7 * q.compute_ewma + 0.3 * compute_s
-        for req, (ok, value) in zip(batch, outcomes):
+        for req, (ok, value) in zip(batch, outcomes, strict=False):
             fut = req.future
             if fut.done():
                 continue

@@ -157,7 +157,7 @@ class Client:
         names = [p["name"] for p in info["params"]]
         if len(args) > len(names):
             raise TypeError(f"{info['name']}() takes {len(names)} arguments, got {len(args)}")
-        values = dict(zip(names, args))
+        values = dict(zip(names, args, strict=False))
         for k, v in kwargs.items():
             if k not in names:
                 raise TypeError(f"{info['name']}() has no parameter {k!r}; it takes {names}")

@@ -111,7 +111,7 @@ class TensorSpec:
         if self.shape is not None:
             got = tuple(tensor.shape)
             if len(got) != len(self.shape) or any(
-                want != -1 and want != have for want, have in zip(self.shape, got)
+                want != -1 and want != have for want, have in zip(self.shape, got, strict=False)
             ):
                 raise InputError(f"{name}: expected shape {list(self.shape)}, got {list(got)}")
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from ..errors import NotFound, UsageError
 from .codecs import InputError, Param, TensorSpec, params_of, return_kind
-from .service import ApiConfig, api_configs, service_config
+from .decorators import ApiConfig, api_configs, service_config
 
 __all__ = ["Call", "Endpoint", "Served", "resolve_target"]
 
