@@ -107,6 +107,14 @@ def register(app: typer.Typer) -> None:
         metrics_auth: Annotated[
             bool, typer.Option("--metrics-auth", help="Require the token on /metrics too.")
         ] = False,
+        threads: Annotated[
+            int | None,
+            typer.Option(
+                "--threads", min=1,
+                help="Torch CPU threads (default: all cores but one, left for HTTP).",
+                show_default=False,
+            ),
+        ] = None,
         access_log: Annotated[
             bool, typer.Option("--access-log", help="Log every request (costs CPU).")
         ] = False,
@@ -147,6 +155,7 @@ def register(app: typer.Typer) -> None:
             api_token=api_token or None,
             metrics_auth=metrics_auth,
             access_log=access_log,
+            threads=threads,
         )
         if host in ("0.0.0.0", "::", "") and not options.api_token:
             stderr.print(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import os
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
@@ -56,6 +57,7 @@ class ServeOptions:
     metrics_auth: bool = False
     access_log: bool = False
     fill_wait: bool = True
+    threads: int | None = None
 
 
 class _State:
@@ -262,6 +264,10 @@ def build_app(served: Served, options: ServeOptions) -> Starlette:
         return _error(message, exc.status_code, dict(exc.headers or {}))
 
     def load() -> None:
+        if served.device == "cpu":
+            import torch
+
+            torch.set_num_threads(options.threads or default_threads())
         fns = served.load()
         state.fns = fns
         state.runners = {
@@ -318,6 +324,20 @@ def build_app(served: Served, options: ServeOptions) -> Starlette:
     app.state.metrics = metrics
     app.state.on_ready = None
     return app
+
+
+def default_threads() -> int:
+    """Torch threads for CPU serving: every core but one, which is left to the event loop.
+
+    The loop parses and answers requests while the worker computes; if torch took every core,
+    the loop would be starved during each forward, fewer requests would be decoded per batch,
+    and batches (and throughput) would shrink.
+    """
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 2
+    return max(1, cores - 1)
 
 
 def _effective(ep: Endpoint, options: ServeOptions) -> Endpoint:

@@ -284,14 +284,11 @@ class Batcher:
     def _fill_until(self, q: _Queue, now: float) -> float:
         """When a backlog should stop waiting for more arrivals (<= now means: go now)."""
         gap = q.gap_ewma
-        if not gap:
-            return now
-        head = q.items[0].enqueued
-        budget_end = head + q.spec.max_latency_ms / 1000.0
+        budget_end = q.items[0].enqueued + q.spec.max_latency_ms / 1000.0
+        if not gap or now >= budget_end or now - q.last_arrival > 2 * gap:
+            return now  # the budget is spent, or arrivals have stopped
         earliest_deadline = min(r.deadline for r in q.items) - q.compute_ewma
-        # Only worth it while arrivals are frequent compared with the budget and still coming.
-        if gap * 4 > q.spec.max_latency_ms / 1000.0 or now - q.last_arrival > 2 * gap:
-            return now
+        # Each arrival re-runs this, so the wait extends only while requests keep coming.
         return min(q.last_arrival + 2 * gap, budget_end, earliest_deadline)
 
     def _dispatch(self, q: _Queue, now: float) -> None:

@@ -60,6 +60,9 @@ _DTYPES: dict[str, tuple[str | None, str]] = {
 }  # fmt: skip
 
 
+_TORCH_DTYPES: dict[str | None, Any] = {}
+
+
 class InputError(Exception):
     """A request body the server cannot use; `status` is the HTTP status to answer with."""
 
@@ -97,14 +100,17 @@ class TensorSpec:
         return ", ".join(parts) or "any tensor"
 
     def torch_dtype(self) -> Any:
-        """The torch dtype, or None."""
-        import torch
+        """The torch dtype, or None (cached: this is on the per-request path)."""
+        cached = _TORCH_DTYPES.get(self.dtype)
+        if cached is None and self.dtype:
+            import torch
 
-        return getattr(torch, _DTYPES[self.dtype][1]) if self.dtype else None
+            cached = _TORCH_DTYPES[self.dtype] = getattr(torch, _DTYPES[self.dtype][1])
+        return cached
 
     def check(self, name: str, tensor: Any) -> None:
         """Raise `InputError` unless `tensor` matches this spec."""
-        if self.dtype is not None and str(tensor.dtype).removeprefix("torch.") != _DTYPES[self.dtype][1]:
+        if self.dtype is not None and tensor.dtype is not self.torch_dtype():
             raise InputError(
                 f"{name}: expected dtype {self.dtype}, got {str(tensor.dtype).removeprefix('torch.')}"
             )
