@@ -249,9 +249,8 @@ def raw_forward(name: str, seconds: float) -> dict[str, float]:
 
 def bench_model(name: str, args: argparse.Namespace, store: str) -> dict[str, Any]:
     import torch
-    from safetensors.torch import save as st_save
-
     import torchshelf
+    from safetensors.torch import save as st_save
 
     os.environ["TORCHSHELF_HOME"] = store
     in_dim = MODELS[name][0]
@@ -302,7 +301,7 @@ def bench_model(name: str, args: argparse.Namespace, store: str) -> dict[str, An
         f"serve_json@{top} / limit": serve[f"json@{top}"]["requests_per_s"] / limit,
         f"serve_binary@{top} / limit": serve[f"binary@{top}"]["requests_per_s"] / limit,
         f"serve_json@{top} / echo": serve[f"json@{top}"]["requests_per_s"] / echo,
-        f"naive@64 / limit": res["naive"]["requests_per_s"] / limit,
+        "naive@64 / limit": res["naive"]["requests_per_s"] / limit,
     }
     if "json@1" in serve:
         res["ratios"]["lone p99 - batch-1 forward (ms)"] = serve["json@1"]["p99_ms"] - res["raw"]["batch1_ms"]
