@@ -56,7 +56,7 @@ def main() -> None:
     from torchshelf.errors import ShelfError
 
     try:
-        app()
+        app(prog_name="shelf")
     except ShelfError as exc:
         fail(exc)
     except OSError as exc:

@@ -97,7 +97,7 @@ def import_model(store: Store, path: Path, *, trust: bool = False, progress: Pro
     """Import a version exported by `export_model`; refuse anything unsafe. Returns its manifest."""
     path = Path(path)
     try:
-        tar = tarfile.open(path, mode="r:*")
+        tar = tarfile.open(path, mode="r:*")  # noqa: SIM115 - closed by the `with tar` below
     except (tarfile.TarError, OSError) as exc:
         raise ArchiveError(f"{path} is not a readable tar archive: {exc}") from None
     staging: Path | None = None

@@ -8,7 +8,6 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from . import archive
 from .api import default_store
 from .api import get as _get
 from .manifest import Progress
@@ -52,12 +51,16 @@ def set_labels(tag: Any, labels: dict[str, str], remove: Iterable[str] = (), *, 
 def export_model(tag: Any, path: str | os.PathLike[str], *, store: StoreLike = None,
                  progress: Progress | None = None) -> Path:
     """Write one version to a `.shelf` tar archive at `path`."""
+    from . import archive
+
     return archive.export_model(default_store(store), tag, Path(path), progress)
 
 
 def import_model(path: str | os.PathLike[str], trust: bool = False, *, store: StoreLike = None,
                  progress: Progress | None = None) -> Model:
     """Import an archive; pickled parts stay locked until `trust=True` or `trust(tag)`."""
+    from . import archive
+
     st = default_store(store)
     return Model(st, archive.import_model(st, Path(path), trust=trust, progress=progress))
 

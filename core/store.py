@@ -26,12 +26,10 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
-
-from filelock import FileLock
+from typing import TYPE_CHECKING, Any
 
 from . import selectors
-from .errors import AlreadyExists, IntegrityError, ManifestError, NotFound, UsageError
+from .errors import AlreadyExists, IntegrityError, InvalidName, ManifestError, NotFound, UsageError
 from .manifest import (
     MANIFEST,
     ORIGIN,
@@ -42,7 +40,10 @@ from .manifest import (
     stat_signature,
     write_stat_cache,
 )
-from .tag import Tag, new_version, parse_tag, validate_name, validate_version
+from .tag import NAME_RE, Tag, new_version, parse_tag, validate_name, validate_version
+
+if TYPE_CHECKING:
+    from filelock import FileLock
 
 LOCK_TIMEOUT = 60.0
 
@@ -97,6 +98,8 @@ class Store:
         return self.models_dir / validate_name(name) / validate_version(version)
 
     def lock(self, name: str) -> FileLock:
+        from filelock import FileLock  # imported here: most commands never take a lock
+
         self.locks_dir.mkdir(parents=True, exist_ok=True)
         return FileLock(str(self.locks_dir / f"{validate_name(name)}.lock"), timeout=LOCK_TIMEOUT)
 
@@ -121,7 +124,10 @@ class Store:
         except FileNotFoundError:
             return []
         with entries:
-            return sorted(e.name for e in entries if e.is_dir() and not e.name.startswith("."))
+            return sorted(
+                e.name for e in entries
+                if e.is_dir() and not e.name.startswith(".") and NAME_RE.match(e.name)
+            )
 
     def manifests(self, name: str, *, skip_broken: bool = True) -> list[Manifest]:
         """Every readable version of `name`, newest first. Vanishing versions are skipped."""
@@ -135,8 +141,8 @@ class Store:
         for version in versions:
             try:
                 found.append(self.read_manifest(name, version))
-            except NotFound:
-                continue  # deleted while we looked
+            except (NotFound, InvalidName):
+                continue  # deleted while we looked, or not a version directory at all
             except ManifestError:
                 if not skip_broken:
                     raise
