@@ -249,8 +249,9 @@ def raw_forward(name: str, seconds: float) -> dict[str, float]:
 
 def bench_model(name: str, args: argparse.Namespace, store: str) -> dict[str, Any]:
     import torch
-    import torchshelf
     from safetensors.torch import save as st_save
+
+    import torchshelf
 
     os.environ["TORCHSHELF_HOME"] = store
     in_dim = MODELS[name][0]

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
+
 from torchshelf.serving.batching import Batcher, DeadlineExceeded, Overloaded, QueueSpec
 
 
