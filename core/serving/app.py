@@ -23,6 +23,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from .batching import Batcher, Overloaded, QueueSpec
 from .codecs import (
@@ -73,8 +74,25 @@ def _error(message: str, status: int, headers: dict[str, str] | None = None) -> 
     return Response(encode_json({"error": message}), status, headers, media_type=JSON)
 
 
-def _wants_safetensors(request: Request, sent_safetensors: bool) -> bool:
-    accept = request.headers.get("accept", "")
+class _Disconnected(Exception):
+    """The client closed the connection before sending its whole body."""
+
+
+class _AsgiEndpoint:
+    """Wraps a raw ASGI callable so that starlette's `Route` does not wrap it in a Request."""
+
+    def __init__(self, app: Callable[[Scope, Receive, Send], Any]) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.app(scope, receive, send)
+
+
+_JSON_BYTES = JSON.encode()
+_ST_BYTES = SAFETENSORS.encode()
+
+
+def _wants_safetensors(accept: str, sent_safetensors: bool) -> bool:
     if SAFETENSORS in accept:
         return True
     return sent_safetensors and (not accept or accept.startswith("*/*"))
@@ -109,32 +127,40 @@ def build_app(served: Served, options: ServeOptions) -> Starlette:
     holder: dict[str, Batcher] = {}
     token = options.api_token.encode() if options.api_token else None
 
-    def authorized(request: Request) -> bool:
+    def authorized(header: str) -> bool:
         if token is None:
             return True
-        got = request.headers.get("authorization", "")
-        scheme, _, value = got.partition(" ")
+        scheme, _, value = header.partition(" ")
         return scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(), token)
 
-    async def read_body(request: Request) -> bytes:
+    def request_authorized(request: Request) -> bool:
+        return authorized(request.headers.get("authorization", ""))
+
+    async def read_body(receive: Receive, length: bytes | None) -> bytes:
         limit = options.max_body_bytes
-        length = request.headers.get("content-length")
         if length is not None:
             try:
                 if int(length) > limit:
                     raise InputError(f"request body is larger than the {limit}-byte limit", 413)
             except ValueError:
                 raise InputError("invalid Content-Length header", 400) from None
-            return await request.body()
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise InputError(f"request body is larger than the {limit}-byte limit", 413)
-            chunks.append(chunk)
-        return b"".join(chunks)
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise _Disconnected()
+            chunk = message.get("body", b"")
+            if chunk:
+                size += len(chunk)
+                if size > limit:
+                    raise InputError(f"request body is larger than the {limit}-byte limit", 413)
+                chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
-    def make_handler(ep: Endpoint) -> Callable[[Request], Any]:
+    def make_handler(ep: Endpoint) -> Callable[[Scope, Receive, Send], Any]:
         name = ep.name
         params = ep.params
         batch = ep.batch
@@ -173,55 +199,82 @@ def build_app(served: Served, options: ServeOptions) -> Starlette:
                 )
             return {p.name: decode_param(p, data, batch) for p in params}, False
 
-        def encode(result: Any, binary: bool) -> Response:
-            import torch
-
+        def encode(result: Any, binary: bool) -> tuple[bytes, bytes]:
             if binary:
+                import torch
+
                 if isinstance(result, torch.Tensor):
-                    return Response(encode_safetensors({"outputs": result}), media_type=SAFETENSORS)
+                    return encode_safetensors({"outputs": result}), _ST_BYTES
                 if (
                     isinstance(result, dict)
                     and result
                     and all(isinstance(v, torch.Tensor) for v in result.values())
                 ):
-                    return Response(encode_safetensors(result), media_type=SAFETENSORS)
-            return Response(encode_json({"outputs": result} if wrap else result), media_type=JSON)
+                    return encode_safetensors(result), _ST_BYTES
+            return encode_json({"outputs": result} if wrap else result), _JSON_BYTES
 
-        async def handler(request: Request) -> Response:
+        async def handler(scope: Scope, receive: Receive, send: Send) -> None:
+            # A raw ASGI endpoint: no Request/Response objects on the hot path.
             start = time.perf_counter()
             status = 200
+            extra: list[tuple[bytes, bytes]] = []
+            auth = ctype = accept = length = None
+            for key, value in scope["headers"]:
+                if key == b"content-type":
+                    ctype = value
+                elif key == b"content-length":
+                    length = value
+                elif key == b"accept":
+                    accept = value
+                elif key == b"authorization":
+                    auth = value
             try:
-                if not authorized(request):
+                if not authorized(auth.decode("latin-1") if auth else ""):
                     status = 401
-                    return _error(
-                        "missing or wrong API token: send 'Authorization: Bearer <token>'",
-                        401,
-                        {"WWW-Authenticate": "Bearer"},
+                    extra.append((b"www-authenticate", b"Bearer"))
+                    raise InputError(
+                        "missing or wrong API token: send 'Authorization: Bearer <token>'", 401
                     )
                 if not state.ready:
                     status = 503
-                    why = state.failed or "the model is still loading; retry shortly"
-                    return _error(why, 503, {"Retry-After": "1"})
-                body = await read_body(request)
-                kwargs, binary = decode(body, request.headers.get("content-type", ""))
-                binary = _wants_safetensors(request, binary)
+                    extra.append((b"retry-after", b"1"))
+                    raise InputError(state.failed or "the model is still loading; retry shortly", 503)
+                body = await read_body(receive, length)
+                kwargs, binary = decode(body, ctype.decode("latin-1") if ctype else "")
+                binary = _wants_safetensors(accept.decode("latin-1") if accept else "", binary)
                 if ep.is_async:
                     result = await state.fns[name](**kwargs)
                 else:
                     rows = ep.rows_of(kwargs)
                     result = await holder["b"].submit(name, Call(kwargs, rows), rows, timeout)
-                return encode(result, binary)
+                content, media = encode(result, binary)
             except InputError as exc:
                 status = exc.status
-                return _error(str(exc), status)
+                content, media = encode_json({"error": str(exc)}), _JSON_BYTES
             except Overloaded as exc:
                 status = 503
-                return _error(str(exc), 503, {"Retry-After": str(int(exc.retry_after))})
+                extra.append((b"retry-after", str(int(exc.retry_after)).encode()))
+                content, media = encode_json({"error": str(exc)}), _JSON_BYTES
+            except _Disconnected:
+                status = 499  # the client went away; nothing to answer
+                metrics.request(name, status, time.perf_counter() - start)
+                return
             except Exception as exc:
                 status, message = _model_error(exc)
-                return _error(message, status)
-            finally:
-                metrics.request(name, status, time.perf_counter() - start)
+                content, media = encode_json({"error": message}), _JSON_BYTES
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": status,
+                    "headers": [
+                        (b"content-type", media),
+                        (b"content-length", str(len(content)).encode()),
+                        *extra,
+                    ],
+                }
+            )
+            await send({"type": "http.response.body", "body": content})
+            metrics.request(name, status, time.perf_counter() - start)
 
         return handler
 
@@ -235,7 +288,7 @@ def build_app(served: Served, options: ServeOptions) -> Starlette:
         return Response(encode_json({"status": status, "error": state.failed}), 503, media_type=JSON)
 
     async def metrics_route(request: Request) -> Response:
-        if options.metrics_auth and not authorized(request):
+        if options.metrics_auth and not request_authorized(request):
             return _error("missing or wrong API token", 401, {"WWW-Authenticate": "Bearer"})
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -311,7 +364,8 @@ def build_app(served: Served, options: ServeOptions) -> Starlette:
             executor.shutdown(wait=False, cancel_futures=True)
 
     routes = [
-        Route(ep.path, make_handler(ep), methods=["POST"], name=ep.name) for ep in endpoints
+        Route(ep.path, _AsgiEndpoint(make_handler(ep)), methods=["POST"], name=ep.name)
+        for ep in endpoints
     ] + [
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
