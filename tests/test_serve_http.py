@@ -36,6 +36,9 @@ SERVICE_SOURCE = textwrap.dedent(
     from typing import Annotated
 
     import torch
+    from PIL import Image
+
+    import torchshelf
     import torchshelf.serving as ts
 
 
@@ -52,6 +55,7 @@ SERVICE_SOURCE = textwrap.dedent(
     class TwoModels:
         def __init__(self) -> None:
             self.small, self.other = build()
+            self.loaded: dict[str, torch.nn.Module] = {}
 
         @ts.api
         def predict(self, x: torch.Tensor) -> torch.Tensor:
@@ -75,6 +79,21 @@ SERVICE_SOURCE = textwrap.dedent(
         @ts.api
         def greet(self, name: str, times: int = 1) -> dict:
             return {"greeting": "hello " + name, "times": times}
+
+        @ts.api
+        async def shout(self, text: str) -> str:
+            return text.upper()
+
+        @ts.api
+        def image_size(self, image: Image.Image) -> dict:
+            return {"size": list(image.size), "mode": image.mode}
+
+        @ts.api
+        def predict_with_model(self, model_name: str, input_data: torch.Tensor) -> dict:
+            # on-demand loading, as in the seed's DynamicPyTorchService
+            if model_name not in self.loaded:
+                self.loaded[model_name] = torchshelf.load_model(f"{model_name}:latest")
+            return {"model_used": model_name, "prediction": self.loaded[model_name](input_data)}
     '''
 )
 
@@ -165,8 +184,10 @@ def service_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def service_server(service_file: Path) -> Iterator[Server]:
-    server = Server(f"{service_file}:TwoModels", "--max-body-mb", "0.05")
+def service_server(service_file: Path, store: tuple[str, str, torch.nn.Module]) -> Iterator[Server]:
+    server = Server(
+        f"{service_file}:TwoModels", "--max-body-mb", "0.05", env={"TORCHSHELF_HOME": store[0]}
+    )
     yield server
     server.stop()
 
@@ -247,6 +268,29 @@ def test_a_service_file_serves_two_apis_backed_by_two_models(
     assert answer["label"] == int(other(x[0:1]).argmax())
     r = httpx.post(service_server.url + "/greet", json={"name": "ada"})
     assert r.json() == {"greeting": "hello ada", "times": 1}
+
+
+def test_async_image_and_on_demand_loading_apis_work(
+    service_server: Server, store: tuple[str, str, torch.nn.Module]
+) -> None:
+    import io
+
+    from PIL import Image
+
+    url = service_server.url
+    assert httpx.post(url + "/shout", json={"text": "hi"}).json() == "HI"
+    buf = io.BytesIO()
+    Image.new("RGB", (7, 5)).save(buf, format="PNG")
+    r = httpx.post(url + "/image_size", content=buf.getvalue(), headers={"Content-Type": "image/png"})
+    assert r.status_code == 200, r.text
+    assert r.json() == {"size": [7, 5], "mode": "RGB"}
+    r = httpx.post(url + "/image_size", content=b"not a png", headers={"Content-Type": "image/png"})
+    assert r.status_code == 400 and "image" in r.json()["error"]
+    x = torch.randn(2, 8)
+    r = httpx.post(url + "/predict_with_model", json={"model_name": "mlp", "input_data": x.tolist()})
+    assert r.status_code == 200, r.text
+    assert r.json()["model_used"] == "mlp"
+    assert torch.allclose(torch.tensor(r.json()["prediction"]), store[2](x).detach(), atol=1e-5)
 
 
 def test_64_concurrent_callers_each_get_their_own_rows_and_calls_are_batched(
@@ -365,7 +409,7 @@ def test_the_client_calls_service_apis_sync_and_async(
     small, _ = reference_models
     x = torch.randn(2, 8)
     with Client(service_server.url) as client:
-        assert set(client.apis) == {"predict", "classify", "embed", "greet"}
+        assert {"predict", "classify", "embed", "greet", "shout"} <= set(client.apis)
         assert torch.allclose(client.predict(x), small(x).detach(), atol=1e-5)
         assert torch.allclose(client.embed(x), small(x).detach(), atol=1e-5)
         assert client.greet("bob", times=2) == {"greeting": "hello bob", "times": 2}
