@@ -524,6 +524,26 @@ def test_a_stored_model_serves_on_cuda(store: tuple[str, str, torch.nn.Module]) 
         server.stop()
 
 
+def test_a_service_that_fails_to_load_exits_1_with_its_error(tmp_path: Path) -> None:
+    path = tmp_path / "broken.py"
+    path.write_text(
+        "import torchshelf.serving as ts\n\n"
+        "@ts.service\nclass Broken:\n"
+        "    def __init__(self):\n        raise RuntimeError('weights missing')\n\n"
+        "    @ts.api\n    def predict(self, x: int) -> int:\n        return x\n"
+    )
+    proc = _shelf("serve", f"{path}:Broken", "--port", str(_free_port()))
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1
+    assert "weights missing" in err
+
+
+def test_a_target_that_is_neither_a_tag_nor_a_class_is_a_clean_error(tmp_path: Path) -> None:
+    proc = _shelf("serve", f"{tmp_path}/nothing.py:Svc", env={"TORCHSHELF_HOME": str(tmp_path)})
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1 and "no such file" in err and "Traceback" not in err
+
+
 # -- overload and shutdown ---------------------------------------------------------------------
 
 
