@@ -386,6 +386,25 @@ def test_openapi_describes_every_api_with_its_request_schema(service_server: Ser
     assert greet["properties"] == {"name": {"type": "string"}, "times": {"type": "integer"}}
     assert greet["required"] == ["name"]
     assert "422" in embed["responses"] and "503" in embed["responses"]
+    try:
+        from openapi_spec_validator import validate
+    except ImportError:
+        return
+    validate(doc)
+
+
+def test_the_stored_model_openapi_document_is_valid_and_secured(model_server: Server) -> None:
+    doc = httpx.get(model_server.url + "/openapi.json").json()
+    op = doc["paths"]["/predict"]["post"]
+    assert op["security"] == [{"bearer": []}] and "401" in op["responses"]
+    inputs = op["requestBody"]["content"]["application/json"]["schema"]["properties"]["inputs"]
+    assert inputs["items"]["minItems"] == inputs["items"]["maxItems"] == 8
+    assert "application/vnd.safetensors" in op["requestBody"]["content"]
+    try:
+        from openapi_spec_validator import validate
+    except ImportError:
+        return
+    validate(doc)
 
 
 def test_metrics_use_the_contract_names(service_server: Server) -> None:
