@@ -12,6 +12,7 @@ JSON goes through orjson when it is installed: nested lists are decoded with num
 from __future__ import annotations
 
 import base64
+import contextlib
 import inspect
 import io
 import json
@@ -345,10 +346,8 @@ def decode_safetensors(body: bytes) -> tuple[dict[str, Any], dict[str, str]]:
     meta: dict[str, str] = {}
     n = int.from_bytes(body[:8], "little")
     if b"__metadata__" in body[8 : 8 + n]:
-        try:
+        with contextlib.suppress(InputError, TypeError, AttributeError):
             meta = dict(decode_json(body[8 : 8 + n]).get("__metadata__") or {})
-        except (InputError, TypeError, AttributeError):
-            pass
     return tensors, meta
 
 
