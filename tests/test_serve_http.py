@@ -572,6 +572,18 @@ def test_a_target_that_is_neither_a_tag_nor_a_class_is_a_clean_error(tmp_path: P
     assert proc.returncode == 1 and "no such file" in err and "Traceback" not in err
 
 
+def test_a_tag_wins_over_a_directory_or_module_of_the_same_name(
+    store: tuple[str, str, torch.nn.Module], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from torchshelf.serving.target import resolve_target
+
+    (tmp_path / "mlp").mkdir()  # an importable namespace package named like the model
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    served = resolve_target(store[1])
+    assert served.kind == "model" and served.title == store[1]
+
+
 # -- overload and shutdown ---------------------------------------------------------------------
 
 
