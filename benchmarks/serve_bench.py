@@ -172,8 +172,11 @@ def _wrk_load(url: str, body: bytes, headers: dict[str, str], clients: int, dura
         )
         run = ["wrk", "-t1", f"-c{clients}", "-s", str(script), url]
         subprocess.run([*run[:1], "-d1s", *run[1:]], capture_output=True, check=False)
-        out = subprocess.run([*run[:1], f"-d{duration}s", *run[1:]], capture_output=True, text=True, check=False)
-    line = next(ln for ln in out.stdout.splitlines() if ln.startswith("JSON "))
+        seconds = max(1, round(duration))  # wrk takes whole seconds
+        out = subprocess.run([*run[:1], f"-d{seconds}s", *run[1:]], capture_output=True, text=True, check=False)
+    line = next((ln for ln in out.stdout.splitlines() if ln.startswith("JSON ")), None)
+    if line is None:
+        raise RuntimeError(f"wrk failed: {out.stdout}{out.stderr}")
     data = json.loads(line[5:])
     return {
         "requests_per_s": (data["n"] - data["err"]) / data["s"],
