@@ -1,8 +1,9 @@
-"""The starlette app of `shelf serve`: routes, auth, limits, codecs around the `Batcher`.
+"""The ASGI app of `shelf serve`: routes, auth, limits and codecs around the `Batcher`.
 
-The request path is kept short on purpose (it shares the CPU with the model): no middleware
-stack of our own, metrics children bound once, orjson + numpy for JSON, and the forward pass on
-the worker thread so the event loop only parses and answers.
+The request path is kept short on purpose (it shares the CPU with the model): api POSTs are raw
+ASGI handlers that skip starlette's middleware and router (starlette serves everything else),
+metrics are lock-free counters, JSON goes through orjson + numpy, and the forward pass runs on the
+worker thread so the event loop only parses and answers.
 """
 
 from __future__ import annotations
