@@ -65,6 +65,7 @@ class ServeOptions:
 class _State:
     def __init__(self) -> None:
         self.ready = False
+        self.draining = False
         self.failed: str | None = None
         self.fns: dict[str, Callable[..., Any]] = {}
         self.runners: dict[str, Callable[..., Any]] = {}
@@ -302,6 +303,8 @@ def build_app(served: Served, options: ServeOptions) -> _FastPath:
         return Response(b'{"status":"ok"}', media_type=JSON)
 
     async def readyz(request: Request) -> Response:
+        if state.draining:
+            return Response(b'{"status":"draining"}', 503, media_type=JSON)
         if state.ready:
             return Response(b'{"status":"ready"}', media_type=JSON)
         status = "failed" if state.failed else "loading"

@@ -13,6 +13,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Generator
+from types import FrameType
 
 import uvicorn
 
@@ -23,6 +24,13 @@ __all__ = ["run_server"]
 
 
 class _Server(uvicorn.Server):
+    on_exit: Callable[[], None] | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.on_exit is not None:
+            self.on_exit()  # /readyz turns 503 at once, while in-flight requests finish
+        super().handle_exit(sig, frame)
+
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
         if threading.current_thread() is not threading.main_thread():
@@ -87,6 +95,11 @@ def run_server(
         server.should_exit = True
 
     state.on_failure = stop
+
+    def draining() -> None:
+        state.draining = True
+
+    server.on_exit = draining
     server.run()
     if state.failed:
         return 1
