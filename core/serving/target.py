@@ -192,9 +192,9 @@ def _default_device(wants_gpu: bool) -> str:
 
 
 def _serve_model(tag: str, device: str | None) -> Served:
-    from .. import api as store_api
+    from ..api import get as store_get
 
-    ref = store_api.get(tag)
+    ref = store_get(tag)
     endpoints = []
     for method, sig in ref.signatures.items():
         spec = TensorSpec.from_signature(sig.get("input_spec"))
