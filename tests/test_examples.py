@@ -169,3 +169,123 @@ def test_versioning_loads_the_newest_production_model(home: Path) -> None:
     out = run_example(home, "versioning.py").stdout
     assert "serving production_model:1.1.0" in out
     assert list_tags(home, "production_model", "--label", "stage=production") == ["production_model:1.1.0"]
+
+
+# -- services -----------------------------------------------------------------------------------
+
+
+def test_basic_service_predicts_with_stored_transform_and_class_names(home: Path) -> None:
+    run_example(home, "basic_service/save.py")
+    with serve(home, "examples/basic_service/service.py:PyTorchClassifier") as srv:
+        r = srv.post("predict", {"input_tensor": [[0.1, 0.2, 0.3, 0.4]]})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["class_name"] in ("negative", "neutral", "positive")
+        assert body["class_name"] == ["negative", "neutral", "positive"][body["class_id"]]
+        assert abs(sum(body["probabilities"][0]) - 1) < 1e-5
+        assert body["confidence"] == max(body["probabilities"][0])
+
+
+def test_batch_service_gives_each_concurrent_caller_its_own_results(home: Path) -> None:
+    import torch
+
+    run_example(home, "batch_service/save.py")
+    import torchshelf
+
+    model = torchshelf.load_model("batch_model", store=home)
+    items = [torch.randn(16) for _ in range(24)]
+    with serve(home, "examples/batch_service/service.py:BatchPyTorchService") as srv:
+        results: dict[int, Any] = {}
+
+        def call(i: int) -> None:  # 12 clients, 2 items each, all at once
+            r = srv.post("batch_predict", {"input_tensors": [items[2 * i].tolist(), items[2 * i + 1].tolist()]})
+            results[i] = (r.status_code, r.json())
+
+        threads = [threading.Thread(target=call, args=(i,)) for i in range(12)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        metrics = srv.http.get("/metrics").text
+    with torch.no_grad():
+        expected = model(torch.stack(items))
+    for i, (status, body) in results.items():
+        assert status == 200, body
+        assert len(body) == 2
+        for j, got in enumerate(body):
+            assert torch.allclose(torch.tensor(got["prediction"]), expected[2 * i + j], atol=1e-5)
+    assert 'torchshelf_batch_size_count{api="batch_predict"}' in metrics
+
+
+def test_multi_model_service_serves_three_models(home: Path) -> None:
+    run_example(home, "multi_model_service/save.py")
+    image = [[[0.1 * (c + y + x) for x in range(8)] for y in range(8)] for c in range(3)]
+    with serve(home, "examples/multi_model_service/service.py:MultiPyTorchService") as srv:
+        r = srv.post("classify", {"image": image})
+        assert r.status_code == 200 and 0 <= r.json()["class"] < 5, r.text
+        r = srv.post("detect_objects", {"image": image})
+        assert r.status_code == 200 and len(r.json()["detections"]) == 4, r.text
+        assert all(len(box) == 5 for box in r.json()["detections"])
+        r = srv.post("generate_image", {"noise": [[0.0] * 16]})
+        assert r.status_code == 200, r.text
+        generated = r.json()
+        assert len(generated) == 3 and len(generated[0]) == 8 and len(generated[0][0]) == 8
+
+
+def test_torchscript_service_serves_the_scripted_model(home: Path) -> None:
+    run_example(home, "torchscript/save.py")
+    with serve(home, "examples/torchscript/service.py:TorchScriptService") as srv:
+        r = srv.post("predict", {"input_data": [[1, 2, 3, 4, 5, 6], [0, 0, 0, 0, 0, 0]]})
+        assert r.status_code == 200, r.text
+        out = r.json()
+        assert len(out) == 2 and len(out[0]) == 3
+        assert all(-10 <= v <= 10 for row in out for v in row)
+
+
+def test_state_dict_service_rebuilds_the_model_from_its_config(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = run_example(home, "state_dict/save.py").stdout
+    assert "model_config stored as tensors" in out  # a state dict needs no pickle
+    monkeypatch.syspath_prepend(str(EXAMPLES / "state_dict"))  # `architectures`, for the reference
+    import torch
+
+    import torchshelf
+
+    x = torch.arange(24, dtype=torch.float32).view(2, 12) / 10
+    with torch.no_grad():
+        expected = torchshelf.load_model("model_with_state", store=home)(x)
+    with serve(home, "examples/state_dict/service.py:StateDictService") as srv:
+        r = srv.post("predict", {"input_data": x.tolist()})
+    assert r.status_code == 200, r.text
+    assert torch.allclose(torch.tensor(r.json()["prediction"]), expected, atol=1e-5)
+    assert r.json()["class_id"] == expected.argmax(dim=1).tolist()
+
+
+def test_dynamic_service_loads_models_on_demand(home: Path) -> None:
+    run_example(home, "dynamic_loading/save.py")
+    row = [[0.0, 1, 2, 3, 4, 5, 6, 7]]
+    with serve(home, "examples/dynamic_loading/service.py:DynamicPyTorchService") as srv:
+        r = srv.post("predict_with_model", {"model_name": "topic", "input_data": row})
+        assert r.status_code == 200, r.text
+        assert r.json()["loaded"] == ["topic"] and len(r.json()["prediction"][0]) == 5
+        r = srv.post("predict_with_model", {"model_name": "sentiment", "input_data": row})
+        assert r.json()["loaded"] == ["sentiment", "topic"] and len(r.json()["prediction"][0]) == 2
+        r = srv.post("predict_with_model", {"model_name": "nope", "input_data": row})
+        assert r.status_code == 422 and "not found" in r.json()["error"], r.text
+
+
+def test_error_handling_service_reports_missing_model_and_wrong_shape(home: Path) -> None:
+    service = "examples/error_handling/service.py:RobustPyTorchService"
+    with serve(home, service) as srv:  # empty store: starts, but says what is missing
+        r = srv.post("predict", {"input_data": [[0.0] * 8]})
+        assert r.status_code == 500 and "robust_model" in r.json()["error"], r.text
+    run_example(home, "error_handling/errors.py")  # saves robust_model
+    with serve(home, service) as srv:
+        r = srv.post("predict", {"input_data": [[0.0] * 5]})
+        assert r.status_code == 422 and "expected a (batch, 8) tensor, got [1, 5]" in r.json()["error"]
+        r = srv.post("predict", {"input_data": "not a tensor"})
+        assert r.status_code == 422 and "input_data" in r.json()["error"]
+        r = srv.post("predict", content=b"{not json")
+        assert r.status_code == 400, r.text
+        r = srv.post("predict", {"input_data": [[0.0] * 8, [1.0] * 8]})
+        assert r.status_code == 200 and r.json()["success"] is True
+        assert len(r.json()["prediction"]) == 2
