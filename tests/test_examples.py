@@ -289,3 +289,50 @@ def test_error_handling_service_reports_missing_model_and_wrong_shape(home: Path
         r = srv.post("predict", {"input_data": [[0.0] * 8, [1.0] * 8]})
         assert r.status_code == 200 and r.json()["success"] is True
         assert len(r.json()["prediction"]) == 2
+
+
+def _png(color: tuple[int, int, int], size: tuple[int, int] = (80, 60)) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", size, color).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_image_classifier_service_answers_an_upload_with_the_top_5(home: Path) -> None:
+    import base64
+
+    run_example(home, "preprocessing_pipeline.py")  # saves resnet_classifier with its transform
+    png = _png((200, 120, 40))
+    with serve(home, "examples/image_classifier/service.py:ImageClassifier") as srv:
+        r = srv.post("classify_image", content=png, headers={"Content-Type": "image/png"})
+        assert r.status_code == 200, r.text
+        top = r.json()["top_predictions"]
+        assert len(top) == 5
+        confidences = [p["confidence"] for p in top]
+        assert confidences == sorted(confidences, reverse=True) and 0 < sum(confidences) <= 1 + 1e-6
+        assert len({p["class_id"] for p in top}) == 5 and all(p["class_name"] for p in top)
+        as_json = srv.post("classify_image", {"image": base64.b64encode(png).decode()})
+        assert as_json.json() == r.json()
+        r = srv.post("classify_image", content=b"not an image", headers={"Content-Type": "image/png"})
+        assert r.status_code == 400 and "image" in r.json()["error"]
+
+
+@pytest.mark.slow
+def test_text_generation_service_generates_from_a_prompt(home: Path) -> None:
+    pytest.importorskip("transformers", reason="the text generation example needs transformers")
+    pytest.importorskip("tokenizers", reason="the text generation example needs tokenizers")
+    run_example(home, "text_generation/save.py")
+    with serve(home, "examples/text_generation/service.py:TextGenerator") as srv:
+        r = srv.post("generate_text", {"prompt": "The server batches", "max_length": 24})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["prompt"] == "The server batches"
+        assert body["generated_text"].startswith("The server batches")
+        assert body["length"] == len(body["generated_text"]) and body["tokens"] <= 24
+        r = srv.post("generate_text", {"prompt": "A tokenizer"})  # max_length defaults to 100
+        assert r.status_code == 200 and r.json()["tokens"] <= 100, r.text
+        r = srv.post("generate_text", {"prompt": "too long", "max_length": 100000})
+        assert r.status_code == 422 and "max_length" in r.json()["error"]
+        r = srv.post("generate_text", {"max_length": 10})
+        assert r.status_code == 422 and "prompt" in r.json()["error"]
