@@ -336,3 +336,27 @@ def test_text_generation_service_generates_from_a_prompt(home: Path) -> None:
         assert r.status_code == 422 and "max_length" in r.json()["error"]
         r = srv.post("generate_text", {"max_length": 10})
         assert r.status_code == 422 and "prompt" in r.json()["error"]
+
+
+@pytest.mark.slow
+def test_ci_pipeline_script_runs_with_the_cli_only(tmp_path: Path) -> None:
+    for tool in ("jq", "curl"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"the CI pipeline example needs {tool}: apt-get install -y jq curl")
+    work = tmp_path / "ci"
+    work.mkdir()
+    env = _env(tmp_path / "unused")
+    del env["TORCHSHELF_HOME"]  # the script picks its own build and deploy stores under WORK
+    # The gate itself is exercised by bench's tests; here only its plumbing, on a noisy machine.
+    env.update(WORK=str(work), PORT=str(free_port()), MAX_REGRESSION="1000%")
+    proc = subprocess.run(["bash", str(EXAMPLES / "ci_pipeline.sh")], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, f"ci_pipeline.sh exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    tag = proc.stdout.strip().splitlines()[-1].removeprefix("pipeline passed: ")
+    assert tag.startswith("ci-classifier:")
+    assert (work / "ci-classifier.shelf").is_file()
+    assert tag in list_tags(work / "deploy-store") and tag in list_tags(work / "build-store")
+    bench = json.loads((work / "bench.json").read_text())
+    assert [r["concurrency"] for r in bench["results"]] == [1, 4]
+    assert bench["baseline"]["passed"] is True and (work / "bench-baseline.json").is_file()
+    assert "POST /predict answered 10 scores" in proc.stdout

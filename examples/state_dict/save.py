@@ -7,9 +7,9 @@ JSON skeleton as JSON and every tensor of the state dict as safetensors.
 from __future__ import annotations
 
 import torch
+from architectures import create_model_from_config
 
 import torchshelf
-from architectures import create_model_from_config
 
 
 def save_with_state_dict() -> torchshelf.Tag:

@@ -8,9 +8,9 @@
 from __future__ import annotations
 
 import torch
+from architectures import create_model_from_config  # this file's neighbour (serve adds its dir)
 
 import torchshelf
-from architectures import create_model_from_config  # this file's neighbour (serve adds its dir)
 
 
 @torchshelf.service
