@@ -360,3 +360,13 @@ def test_ci_pipeline_script_runs_with_the_cli_only(tmp_path: Path) -> None:
     assert [r["concurrency"] for r in bench["results"]] == [1, 4]
     assert bench["baseline"]["passed"] is True and (work / "bench-baseline.json").is_file()
     assert "POST /predict answered 10 scores" in proc.stdout
+
+
+def test_readme_lists_every_example() -> None:
+    readme = (EXAMPLES / "README.md").read_text()
+    helpers = {"README.md", "quickstart_model.py", "__pycache__"}
+    for entry in sorted(EXAMPLES.iterdir()):
+        if entry.name in helpers:
+            continue
+        link = f"]({entry.name}/)" if entry.is_dir() else f"]({entry.name})"
+        assert link in readme, f"examples/README.md has no line for {entry.name}"
