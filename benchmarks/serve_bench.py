@@ -9,6 +9,10 @@ For each model (a small MLP and a compute-bound MLP) it measures:
 - shelf serve: batching on, at 1, 8 and 64 closed-loop clients with JSON, and 64 with
   safetensors bodies.
 
+Next to req/s and latency it reports the server's CPU time per request (from /proc) and, for
+shelf serve, the mean items per model call (from its /metrics): on a shared machine these move
+much less than req/s does.
+
 Client, servers and torch share the machine's cores, so the ceilings add up: the limit is
 `1 / (1/echo + 1/raw)`. Ratios taken in the same run are what to compare.
 
@@ -112,26 +116,36 @@ async def _httpx_load(url: str, body: bytes, headers: dict[str, str], clients: i
     errors: dict[str, int] = {}
     stop_at = 0.0
 
-    async def worker() -> None:
-        # One client with one connection per worker: a shared pool is pathologically slow.
-        async with httpx.AsyncClient(limits=httpx.Limits(max_connections=1), timeout=60) as c:
-            while time.perf_counter() < stop_at:
-                t0 = time.perf_counter()
-                r = await c.post(url, content=body, headers=headers)
-                if r.status_code == 200:
-                    latencies.append(time.perf_counter() - t0)
-                else:
-                    errors[str(r.status_code)] = errors.get(str(r.status_code), 0) + 1
+    # One client with one connection per worker (a shared pool is pathologically slow), created
+    # once: client creation (an SSL context each) must not fall inside the measured window.
+    import ssl
+
+    ctx = ssl.create_default_context()  # shared: one per client costs ~30 ms each
+    pool = [
+        httpx.AsyncClient(limits=httpx.Limits(max_connections=1), timeout=60, verify=ctx)
+        for _ in range(clients)
+    ]
+
+    async def worker(c: httpx.AsyncClient) -> None:
+        while time.perf_counter() < stop_at:
+            t0 = time.perf_counter()
+            r = await c.post(url, content=body, headers=headers)
+            if r.status_code == 200:
+                latencies.append(time.perf_counter() - t0)
+            else:
+                errors[str(r.status_code)] = errors.get(str(r.status_code), 0) + 1
 
     # warm-up: connections, allocator, first batches
     stop_at = time.perf_counter() + min(1.0, duration / 3)
-    await asyncio.gather(*(worker() for _ in range(clients)))
+    await asyncio.gather(*(worker(c) for c in pool))
     latencies.clear()
     errors.clear()
     start = time.perf_counter()
     stop_at = start + duration
-    await asyncio.gather(*(worker() for _ in range(clients)))
+    await asyncio.gather(*(worker(c) for c in pool))
     elapsed = time.perf_counter() - start
+    for c in pool:
+        await c.aclose()
     return {
         "requests_per_s": len(latencies) / elapsed,
         "p50_ms": _percentile(latencies, 50) * 1e3,
@@ -199,20 +213,43 @@ class Child:
             time.sleep(0.1)
         raise RuntimeError(f"{argv} did not become ready")
 
-    def batch_mean(self) -> float | None:
+    def batch_totals(self) -> tuple[float, float]:
+        """(items, model calls) so far, from the server's batch-size histogram."""
         import httpx
 
         try:
             text = httpx.get(self.url + "/metrics", timeout=5).text
         except httpx.TransportError:
-            return None
+            return 0.0, 0.0
         total = count = 0.0
         for ln in text.splitlines():
             if ln.startswith("torchshelf_batch_size_sum"):
                 total += float(ln.rsplit(" ", 1)[1])
             elif ln.startswith("torchshelf_batch_size_count"):
                 count += float(ln.rsplit(" ", 1)[1])
-        return total / count if count else None
+        return total, count
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU the server process has used (Linux; 0 elsewhere)."""
+        try:
+            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def measure(self, client: str, body: bytes, headers: dict[str, str], clients: int, duration: float) -> dict[str, Any]:
+        """`load()` plus what the server spent: CPU ms per request and items per model call."""
+        items0, calls0 = self.batch_totals()
+        cpu0 = self.cpu_seconds()
+        res = load(client, self.url + "/predict", body, headers, clients, duration)
+        cpu = self.cpu_seconds() - cpu0
+        items1, calls1 = self.batch_totals()
+        # the warm-up inside load() is counted in both; it is a small, equal share for all
+        served = max(1.0, res["requests_per_s"] * duration * (1 + min(1.0, duration / 3) / duration))
+        res["server_cpu_ms_per_request"] = cpu / served * 1e3
+        if calls1 > calls0:
+            res["batch_size_mean"] = (items1 - items0) / (calls1 - calls0)
+        return res
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -271,7 +308,7 @@ def bench_model(name: str, args: argparse.Namespace, store: str) -> dict[str, An
         port = _free_port()
         child = Child([*me, "--_baseline", kind, "--models", name, "--port", str(port)], port)
         try:
-            res[kind] = load(args.client, child.url + "/predict", json_body, jh, 64, args.duration)
+            res[kind] = child.measure(args.client, json_body, jh, 64, args.duration)
         finally:
             child.stop()
         _say(args, f"{name} {kind}: {res[kind]['requests_per_s']:.0f} req/s")
@@ -284,12 +321,11 @@ def bench_model(name: str, args: argparse.Namespace, store: str) -> dict[str, An
     try:
         serve: dict[str, Any] = {}
         for clients in args.clients:
-            serve[f"json@{clients}"] = load(args.client, child.url + "/predict", json_body, jh, clients, args.duration)
+            serve[f"json@{clients}"] = child.measure(args.client, json_body, jh, clients, args.duration)
             _say(args, f"{name} serve json@{clients}: {serve[f'json@{clients}']['requests_per_s']:.0f} req/s")
         top = max(args.clients)
-        serve[f"binary@{top}"] = load(args.client, child.url + "/predict", bin_body, bh, top, args.duration)
+        serve[f"binary@{top}"] = child.measure(args.client, bin_body, bh, top, args.duration)
         _say(args, f"{name} serve binary@{top}: {serve[f'binary@{top}']['requests_per_s']:.0f} req/s")
-        res["batch_size_mean"] = child.batch_mean()
     finally:
         child.stop()
     res["serve"] = serve
@@ -320,16 +356,16 @@ def render(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
         print(f"\n== {res['model']} {MODELS[res['model']]} ({args.client} client, {args.duration:g} s per point)")
         print(f"raw forward @ batch {MAX_BATCH}: {raw['rows_per_s']:,.0f} rows/s; batch-1 forward: {raw['batch1_ms']:.2f} ms")
         print(f"limit = 1/(1/echo + 1/raw) = {res['limit_req_per_s']:,.0f} req/s")
-        print(f"{'server':<22}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'/limit':>9}  errors")
+        print(f"{'server':<22}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'/limit':>9}{'cpu ms/req':>12}{'batch':>7}  errors")
         rows = [("echo (no model) @64", res["echo"]), ("naive unbatched @64", res["naive"])]
         rows += [(f"shelf serve {k}", v) for k, v in res["serve"].items()]
         for label, r in rows:
             print(
                 f"{label:<22}{r['requests_per_s']:>10,.0f}{r['p50_ms']:>10.2f}{r['p99_ms']:>10.2f}"
-                f"{r['requests_per_s'] / res['limit_req_per_s']:>9.2f}  {r['errors'] or ''}"
+                f"{r['requests_per_s'] / res['limit_req_per_s']:>9.2f}"
+                f"{r.get('server_cpu_ms_per_request', float('nan')):>12.3f}"
+                f"{r.get('batch_size_mean', float('nan')):>7.1f}  {r['errors'] or ''}"
             )
-        if res.get("batch_size_mean"):
-            print(f"mean items per model call in shelf serve: {res['batch_size_mean']:.1f}")
         for k, v in res["ratios"].items():
             print(f"  {k}: {v:.2f}")
 

@@ -125,3 +125,30 @@ def test_server_csv_has_perf_analyzer_columns_in_microseconds(tmp_path):
     assert rows[0]["p50 latency"] == "1500"
     assert rows[0]["Avg latency"] == "1600"
     assert rows[0]["Errors"] == "2"
+
+
+def test_importing_the_bench_package_imports_neither_torch_nor_matplotlib():
+    import subprocess
+    import sys
+
+    code = "import sys, torchshelf.bench; print(sorted({'torch', 'matplotlib'} & set(sys.modules)))"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert run.stdout.strip() == "[]", run.stderr
+
+
+def test_the_client_counts_as_the_bottleneck_only_when_a_worker_saturates_its_core():
+    from torchshelf.bench.load import client_was_bound
+
+    assert client_was_bound([0.3, 0.95])
+    assert not client_was_bound([0.5, 0.6])
+    assert not client_was_bound([])
+
+
+def test_server_runs_are_compared_by_concurrency():
+    def doc(rate: float) -> dict:
+        return {"mode": "server", "results": [
+            {"concurrency": 8, "requests_per_s": rate, "latency_ms": {"p50": 5.0}}]}  # fmt: skip
+
+    check = compare_with_baseline(doc(500), doc(1000), 0.10)
+    assert [(c.key, c.metric) for c in check.regressions] == [("concurrency=8", "throughput")]
+    assert compare_with_baseline(doc(990), doc(1000), 0.10).passed

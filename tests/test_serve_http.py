@@ -8,11 +8,13 @@ service) and shared by the tests that only read from them.
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib.util
 import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import textwrap
@@ -36,6 +38,9 @@ SERVICE_SOURCE = textwrap.dedent(
     from typing import Annotated
 
     import torch
+    from PIL import Image
+
+    import torchshelf
     import torchshelf.serving as ts
 
 
@@ -52,6 +57,7 @@ SERVICE_SOURCE = textwrap.dedent(
     class TwoModels:
         def __init__(self) -> None:
             self.small, self.other = build()
+            self.loaded: dict[str, torch.nn.Module] = {}
 
         @ts.api
         def predict(self, x: torch.Tensor) -> torch.Tensor:
@@ -75,6 +81,21 @@ SERVICE_SOURCE = textwrap.dedent(
         @ts.api
         def greet(self, name: str, times: int = 1) -> dict:
             return {"greeting": "hello " + name, "times": times}
+
+        @ts.api
+        async def shout(self, text: str) -> str:
+            return text.upper()
+
+        @ts.api
+        def image_size(self, image: Image.Image) -> dict:
+            return {"size": list(image.size), "mode": image.mode}
+
+        @ts.api
+        def predict_with_model(self, model_name: str, input_data: torch.Tensor) -> dict:
+            # on-demand loading, as in the seed's DynamicPyTorchService
+            if model_name not in self.loaded:
+                self.loaded[model_name] = torchshelf.load_model(f"{model_name}:latest")
+            return {"model_used": model_name, "prediction": self.loaded[model_name](input_data)}
     '''
 )
 
@@ -165,8 +186,10 @@ def service_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def service_server(service_file: Path) -> Iterator[Server]:
-    server = Server(f"{service_file}:TwoModels", "--max-body-mb", "0.05")
+def service_server(service_file: Path, store: tuple[str, str, torch.nn.Module]) -> Iterator[Server]:
+    server = Server(
+        f"{service_file}:TwoModels", "--max-body-mb", "0.05", env={"TORCHSHELF_HOME": store[0]}
+    )
     yield server
     server.stop()
 
@@ -218,11 +241,18 @@ def model_server(store: tuple[str, str, torch.nn.Module]) -> Iterator[Server]:
 AUTH = {"Authorization": "Bearer s3cret"}
 
 
+@functools.lru_cache(maxsize=1)
+def _ssl_context() -> ssl.SSLContext:
+    """One shared context: building one per client costs ~30 ms, times 64 clients."""
+    return ssl.create_default_context()
+
+
 async def _concurrently(url: str, bodies: list[Any], headers: dict[str, str] | None = None) -> list[httpx.Response]:
     """One client with one connection per body, all sent at once."""
 
     async def one(body: Any) -> httpx.Response:
-        async with httpx.AsyncClient(limits=httpx.Limits(max_connections=1), timeout=60) as c:
+        limits = httpx.Limits(max_connections=1)
+        async with httpx.AsyncClient(limits=limits, timeout=60, verify=_ssl_context()) as c:
             if isinstance(body, bytes):
                 return await c.post(url, content=body, headers=headers)
             return await c.post(url, json=body, headers=headers)
@@ -247,6 +277,29 @@ def test_a_service_file_serves_two_apis_backed_by_two_models(
     assert answer["label"] == int(other(x[0:1]).argmax())
     r = httpx.post(service_server.url + "/greet", json={"name": "ada"})
     assert r.json() == {"greeting": "hello ada", "times": 1}
+
+
+def test_async_image_and_on_demand_loading_apis_work(
+    service_server: Server, store: tuple[str, str, torch.nn.Module]
+) -> None:
+    import io
+
+    from PIL import Image
+
+    url = service_server.url
+    assert httpx.post(url + "/shout", json={"text": "hi"}).json() == "HI"
+    buf = io.BytesIO()
+    Image.new("RGB", (7, 5)).save(buf, format="PNG")
+    r = httpx.post(url + "/image_size", content=buf.getvalue(), headers={"Content-Type": "image/png"})
+    assert r.status_code == 200, r.text
+    assert r.json() == {"size": [7, 5], "mode": "RGB"}
+    r = httpx.post(url + "/image_size", content=b"not a png", headers={"Content-Type": "image/png"})
+    assert r.status_code == 400 and "image" in r.json()["error"]
+    x = torch.randn(2, 8)
+    r = httpx.post(url + "/predict_with_model", json={"model_name": "mlp", "input_data": x.tolist()})
+    assert r.status_code == 200, r.text
+    assert r.json()["model_used"] == "mlp"
+    assert torch.allclose(torch.tensor(r.json()["prediction"]), store[2](x).detach(), atol=1e-5)
 
 
 def test_64_concurrent_callers_each_get_their_own_rows_and_calls_are_batched(
@@ -342,6 +395,25 @@ def test_openapi_describes_every_api_with_its_request_schema(service_server: Ser
     assert greet["properties"] == {"name": {"type": "string"}, "times": {"type": "integer"}}
     assert greet["required"] == ["name"]
     assert "422" in embed["responses"] and "503" in embed["responses"]
+    try:
+        from openapi_spec_validator import validate
+    except ImportError:
+        return
+    validate(doc)
+
+
+def test_the_stored_model_openapi_document_is_valid_and_secured(model_server: Server) -> None:
+    doc = httpx.get(model_server.url + "/openapi.json").json()
+    op = doc["paths"]["/predict"]["post"]
+    assert op["security"] == [{"bearer": []}] and "401" in op["responses"]
+    inputs = op["requestBody"]["content"]["application/json"]["schema"]["properties"]["inputs"]
+    assert inputs["items"]["minItems"] == inputs["items"]["maxItems"] == 8
+    assert "application/vnd.safetensors" in op["requestBody"]["content"]
+    try:
+        from openapi_spec_validator import validate
+    except ImportError:
+        return
+    validate(doc)
 
 
 def test_metrics_use_the_contract_names(service_server: Server) -> None:
@@ -365,7 +437,7 @@ def test_the_client_calls_service_apis_sync_and_async(
     small, _ = reference_models
     x = torch.randn(2, 8)
     with Client(service_server.url) as client:
-        assert set(client.apis) == {"predict", "classify", "embed", "greet"}
+        assert {"predict", "classify", "embed", "greet", "shout"} <= set(client.apis)
         assert torch.allclose(client.predict(x), small(x).detach(), atol=1e-5)
         assert torch.allclose(client.embed(x), small(x).detach(), atol=1e-5)
         assert client.greet("bob", times=2) == {"greeting": "hello bob", "times": 2}
@@ -478,6 +550,38 @@ def test_a_stored_model_serves_on_cuda(store: tuple[str, str, torch.nn.Module]) 
         assert httpx.get(server.url + "/schema").json()["device"].startswith("cuda")
     finally:
         server.stop()
+
+
+def test_a_service_that_fails_to_load_exits_1_with_its_error(tmp_path: Path) -> None:
+    path = tmp_path / "broken.py"
+    path.write_text(
+        "import torchshelf.serving as ts\n\n"
+        "@ts.service\nclass Broken:\n"
+        "    def __init__(self):\n        raise RuntimeError('weights missing')\n\n"
+        "    @ts.api\n    def predict(self, x: int) -> int:\n        return x\n"
+    )
+    proc = _shelf("serve", f"{path}:Broken", "--port", str(_free_port()))
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1
+    assert "weights missing" in err
+
+
+def test_a_target_that_is_neither_a_tag_nor_a_class_is_a_clean_error(tmp_path: Path) -> None:
+    proc = _shelf("serve", f"{tmp_path}/nothing.py:Svc", env={"TORCHSHELF_HOME": str(tmp_path)})
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1 and "no such file" in err and "Traceback" not in err
+
+
+def test_a_tag_wins_over_a_directory_or_module_of_the_same_name(
+    store: tuple[str, str, torch.nn.Module], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from torchshelf.serving.target import resolve_target
+
+    (tmp_path / "mlp").mkdir()  # an importable namespace package named like the model
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    served = resolve_target(store[1])
+    assert served.kind == "model" and served.title == store[1]
 
 
 # -- overload and shutdown ---------------------------------------------------------------------

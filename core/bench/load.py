@@ -161,7 +161,9 @@ def _fetch_schema(endpoint: Endpoint, headers: Sequence[tuple[str, str]]) -> dic
     import httpx
 
     try:
-        response = httpx.get(endpoint.origin + "/schema", headers=dict(headers), timeout=5.0)
+        response = httpx.get(
+            endpoint.origin + "/schema", headers=dict(headers), timeout=5.0, trust_env=False
+        )
         doc = response.json() if response.status_code == 200 else None
     except (httpx.HTTPError, ValueError):
         return None
@@ -338,7 +340,9 @@ def _fetch_metrics(endpoint: Endpoint, headers: Sequence[tuple[str, str]]) -> _H
     import httpx
 
     try:
-        response = httpx.get(endpoint.origin + "/metrics", headers=dict(headers), timeout=5.0)
+        response = httpx.get(
+            endpoint.origin + "/metrics", headers=dict(headers), timeout=5.0, trust_env=False
+        )
     except httpx.HTTPError:
         return None
     if response.status_code != 200:
@@ -380,6 +384,7 @@ def _probe(endpoint: Endpoint, body: RequestBody, headers: Sequence[tuple[str, s
             content=body.data,
             headers={"Content-Type": body.content_type, **dict(headers)},
             timeout=60.0,
+            trust_env=False,  # never through a proxy from the environment: only the given address
         )
     except httpx.HTTPError as exc:
         raise ServerUnreachable(
@@ -398,6 +403,15 @@ def _probe(endpoint: Endpoint, body: RequestBody, headers: Sequence[tuple[str, s
             f"{endpoint.url} answered {response.status_code} to the benchmark request "
             f"({detail}); {hint}"
         )
+
+
+def client_was_bound(cpu_fractions: Sequence[float]) -> bool:
+    """True when any load worker kept its core busier than `CLIENT_BOUND_CPU` (of 1.0).
+
+    A closed-loop client that is never idle is waiting on itself, not on the server: the
+    req/s it reports is then the client's ceiling, and more --procs (or cores) would raise it.
+    """
+    return max(cpu_fractions, default=0.0) > CLIENT_BOUND_CPU
 
 
 def _send_stop(workers: Sequence[tuple[Any, Any]]) -> None:
@@ -436,6 +450,7 @@ def _start_worker(job: dict[str, Any]) -> tuple[subprocess.Popen[bytes], Connect
         [sys.executable, str(_WORKER), str(theirs.fileno())],
         pass_fds=(theirs.fileno(),),
         stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,  # stdout carries the report (JSON); workers never write there
     )
     theirs.close()
     conn = Connection(ours.detach())
@@ -559,7 +574,7 @@ def _run_level(
         batch_size_distribution=distribution,
         client_cpu_percent=100.0 * cpu_s / wall_s if wall_s else 0.0,
         client_cpu_us_per_request=cpu_s / requests * 1e6 if requests else None,
-        client_bound=max(per_worker, default=0.0) > CLIENT_BOUND_CPU,
+        client_bound=client_was_bound(per_worker),
         windows=len(windows),
         stable=stable,
     )

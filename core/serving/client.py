@@ -183,13 +183,10 @@ class Client:
                 others[k] = v
         accept = _SAFETENSORS + ", application/json" if self.binary else "application/json"
         if self.binary and tensors and not any(_is_image(v) for v in values.values()):
-            from safetensors.torch import save
+            from .codecs import encode_safetensors
 
             meta = {k: json.dumps(v) for k, v in others.items()}
-            body = save(
-                {k: t.detach().cpu().contiguous() for k, t in tensors.items()},
-                metadata=meta or None,
-            )
+            body = encode_safetensors(tensors, meta or None)
             return body, {"Content-Type": _SAFETENSORS, "Accept": accept}
         for k, t in tensors.items():
             others[k] = t.tolist()

@@ -114,20 +114,26 @@ def _import_file(path: Path) -> Any:
     return module
 
 
+def _is_file_target(left: str) -> bool:
+    return left.endswith(".py") or "/" in left or "\\" in left
+
+
 def _service_class(target: str) -> type | None:
-    """The class named by `file.py:Class` or `module:Class`, or None if TARGET is not one."""
+    """The class named by `file.py:Class` or `module:Class`, or None if TARGET names no
+    importable module attribute (a tag such as `resnet:v2` then)."""
     left, sep, attr = target.rpartition(":")
     if not sep or not attr.isidentifier():
         return None
-    if left.endswith(".py") or "/" in left or "\\" in left:
+    if _is_file_target(left):
         module = _import_file(Path(left))
     else:
         if not all(part.isidentifier() for part in left.split(".")):
             return None
         try:
-            if importlib.util.find_spec(left) is None:
-                return None
+            spec = importlib.util.find_spec(left)
         except (ImportError, ValueError):
+            return None
+        if spec is None or spec.origin is None:  # absent, or a bare directory (namespace)
             return None
         try:
             module = importlib.import_module(left)
@@ -135,6 +141,8 @@ def _service_class(target: str) -> type | None:
             raise UsageError(f"importing {left} failed: {type(exc).__name__}: {exc}") from exc
     obj = getattr(module, attr, None)
     if obj is None:
+        if not _is_file_target(left):
+            return None
         raise NotFound(f"{left} has no attribute {attr!r}")
     if not inspect.isclass(obj):
         raise UsageError(f"{target} is not a class; decorate a class with @torchshelf.service")
@@ -142,15 +150,33 @@ def _service_class(target: str) -> type | None:
 
 
 def resolve_target(target: str, device: str | None = None) -> Served:
-    """Turn TARGET into a `Served`: a `file.py:Class` / `module:Class` service, else a tag.
+    """Turn TARGET into a `Served`: a stored model's tag, or a `file.py:Class` /
+    `module:Class` service.
 
+    A `.py` path is always a service. Otherwise a version in the store wins, so a tag is never
+    taken for a module that happens to share its name; then `module:Class` is tried.
     `device` is a device string already checked by the caller, or None for the default (CUDA when
     a service asks for a gpu and CUDA is there, else CPU).
     """
+    from ..errors import InvalidName
+
+    left = target.rpartition(":")[0]
+    if not _is_file_target(left):
+        try:
+            return _serve_model(target, device)
+        except (NotFound, InvalidName) as exc:
+            lookup_error: Exception = exc
+    else:
+        lookup_error = NotFound(f"no such file: {left}")
     klass = _service_class(target)
     if klass is not None:
         return _serve_class(klass, device)
-    return _serve_model(target, device)
+    if ":" in target and not isinstance(lookup_error, InvalidName):
+        raise NotFound(
+            f"{target!r} is neither a stored model (see `shelf list`) nor an importable "
+            "module:Class; for a file, give its path: path/to/file.py:Class"
+        )
+    raise lookup_error
 
 
 def _default_device(wants_gpu: bool) -> str:
