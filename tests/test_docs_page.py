@@ -39,7 +39,7 @@ def test_root_redirects_to_the_docs_page() -> None:
     assert r.status_code == 307 and r.headers["location"] == "/docs"
 
 
-@pytest.mark.skipif(swagger_ui_dir() is None, reason="pip install swagger-ui-py (the docs extra)")
+@pytest.mark.skipif(swagger_ui_dir() is None, reason="pip install swagger-ui-py")
 def test_docs_page_and_its_assets_are_served_from_the_installed_package() -> None:
     with TestClient(_app()) as client:
         page = client.get("/docs")
@@ -61,7 +61,7 @@ def test_docs_page_without_the_package_says_what_to_install(monkeypatch: pytest.
     app = Starlette(routes=docs.docs_routes())
     with TestClient(app) as client:
         r = client.get("/docs")
-    assert r.status_code == 404 and "pip install 'torchshelf[docs]'" in r.json()["error"]
+    assert r.status_code == 404 and "pip install swagger-ui-py" in r.json()["error"]
 
 
 def _chromium() -> str | None:
@@ -78,7 +78,7 @@ def test_docs_page_in_a_real_browser_lists_every_api_and_runs_one(tmp_path: Path
     if chromium is None:
         pytest.skip("no chromium on PATH: apt-get install -y chromium")
     if swagger_ui_dir() is None:
-        pytest.skip("pip install swagger-ui-py (the docs extra)")
+        pytest.skip("no Swagger UI files: pip install swagger-ui-py")
     home = tmp_path / "shelf"
     run_example(home, "multi_model_service/save.py")
     with serve(home, "examples/multi_model_service/service.py:MultiPyTorchService") as srv:

@@ -1,7 +1,7 @@
 """The browsable API page: Swagger UI at `GET /docs` over the server's own OpenAPI document.
 
-The page's script and styles are served from the `swagger-ui-py` package (the `docs` extra), not
-from a CDN, so the page works on a machine with no internet. That package ships Swagger UI 5,
+The page's script and styles are served from the installed `swagger-ui-py` package, not from a
+CDN, so the page works on a machine with no internet. That package ships Swagger UI 5,
 which reads OpenAPI 3.1 (what `/openapi.json` is); the Swagger UI 4 in `swagger-ui-bundle`
 refuses 3.1 documents. Without the package, `/docs` answers 404 with the install line.
 """
@@ -91,8 +91,8 @@ def docs_routes(
         if static is None:
             return JSONResponse(
                 {
-                    "error": "the docs page needs Swagger UI's files: pip install "
-                    f"'torchshelf[docs]' (swagger-ui-py); the API itself is described at {openapi_url}"
+                    "error": "the docs page needs Swagger UI's files: pip install swagger-ui-py; "
+                    f"the API itself is described at {openapi_url}"
                 },
                 status_code=404,
             )
