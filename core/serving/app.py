@@ -37,6 +37,7 @@ from .codecs import (
     encode_json,
     encode_safetensors,
 )
+from .docs import docs_routes
 from .metrics import ServeMetrics
 from .openapi import openapi_document, schema_document
 from .target import Call, Endpoint, Served, make_runner
@@ -396,6 +397,7 @@ def build_app(served: Served, options: ServeOptions) -> _FastPath:
         Route("/metrics", metrics_route, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
         Route("/schema", schema, methods=["GET"]),
+        *docs_routes("/openapi.json", title=f"torchshelf: {served.title}"),
     ]
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error})
     app.state.serve_state = state
