@@ -46,7 +46,7 @@ def _banner(served: Any, options: Any, token_source: str | None) -> None:
         )
         apis.add_row(f"POST {ep.path}", how)
     grid.add_row("apis", apis)
-    grid.add_row("docs", f"{url}/openapi.json · {url}/metrics · {url}/readyz")
+    grid.add_row("docs", f"{url}/docs · {url}/openapi.json · {url}/metrics")
     stderr.print(Panel(grid, title="[bold]shelf serve[/]", expand=False))
 
 
