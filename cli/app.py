@@ -13,15 +13,16 @@ import typer
 from . import bench, serve, store_cmds
 from .render import fail
 
+PROG = "shelf"
+
 app = typer.Typer(
-    name="shelf",
+    name=PROG,
     help="torchshelf: a versioned PyTorch model store, a batching inference server and a benchmark.",
     no_args_is_help=True,
     add_completion=True,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-
 
 
 @app.callback()
@@ -56,7 +57,9 @@ def main() -> None:
     from torchshelf.errors import ShelfError
 
     try:
-        app()
+        # A fixed program name: `python -m torchshelf` then completes and reads like `shelf`
+        # (completion is keyed on `_SHELF_COMPLETE`, derived from this name).
+        app(prog_name=PROG)
     except ShelfError as exc:
         fail(exc)
     except OSError as exc:

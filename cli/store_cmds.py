@@ -10,7 +10,7 @@ import json
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -122,14 +122,14 @@ def register(app: typer.Typer) -> None:
     def save(
         name: Annotated[str, typer.Argument(help="Model name, e.g. classifier.")],
         source: Annotated[str, typer.Argument(help="TorchScript file, .safetensors (with --class), or file.py:attr / module:attr.")],
-        version: Annotated[Optional[str], typer.Option("--version", help="Explicit version (default: time-ordered auto version).")] = None,
+        version: Annotated[str | None, typer.Option("--version", help="Explicit version (default: time-ordered auto version).")] = None,
         label: Annotated[list[str], typer.Option("--label", "-l", help="K=V label; repeatable.")] = [],  # noqa: B006
         metadata: Annotated[list[str], typer.Option("--metadata", "-m", help="K=V metadata (V parsed as JSON when it can be); repeatable.")] = [],  # noqa: B006
-        metadata_file: Annotated[Optional[Path], typer.Option("--metadata-file", help="JSON object of metadata.")] = None,
+        metadata_file: Annotated[Path | None, typer.Option("--metadata-file", help="JSON object of metadata.")] = None,
         custom_object: Annotated[list[str], typer.Option("--custom-object", help="K=FILE (.json, .safetensors, .txt or raw bytes); repeatable.")] = [],  # noqa: B006
         signature: Annotated[list[str], typer.Option("--signature", help="METHOD[:batchable[,batch_dim=N][,shape=-1x64][,dtype=float32]]; repeatable.")] = [],  # noqa: B006
-        class_path: Annotated[Optional[str], typer.Option("--class", help="package.module:Class for a .safetensors source.")] = None,
-        init_json: Annotated[Optional[str], typer.Option("--init-json", help="Constructor kwargs for --class, as a JSON object.")] = None,
+        class_path: Annotated[str | None, typer.Option("--class", help="package.module:Class for a .safetensors source.")] = None,
+        init_json: Annotated[str | None, typer.Option("--init-json", help="Constructor kwargs for --class, as a JSON object.")] = None,
     ) -> None:
         """Save a model into the store and print its tag (so TAG=$(shelf save ...) works)."""
         import torchshelf
@@ -153,7 +153,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command("list", rich_help_panel="Store")
     def list_(
-        name: Annotated[Optional[str], typer.Argument(help="Only this model name.")] = None,
+        name: Annotated[str | None, typer.Argument(help="Only this model name.")] = None,
         label: Annotated[list[str], typer.Option("--label", "-l", help="Selector: K=V, K!=V, K, 'K in (a,b)'; repeatable, ANDed.")] = [],  # noqa: B006
         latest: Annotated[bool, typer.Option("--latest", help="Only the newest version of each name.")] = False,
         output: Annotated[Output, typer.Option("--output", "-o", help="table, json or tags.")] = Output.table,
@@ -282,7 +282,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command(rich_help_panel="Store")
     def verify(
-        tags: Annotated[Optional[list[str]], typer.Argument(help="Versions to check (default: all).")] = None,
+        tags: Annotated[list[str] | None, typer.Argument(help="Versions to check (default: all).")] = None,
     ) -> None:
         """Re-hash every file against its manifest; exit 1 on any mismatch."""
         import torchshelf
