@@ -88,27 +88,30 @@ def parse_manifest(data: bytes, where: str = MANIFEST) -> Manifest:
     try:
         raw = json.loads(data)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise ManifestError(f"{where} is not valid JSON ({exc}); run `shelf gc` or re-save", where) from None
+        raise ManifestError(
+            f"{where} is not valid JSON ({exc}); the version is damaged: delete it and re-save "
+            "or re-import it", MANIFEST
+        ) from None
     if not isinstance(raw, dict):
-        raise ManifestError(f"{where} must hold a JSON object", where)
+        raise ManifestError(f"{where} must hold a JSON object", MANIFEST)
     known = set(_REQUIRED) | set(_OPTIONAL_NULLABLE)
     unknown = sorted(set(raw) - known)
     if unknown:
-        raise ManifestError(f"{where} has unknown fields {unknown}: written by a newer torchshelf?", where)
+        raise ManifestError(f"{where} has unknown fields {unknown}: written by a newer torchshelf?", MANIFEST)
     missing = sorted(set(_REQUIRED) - set(raw))
     if missing:
-        raise ManifestError(f"{where} is missing fields {missing}", where)
+        raise ManifestError(f"{where} is missing fields {missing}", MANIFEST)
     for key, typ in _REQUIRED.items():
         if not isinstance(raw[key], typ) or (typ is int and isinstance(raw[key], bool)):
-            raise ManifestError(f"{where}: field {key!r} must be {typ.__name__}", where)
+            raise ManifestError(f"{where}: field {key!r} must be {typ.__name__}", MANIFEST)
     if raw.get("module_class") is not None and not isinstance(raw["module_class"], str):
-        raise ManifestError(f"{where}: field 'module_class' must be a string or null", where)
+        raise ManifestError(f"{where}: field 'module_class' must be a string or null", MANIFEST)
     if raw["schema"] > SCHEMA:
-        raise ManifestError(f"{where} has schema {raw['schema']}; upgrade torchshelf to read it", where)
+        raise ManifestError(f"{where} has schema {raw['schema']}; upgrade torchshelf to read it", MANIFEST)
     if raw["format"] not in FORMATS:
-        raise ManifestError(f"{where}: unknown format {raw['format']!r}", where)
+        raise ManifestError(f"{where}: unknown format {raw['format']!r}", MANIFEST)
     for rel, rec in raw["files"].items():
-        check_relpath(rel, where)
+        check_relpath(rel, MANIFEST)
         if (
             not isinstance(rec, dict)
             or not isinstance(rec.get("sha256"), str)
@@ -116,11 +119,48 @@ def parse_manifest(data: bytes, where: str = MANIFEST) -> Manifest:
             or not isinstance(rec.get("size"), int)
             or rec["size"] < 0
         ):
-            raise ManifestError(f"{where}: bad file record for {rel!r}", where)
+            raise ManifestError(f"{where}: bad file record for {rel!r}", MANIFEST)
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in raw["labels"].items()):
-        raise ManifestError(f"{where}: labels must map strings to strings", where)
+        raise ManifestError(f"{where}: labels must map strings to strings", MANIFEST)
+    _check_references(raw, where)
     raw.setdefault("module_class", None)
     return Manifest(**raw)
+
+
+_MAIN_FILE = {"safetensors": "weights.safetensors", "torchscript": "model.ts"}
+_OBJECT_KINDS = ("json", "tensors", "pickle")
+
+
+def _check_references(raw: dict[str, Any], where: str) -> None:
+    """Every file the manifest points at (weights, structure, custom objects) must be hashed in
+    `files`: a reader then never opens a file that was not checked, or one outside the version."""
+    files = raw["files"]
+
+    def listed(rel: Any, what: str) -> None:
+        if not isinstance(rel, str) or rel not in files:
+            raise ManifestError(f"{where}: {what} {rel!r} is not among the hashed files", MANIFEST)
+
+    listed(_MAIN_FILE[raw["format"]], f"{raw['format']} file")
+    structure = raw["structure"]
+    if structure.get("pickle") is not None:
+        listed(structure["pickle"], "structure")
+    cls = structure.get("class")
+    if cls is not None and not (
+        isinstance(cls, dict) and isinstance(cls.get("class"), str)
+        and isinstance(cls.get("init_kwargs", {}), dict)
+    ):
+        raise ManifestError(f"{where}: structure.class must be {{'class': str, 'init_kwargs': {{}}}}", MANIFEST)
+    aliases = structure.get("aliases", {})
+    if not isinstance(aliases, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in aliases.items()
+    ):
+        raise ManifestError(f"{where}: structure.aliases must map strings to strings", MANIFEST)
+    for key, rec in raw["custom_objects"].items():
+        if not isinstance(rec, dict) or rec.get("kind") not in _OBJECT_KINDS:
+            raise ManifestError(f"{where}: bad record for custom object {key!r}", MANIFEST)
+        listed(rec.get("file"), f"custom object {key!r} file")
+        if rec.get("tensors") is not None:
+            listed(rec["tensors"], f"custom object {key!r} tensors")
 
 
 def check_relpath(rel: str, where: str = MANIFEST) -> str:
@@ -134,7 +174,7 @@ def check_relpath(rel: str, where: str = MANIFEST) -> str:
         or any(p in ("", ".", "..") or p.startswith(".") for p in parts)
         or rel == MANIFEST
     ):
-        raise ManifestError(f"{where}: unsafe file name {rel!r}", where)
+        raise ManifestError(f"{where}: unsafe file name {rel!r}", MANIFEST)
     return rel
 
 

@@ -364,25 +364,38 @@ class Store:
                     freed += size
         return GcReport(tuple(removed), freed)
 
+    def version_names(self, name: str) -> list[str]:
+        """Every version directory of `name`, readable or not (sorted; none if the name is unknown)."""
+        try:
+            return sorted(v for v in os.listdir(self.models_dir / validate_name(name))
+                          if not v.startswith("."))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+
     def verify(self, tags: Iterable[object] = ()) -> Iterator[tuple[Tag, Exception | None]]:
-        """Re-hash every file of the given versions (all versions when none are given)."""
+        """Re-hash every file of the given versions (all versions when none are given).
+
+        A bare name means all its versions. A version whose manifest is broken is reported with
+        its `ManifestError` like any other failure; the others are still checked.
+        """
         targets: list[tuple[str, str]] = []
         tags = list(tags)
         if tags:
             for tag in tags:
                 name, version = parse_tag(tag)
                 if version is None and not (isinstance(tag, str) and tag.endswith(":latest")):
-                    targets += [(m.name, m.version) for m in self.manifests(name, skip_broken=False)]
-                    if not targets:
+                    found = [(name, v) for v in self.version_names(name)]
+                    if not found:
                         raise NotFound(f"model {name!r} not found; see `shelf list`")
-                else:
+                    targets += found
+                elif version is None:
                     m = self.resolve(tag)
                     targets.append((m.name, m.version))
+                else:
+                    targets.append((name, version))
         else:
             for name in self.names():
-                with contextlib.suppress(FileNotFoundError):
-                    targets += [(name, v) for v in sorted(os.listdir(self.models_dir / name))
-                                if not v.startswith(".")]
+                targets += [(name, v) for v in self.version_names(name)]
         for name, version in targets:
             try:
                 manifest = self.read_manifest(name, version)
