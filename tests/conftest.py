@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tarfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -76,3 +77,66 @@ def shelf(store_home: Path) -> Shelf:
 def outside_files(root: Path, store: Path) -> set[Path]:
     """Every path under `root` that is not inside `store` (to prove nothing escaped)."""
     return {p for p in root.rglob("*") if store not in p.parents and p != store}
+
+
+# --- archives ------------------------------------------------------------------------------------
+
+Member = tuple[tarfile.TarInfo, bytes]
+
+
+def read_members(archive: Path) -> list[Member]:
+    """Every member of a tar with its data (b"" for non-files), in order."""
+
+
+    out = []
+    with tarfile.open(archive) as tar:
+        for info in tar:
+            fh = tar.extractfile(info) if info.isreg() else None
+            out.append((info, fh.read() if fh else b""))
+    return out
+
+
+def write_tar(path: Path, members: list[Member], mode: str = "w") -> Path:
+    """Write members as given (sizes taken from the data of regular files)."""
+    import io
+
+
+    with tarfile.open(path, mode, format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
+        for info, data in members:
+            if info.isreg():
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+            else:
+                tar.addfile(info)
+    return path
+
+
+def file_member(name: str, data: bytes) -> Member:
+
+
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mode = 0o644
+    return info, data
+
+
+def rewrite_manifest(members: list[Member], edit: Callable[[dict], object]) -> list[Member]:
+    """The members with the first (the manifest) re-serialised after `edit(manifest_dict)`."""
+    import copy
+    import json
+
+    info, data = members[0]
+    manifest = json.loads(data)
+    edit(manifest)
+    return [(copy.copy(info), json.dumps(manifest).encode()), *members[1:]]
+
+
+def retarget(members: list[Member], rel: str, data: bytes) -> list[Member]:
+    """Replace one file's data and fix its sha256 and size in the manifest (a consistent edit)."""
+    import hashlib
+
+    def edit(m: dict) -> None:
+        m["files"][rel] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+
+    out = rewrite_manifest(members, edit)
+    return [(i, data if i.name.endswith("/" + rel) else d) for i, d in out]
