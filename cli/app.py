@@ -25,22 +25,29 @@ app = typer.Typer(
 )
 
 
+def _print_version(value: bool) -> None:
+    # Eager, so `shelf --version` works without a command (a plain option would make click
+    # fail first with "Missing command").
+    if value:
+        from torchshelf import __version__
+
+        typer.echo(__version__)
+        raise typer.Exit()
+
+
 @app.callback()
 def _options(
     store: str = typer.Option(
         None, "--store", envvar=None, help="Store root (default: $TORCHSHELF_HOME, shelf.toml, ~/.torchshelf).",
         show_default=False,
     ),
-    version: bool = typer.Option(False, "--version", help="Print the version and exit."),
+    version: bool = typer.Option(
+        False, "--version", help="Print the version and exit.", is_eager=True, callback=_print_version
+    ),
 ) -> None:
     """torchshelf: a versioned PyTorch model store, a batching inference server and a benchmark."""
     import os
 
-    if version:
-        from torchshelf import __version__
-
-        typer.echo(__version__)
-        raise typer.Exit()
     if store:
         # The flag wins over everything; core reads the root from the environment, and child
         # processes (serve workers) inherit it.

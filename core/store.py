@@ -22,6 +22,7 @@ import os
 import secrets
 import shutil
 import socket
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
     from filelock import FileLock
 
 LOCK_TIMEOUT = 60.0
+FOREIGN_STALE_SECONDS = 24 * 3600  # gc removes another host's staging after a day untouched
 
 
 @dataclass(frozen=True)
@@ -319,13 +321,25 @@ class Store:
 
     # --- maintenance ------------------------------------------------------------------------
 
-    def _staging_owner_alive(self, entry: str) -> bool:
+    def _staging_owner_alive(self, entry: str, *, stale_after: float | None = None) -> bool:
+        """Whether the writer of `.tmp/<entry>` may still be running.
+
+        On this host the pid says. Another host's writer (a store on shared storage) cannot be
+        checked: saves skip its entries, and `gc` (`stale_after` seconds) removes them only once
+        they have not changed for that long.
+        """
         parts = entry.split(".")
         if len(parts) < 3:
             return False
         host, pid = ".".join(parts[:-2]), parts[-2]
         if host != socket.gethostname() or not pid.isdigit():
-            return True  # another machine's writer: only it (or an explicit gc) may remove it
+            if stale_after is None:
+                return True
+            try:
+                age = time.time() - os.lstat(self.tmp_dir / entry).st_mtime
+            except FileNotFoundError:
+                return False
+            return age < stale_after
         return _pid_alive(int(pid))
 
     def _collect_dead_staging(self) -> None:
@@ -344,7 +358,7 @@ class Store:
             except FileNotFoundError:
                 continue
             for entry in entries:
-                if alive_check and self._staging_owner_alive(entry):
+                if alive_check and self._staging_owner_alive(entry, stale_after=FOREIGN_STALE_SECONDS):
                     continue
                 path = base / entry
                 size = _dir_size(path)
@@ -354,12 +368,18 @@ class Store:
                     freed += size
         # Stray temp files of interrupted label/trust writes inside versions.
         for name in self.names():
-            for vdir in (self.models_dir / name).iterdir():
-                if not vdir.is_dir():
-                    continue
-                for f in vdir.glob(".*.tmp"):
-                    size = f.stat().st_size
-                    f.unlink(missing_ok=True)
+            for version in self.version_names(name):
+                vdir = self.models_dir / name / version
+                try:
+                    strays = [f for f in vdir.iterdir() if f.name.startswith(".") and f.name.endswith(".tmp")]
+                except (FileNotFoundError, NotADirectoryError):
+                    continue  # deleted meanwhile
+                for f in strays:
+                    try:
+                        size = f.stat().st_size
+                        f.unlink()
+                    except FileNotFoundError:
+                        continue
                     removed.append(str(f.relative_to(self.root)))
                     freed += size
         return GcReport(tuple(removed), freed)
