@@ -1,0 +1,113 @@
+"""Many processes saving, reading and deleting one model name never see or leave a broken store."""
+
+from __future__ import annotations
+
+import collections
+import multiprocessing
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torchshelf
+import workers
+import zoo
+from conftest import child_env
+
+FORK = multiprocessing.get_context("fork")  # real processes that start with torch already imported
+
+
+def test_four_processes_saving_one_name_get_four_distinct_versions(store_home: Path) -> None:
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "torchshelf", "save", "same", "zoo:make_mlp"],
+                         env=child_env(store_home), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)
+        for _ in range(4)
+    ]
+    tags = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=180)
+        assert proc.returncode == 0, err
+        tags.append(out.strip())
+    assert len(set(tags)) == 4
+    assert sorted(str(m.tag) for m in torchshelf.models.list("same")) == sorted(tags)
+    results = torchshelf.models.verify(["same"])
+    assert len(results) == 4 and all(error is None for _, error in results)
+
+
+def test_an_auto_version_taken_meanwhile_is_replaced_by_a_fresh_one(
+    store_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from torchshelf import api
+
+    monkeypatch.setattr(api, "new_version", lambda: "20260101T000000000000Z-000000")
+    first = torchshelf.save_model("m", zoo.MLP())
+    second = torchshelf.save_model("m", zoo.MLP())
+    assert first.version == "20260101T000000000000Z-000000"
+    assert second.version != first.version
+    assert {m.tag for m in torchshelf.models.list("m")} == {first, second}
+    with pytest.raises(torchshelf.AlreadyExists):  # an explicit version is never replaced
+        torchshelf.save_model("m", zoo.MLP(), version=first.version)
+
+
+@pytest.mark.slow
+def test_eight_savers_with_readers_and_a_deleter_lose_and_corrupt_nothing(tmp_path: Path) -> None:
+    savers, per_saver = 8, 25
+    store = tmp_path / "store"
+    go, stop = tmp_path / "go", tmp_path / "stop"
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    procs = [FORK.Process(target=workers.saver, args=(store, i, per_saver, logs / f"saver{i}", go))
+             for i in range(savers)]
+    readers = [FORK.Process(target=workers.reader, args=(store, logs / f"reader{i}", go, stop))
+               for i in range(3)]
+    deleter = FORK.Process(target=workers.deleter, args=(store, logs / "deleter", go, stop, 20, 40))
+    for p in [*procs, *readers, deleter]:
+        p.start()
+    started = time.monotonic()
+    go.touch()
+    # CLI readers too, as a CI job would run them, while the savers work.
+    cli_runs = collections.Counter()
+    while any(p.is_alive() for p in procs):
+        for args in (["list", "conc", "-o", "json"], ["get", "conc", "-o", "json"]):
+            proc = subprocess.run([sys.executable, "-m", "torchshelf", *args], env=child_env(store),
+                                  capture_output=True, text=True, timeout=60)
+            ok = proc.returncode == 0 or (proc.returncode == 1 and "not found" in proc.stderr)
+            assert ok, proc.stderr
+            cli_runs[proc.returncode] += 1
+    for p in procs:
+        p.join(timeout=300)
+        assert p.exitcode == 0, f"a saver failed with exit code {p.exitcode}"
+    stop.touch()
+    for p in [*readers, deleter]:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    elapsed = time.monotonic() - started
+
+    saved = [e["tag"] for i in range(savers) for e in workers.read_log(logs / f"saver{i}")]
+    deleted = [e["deleted"] for e in workers.read_log(logs / "deleter") if "deleted" in e]
+    assert len(saved) == savers * per_saver
+    assert len(set(saved)) == len(saved), "two saves got the same version"
+    remaining = {str(m.tag) for m in torchshelf.models.list("conc", store=store)}
+    assert set(deleted) <= set(saved)
+    assert remaining == set(saved) - set(deleted), "a version was lost (or one appeared from nowhere)"
+    assert not set(deleted) & remaining
+
+    results = torchshelf.models.verify(["conc"], store=store)
+    assert len(results) == len(remaining)
+    assert [str(t) for t, e in results if e is not None] == []
+    newest = max(torchshelf.models.list("conc", store=store), key=lambda m: m.manifest.creation_time)
+    assert torchshelf.get("conc", store=store).tag == newest.tag
+    # Each reader saw only valid results or a clean NotFound.
+    outcomes = collections.Counter()
+    for i in range(3):
+        for event in workers.read_log(logs / f"reader{i}"):
+            outcomes[event["result"]] += 1
+            assert event["result"] != "error", event.get("trace") or event
+    assert outcomes["ok"] > 50, outcomes
+    assert all(e.get("result") != "error" for e in workers.read_log(logs / "deleter"))
+    assert not list((store / ".tmp").glob("*")) and not list((store / ".trash").glob("*"))
+    print(f"\nconcurrency: {len(saved)} versions saved, {len(deleted)} deleted on purpose, "
+          f"{len(remaining)} verified; reader ops {dict(outcomes)}; CLI runs {dict(cli_runs)}; "
+          f"{elapsed:.1f} s")
