@@ -108,3 +108,24 @@ def deleter(store: Path, log: Path, go: Path, stop: Path, keep_newest: int, most
             _log(log, result="notfound")
         except Exception as exc:
             _log(log, result="error", error=f"{type(exc).__name__}: {exc}")
+
+
+# --- crash trials: each body runs in a forked child that the test SIGKILLs at a random moment ---
+
+
+def save_big(store: Path, model: torch.nn.Module, ready: Path) -> None:
+    ready.touch()
+    torchshelf.save_model("big", model, store=store)
+    os._exit(0)
+
+
+def import_big(store: Path, archive: Path, ready: Path) -> None:
+    ready.touch()
+    torchshelf.models.import_model(archive, store=store)
+    os._exit(0)
+
+
+def delete_big(store: Path, tag: str, ready: Path) -> None:
+    ready.touch()
+    torchshelf.models.delete(tag, store=store)
+    os._exit(0)
