@@ -24,6 +24,7 @@ import queue
 import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -122,6 +123,12 @@ def parse_manifest(data: bytes, where: str = MANIFEST) -> Manifest:
             raise ManifestError(f"{where}: bad file record for {rel!r}", MANIFEST)
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in raw["labels"].items()):
         raise ManifestError(f"{where}: labels must map strings to strings", MANIFEST)
+    try:
+        datetime.fromisoformat(raw["creation_time"])
+    except ValueError:
+        raise ManifestError(f"{where}: creation_time {raw['creation_time']!r} is not ISO-8601", MANIFEST) from None
+    if not all(isinstance(v, dict) for v in raw["signatures"].values()):
+        raise ManifestError(f"{where}: every signature must be a JSON object", MANIFEST)
     _check_references(raw, where)
     raw.setdefault("module_class", None)
     return Manifest(**raw)

@@ -179,6 +179,8 @@ MANIFEST_DAMAGE: dict[str, Callable[[torchshelf.Model], None]] = {
         ref, lambda m: m["custom_objects"].update({"x": {"kind": "json", "file": "../../etc/passwd"}})),
     "structure pickle outside files": lambda ref: _rewrite_manifest(
         ref, lambda m: m["structure"].update(pickle="../../elsewhere.pkl")),
+    "creation time not ISO": lambda ref: _rewrite_manifest(ref, lambda m: m.update(creation_time="yesterday")),
+    "signature not an object": lambda ref: _rewrite_manifest(ref, lambda m: m.update(signatures={"f": 1})),
     "names another version": lambda ref: _rewrite_manifest(ref, lambda m: m.update(version="other")),
 }
 
