@@ -15,8 +15,9 @@ SHELLS = ("bash", "zsh", "fish")
 
 def scripts() -> dict[str, str]:
     """File name -> completion script, for every supported shell."""
-    from torchshelf.cli.app import PROG
     from typer._completion_shared import get_completion_script
+
+    from torchshelf.cli.app import PROG
 
     var = f"_{PROG.replace('-', '_').upper()}_COMPLETE"
     return {

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import selectors
-from .errors import AlreadyExists, IntegrityError, ManifestError, NotFound, UsageError
+from .errors import AlreadyExists, IntegrityError, InvalidName, ManifestError, NotFound, UsageError
 from .manifest import (
     MANIFEST,
     ORIGIN,
@@ -41,7 +41,7 @@ from .manifest import (
     stat_signature,
     write_stat_cache,
 )
-from .tag import Tag, new_version, parse_tag, validate_name, validate_version
+from .tag import NAME_RE, Tag, new_version, parse_tag, validate_name, validate_version
 
 if TYPE_CHECKING:
     from filelock import FileLock
@@ -126,7 +126,10 @@ class Store:
         except FileNotFoundError:
             return []
         with entries:
-            return sorted(e.name for e in entries if e.is_dir() and not e.name.startswith("."))
+            return sorted(
+                e.name for e in entries
+                if e.is_dir() and not e.name.startswith(".") and NAME_RE.match(e.name)
+            )
 
     def manifests(self, name: str, *, skip_broken: bool = True) -> list[Manifest]:
         """Every readable version of `name`, newest first. Vanishing versions are skipped."""
@@ -140,8 +143,8 @@ class Store:
         for version in versions:
             try:
                 found.append(self.read_manifest(name, version))
-            except NotFound:
-                continue  # deleted while we looked
+            except (NotFound, InvalidName):
+                continue  # deleted while we looked, or not a version directory at all
             except ManifestError:
                 if not skip_broken:
                     raise

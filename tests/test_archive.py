@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import torchshelf
 import zoo
 from conftest import (
     Member,
@@ -26,6 +25,8 @@ from conftest import (
     run_shelf,
     write_tar,
 )
+
+import torchshelf
 
 
 @pytest.fixture(scope="module")

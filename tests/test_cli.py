@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
-import torchshelf
 import zoo
 from conftest import Shelf, outside_files, run_shelf
+
+import torchshelf
 
 BAD_NAMES = ["../x", "A B", "", " ", "x/y", ".hidden", "a..b", "-x", "x-", "a" * 65, "x\0y", "é"]
 BAD_VERSIONS = ["../v", "latest", ".v", "v/1", "v 1", "", "v" * 129]

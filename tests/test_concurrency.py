@@ -10,10 +10,11 @@ import time
 from pathlib import Path
 
 import pytest
-import torchshelf
 import workers
 import zoo
 from conftest import child_env
+
+import torchshelf
 
 FORK = multiprocessing.get_context("fork")  # real processes that start with torch already imported
 

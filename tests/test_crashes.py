@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torchshelf
 import workers
 import zoo
 from conftest import child_env, run_shelf
+
+import torchshelf
 
 FORK = multiprocessing.get_context("fork")
 TRIALS = 20

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
-import torchshelf
 import zoo
 from conftest import Shelf
+
+import torchshelf
 from torchshelf import manifest as manifest_mod
 
 

@@ -7,8 +7,9 @@ import sys
 from pathlib import Path
 
 import pytest
-import torchshelf
 from conftest import child_env, run_shelf
+
+import torchshelf
 
 
 def _imported_modules(args: list[str], store: Path, **env: str) -> tuple[set[str], subprocess.CompletedProcess[str]]:

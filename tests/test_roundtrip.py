@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
-import torchshelf
 import zoo
 from conftest import run_python
+
+import torchshelf
 
 
 def test_importable_class_round_trips_bit_identical(store_home: Path) -> None:

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
-import torchshelf
 import zoo
 from conftest import Shelf, read_members, rewrite_manifest, write_tar
+
+import torchshelf
 
 
 class Trap:

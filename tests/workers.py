@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torchshelf
 import zoo
+
+import torchshelf
 
 
 def _log(path: Path, **event: Any) -> None:

@@ -1,0 +1,182 @@
+"""Store comparison: torchshelf vs raw safetensors, torch.save/torch.load and BentoML, in one run.
+
+    python benchmarks/compare_store.py [--size-mib 1024] [--repeats 3] [--versions 1000] [--json OUT]
+
+* save and load (warm page cache, and first touch in a fresh process) of the same float32 MLP;
+  every load is followed by one read of every weight (a load that only mmaps is not a load);
+* `shelf list` vs `bentoml models list` with N versions in each store, as whole processes;
+* `shelf get TAG --output json` vs `bentoml models get TAG`, as whole processes.
+
+Each operation runs in its own process (store_worker.py); BentoML runs in the venv made by
+benchmarks/peers/setup. Medians of --repeats; ratios are the figures to read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+WORKER = HERE / "store_worker.py"
+
+
+def peers_python(name: str) -> Path | None:
+    explicit = os.environ.get("TORCHSHELF_PEERS_DIR")
+    base = Path(explicit).expanduser() if explicit else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "torchshelf-peers"
+    py = base / name / "bin" / "python"
+    return py if py.exists() else None
+
+
+def worker(python: str | Path, method: str, action: str, work: Path, size_mib: int, repeats: int) -> dict[str, Any]:
+    out = subprocess.run(
+        [str(python), str(WORKER), method, action, str(work), "--size-mib", str(size_mib), "--repeats", str(repeats)],
+        capture_output=True, text=True, check=False,
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"{method} {action} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def drop_caches() -> bool:
+    """Drop the page cache for a true cold read, where permitted (root on a VM); else False."""
+    try:
+        os.sync()
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+        return True
+    except OSError:
+        return False
+
+
+def bench_io(size_mib: int, repeats: int, work: Path) -> dict[str, Any]:
+    methods = {"torchshelf": sys.executable, "safetensors": sys.executable, "torch": sys.executable}
+    bentoml_py = peers_python("bentoml")
+    if bentoml_py is not None:
+        methods["bentoml"] = bentoml_py
+    results: dict[str, Any] = {}
+    for method, python in methods.items():
+        mwork = work / method
+        save = worker(python, method, "save", mwork, size_mib, repeats)
+        warm = worker(python, method, "load", mwork, size_mib, repeats)
+        firsts = [worker(python, method, "first", mwork, size_mib, 1)["median"] for _ in range(repeats)]
+        cold = None
+        if drop_caches():
+            cold = worker(python, method, "first", mwork, size_mib, 1)["median"]
+        results[method] = {"save": save["median"], "load_warm": warm["median"],
+                           "load_first": statistics.median(firsts), "load_cold": cold}
+        shutil.rmtree(mwork, ignore_errors=True)
+    return results
+
+
+def time_cmd(cmd: list[str], env: dict[str, str], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+_POPULATE_TS = """
+import sys, torch, torchshelf
+store = torchshelf.Store(sys.argv[1]); m = torch.nn.Linear(4, 2)
+for i in range(int(sys.argv[2])):
+    tag = torchshelf.save_model("model-%d" % (i % 10), m, labels={"stage": "production" if i % 3 == 0 else "dev"}, store=store)
+print(tag)
+"""
+_POPULATE_BENTO = """
+import os, sys
+os.environ["BENTOML_HOME"] = sys.argv[1]
+import bentoml, torch
+m = torch.nn.Linear(4, 2)
+for i in range(int(sys.argv[2])):
+    tag = bentoml.pytorch.save_model("model-%d" % (i % 10), m, labels={"stage": "production" if i % 3 == 0 else "dev"})
+print(getattr(tag, "tag", tag))
+"""
+
+
+def bench_cli(versions: int, repeats: int, work: Path) -> dict[str, Any]:
+    res: dict[str, Any] = {"versions": versions}
+    home = work / "ts-cli"
+    tag = subprocess.run([sys.executable, "-c", _POPULATE_TS, str(home), str(versions)],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    env = {**os.environ, "TORCHSHELF_HOME": str(home)}
+    shelf = [sys.executable, "-m", "torchshelf"]
+    res["python"] = time_cmd([sys.executable, "-c", "pass"], env, repeats)
+    res["shelf_list"] = time_cmd([*shelf, "list"], env, repeats)
+    res["shelf_get"] = time_cmd([*shelf, "get", tag, "--output", "json"], env, repeats)
+    bentoml_py = peers_python("bentoml")
+    if bentoml_py is not None:
+        bhome = work / "bento-cli"
+        btag = subprocess.run([str(bentoml_py), "-c", _POPULATE_BENTO, str(bhome), str(versions)],
+                              capture_output=True, text=True, check=True).stdout.strip()
+        benv = {**os.environ, "BENTOML_HOME": str(bhome), "BENTOML_DO_NOT_TRACK": "true"}
+        bentoml_cli = [str(bentoml_py.parent / "bentoml")]
+        res["bentoml_list"] = time_cmd([*bentoml_cli, "models", "list"], benv, max(3, repeats // 2))
+        res["bentoml_get"] = time_cmd([*bentoml_cli, "models", "get", btag], benv, max(3, repeats // 2))
+    return res
+
+
+def render(io: dict[str, Any] | None, cli: dict[str, Any] | None) -> str:
+    """Markdown tables of the figures and the ratios that the targets are stated in."""
+    lines: list[str] = []
+    if io:
+        base = io["safetensors"]
+        lines += ["| method | save s | load warm s | load first touch s | load cold s |", "|---|---|---|---|---|"]
+        for name, r in io.items():
+            cold = f"{r['load_cold']:.3f}" if r["load_cold"] is not None else "n/a"
+            lines.append(f"| {name} | {r['save']:.3f} | {r['load_warm']:.3f} | {r['load_first']:.3f} | {cold} |")
+        ts = io["torchshelf"]
+        lines += ["", "| ratio | value | target |", "|---|---|---|",
+                  f"| torchshelf save / safetensors save+fsync | {ts['save'] / base['save']:.2f}x | <= 1.25x |",
+                  f"| torchshelf load / safetensors load (warm) | {ts['load_warm'] / base['load_warm']:.2f}x | <= 1.15x |",
+                  f"| torchshelf load / safetensors load (first touch) | {ts['load_first'] / base['load_first']:.2f}x | <= 1.15x |"]
+        if "bentoml" in io:
+            b = io["bentoml"]
+            lines += [f"| BentoML save / torchshelf save | {b['save'] / ts['save']:.2f}x | >= 1.5x |",
+                      f"| BentoML load / torchshelf load (warm) | {b['load_warm'] / ts['load_warm']:.2f}x | >= 3x |",
+                      f"| BentoML load / torchshelf load (first touch) | {b['load_first'] / ts['load_first']:.2f}x | >= 3x |"]
+    if cli:
+        lines += ["", f"| command ({cli['versions']} versions, whole process) | median ms |", "|---|---|",
+                  f"| python -c pass | {cli['python'] * 1000:.0f} |",
+                  f"| shelf list | {cli['shelf_list'] * 1000:.0f} |",
+                  f"| shelf get TAG --output json | {cli['shelf_get'] * 1000:.0f} |"]
+        if "bentoml_list" in cli:
+            lines += [f"| bentoml models list | {cli['bentoml_list'] * 1000:.0f} |",
+                      f"| bentoml models get TAG | {cli['bentoml_get'] * 1000:.0f} |",
+                      "", "| ratio | value | target |", "|---|---|---|",
+                      f"| bentoml models list / shelf list | {cli['bentoml_list'] / cli['shelf_list']:.1f}x | >= 5x (and shelf list <= 250 ms) |",
+                      f"| bentoml models get / shelf get | {cli['bentoml_get'] / cli['shelf_get']:.1f}x | |"]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size-mib", type=int, default=1024)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--versions", type=int, default=1000)
+    parser.add_argument("--cli-repeats", type=int, default=11)
+    parser.add_argument("--only", choices=["io", "cli"])
+    parser.add_argument("--json", type=Path, help="also write the raw figures here")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="torchshelf-compare-"))
+    try:
+        io = bench_io(args.size_mib, args.repeats, work) if args.only != "cli" else None
+        cli = bench_cli(args.versions, args.cli_repeats, work) if args.only != "io" else None
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    if args.json:
+        args.json.write_text(json.dumps({"io": io, "cli": cli}, indent=2))
+    print(render(io, cli))
+
+
+if __name__ == "__main__":
+    main()
