@@ -7,12 +7,16 @@ Layout of a version directory (`<root>/models/<name>/<version>/`)::
     structure.pkl            eager modules: the module tree with tensors replaced by references
     model.ts                 TorchScript modules
     custom_objects/<i>.*     custom objects: .json, .safetensors (tensors) or .pkl (pickled)
+    .manifest.sha256         not in the manifest: sha256 of manifest.json (one a line; two only
+                             while a label change is being committed)
     .stat-cache.json         not in the manifest: stat signatures of files when last hashed
     .origin.json             not in the manifest: where the version came from, and its trust
 
 Every file listed under `files` has its sha256 and size; hashes are computed once, as bytes
 enter the store. `.stat-cache.json` lets a load skip re-hashing a file whose (size, mtime_ns,
-ctime_ns, inode) did not change since it was hashed, as git's index does.
+ctime_ns, inode) did not change since it was hashed, as git's index does. The manifest cannot
+hold its own hash, so `.manifest.sha256` does: a changed byte in `manifest.json` that still
+parses (a label, a hash) is caught too.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from .errors import IntegrityError, ManifestError
 SCHEMA = 1
 MANIFEST = "manifest.json"
 STAT_CACHE = ".stat-cache.json"
+MANIFEST_SUM = ".manifest.sha256"
 ORIGIN = ".origin.json"
 FORMATS = ("safetensors", "torchscript")
 CHUNK = 64 << 20  # bytes per write/hash step: large enough for throughput, small for progress
@@ -263,6 +268,33 @@ def hash_file(path: Path, progress: Progress | None = None) -> dict[str, Any]:
 def stat_signature(path: Path) -> list[int]:
     st = path.stat()
     return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+
+
+def manifest_digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def read_manifest_sums(version_dir: Path) -> set[str] | None:
+    """The accepted sha256s of `manifest.json`; None when the version has no record of them
+    (written by hand, or before torchshelf kept one): then there is nothing to check against."""
+    try:
+        text = (version_dir / MANIFEST_SUM).read_text()
+    except FileNotFoundError:
+        return None
+    return {line.strip() for line in text.splitlines() if line.strip()}
+
+
+def write_manifest_sums(version_dir: Path, digests: list[str], *, fsync: bool = True) -> None:
+    """Atomically replace `.manifest.sha256` with `digests`."""
+    tmp = version_dir / f"{MANIFEST_SUM}.{os.getpid()}.{threading.get_ident()}.tmp"
+    tmp.write_text("".join(f"{d}\n" for d in digests))
+    if fsync:
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    os.replace(tmp, version_dir / MANIFEST_SUM)
 
 
 def read_stat_cache(version_dir: Path) -> dict[str, list[int]]:

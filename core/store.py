@@ -33,12 +33,16 @@ from . import selectors
 from .errors import AlreadyExists, IntegrityError, InvalidName, ManifestError, NotFound, UsageError
 from .manifest import (
     MANIFEST,
+    MANIFEST_SUM,
     ORIGIN,
     Manifest,
     check_files,
     fsync_dir,
+    manifest_digest,
     parse_manifest,
+    read_manifest_sums,
     stat_signature,
+    write_manifest_sums,
     write_stat_cache,
 )
 from .tag import NAME_RE, Tag, new_version, parse_tag, validate_name, validate_version
@@ -191,9 +195,37 @@ class Store:
         return self.origin(name, version).get("trusted") is True
 
     def check(self, manifest: Manifest, *, full: bool = False, progress: Any = None) -> None:
-        """Integrity check of a version's files (stat-cached unless `full`)."""
-        check_files(manifest, self.version_dir(manifest.name, manifest.version), full=full,
-                    progress=progress)
+        """Integrity check of a version's manifest and files (stat-cached unless `full`)."""
+        vdir = self.version_dir(manifest.name, manifest.version)
+        self._check_manifest_bytes(manifest, vdir)
+        check_files(manifest, vdir, full=full, progress=progress)
+
+    def _check_manifest_bytes(self, manifest: Manifest, vdir: Path) -> None:
+        """`manifest.json` must hash to a digest in `.manifest.sha256`.
+
+        Lock-free first; a mismatch is re-checked under the name lock, because a label change
+        replaces the two files one after the other.
+        """
+        def matches() -> bool:
+            sums = read_manifest_sums(vdir)
+            try:
+                data = (vdir / MANIFEST).read_bytes()
+            except FileNotFoundError:
+                raise IntegrityError(
+                    f"{manifest.name}:{manifest.version}: file {MANIFEST} is missing", MANIFEST
+                ) from None
+            return sums is None or manifest_digest(data) in sums
+
+        if matches():
+            return
+        with self.lock(manifest.name):
+            if matches():
+                return
+        raise IntegrityError(
+            f"{manifest.name}:{manifest.version}: file {MANIFEST} does not match its sha256 in "
+            f"{MANIFEST_SUM}; the version is corrupt, delete and re-import it",
+            MANIFEST,
+        )
 
     # --- writing ----------------------------------------------------------------------------
 
@@ -215,8 +247,10 @@ class Store:
         if origin is not None:
             (staging / ORIGIN).write_text(json.dumps(origin))
         while True:
-            (staging / MANIFEST).write_bytes(manifest.to_json())
-            for rel in [MANIFEST, *manifest.files]:
+            data = manifest.to_json()
+            (staging / MANIFEST).write_bytes(data)
+            write_manifest_sums(staging, [manifest_digest(data)], fsync=False)
+            for rel in [MANIFEST, MANIFEST_SUM, *manifest.files]:
                 fd = os.open(staging / rel, os.O_RDONLY)
                 try:
                     os.fsync(fd)
@@ -249,16 +283,26 @@ class Store:
         shutil.rmtree(staging, ignore_errors=True)
 
     def write_manifest(self, manifest: Manifest) -> None:
-        """Atomically replace a committed version's manifest (labels change; files do not)."""
+        """Atomically replace a committed version's manifest (labels change; files do not).
+
+        Call under the name lock. `.manifest.sha256` accepts both the old and the new manifest
+        while the manifest is swapped, so a crash at any point leaves a version that checks.
+        """
         vdir = self.version_dir(manifest.name, manifest.version)
+        data = manifest.to_json()
         tmp = vdir / f".{MANIFEST}.{secrets.token_hex(4)}.tmp"
-        tmp.write_bytes(manifest.to_json())
+        tmp.write_bytes(data)
         fd = os.open(tmp, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
+        new = manifest_digest(data)
+        old = read_manifest_sums(vdir)
+        if old is not None:
+            write_manifest_sums(vdir, [*sorted(old), new])
         os.replace(tmp, vdir / MANIFEST)
+        write_manifest_sums(vdir, [new])
         fsync_dir(vdir)
 
     def set_labels(self, tag: object, labels: dict[str, str], remove: Iterable[str] = ()) -> Manifest:

@@ -64,7 +64,8 @@ def test_eight_savers_with_readers_and_a_deleter_lose_and_corrupt_nothing(tmp_pa
     readers = [FORK.Process(target=workers.reader, args=(store, logs / f"reader{i}", go, stop))
                for i in range(3)]
     deleter = FORK.Process(target=workers.deleter, args=(store, logs / "deleter", go, stop, 20, 40))
-    for p in [*procs, *readers, deleter]:
+    labeler = FORK.Process(target=workers.labeler, args=(store, logs / "labeler", go, stop))
+    for p in [*procs, *readers, deleter, labeler]:
         p.start()
     started = time.monotonic()
     go.touch()
@@ -81,7 +82,7 @@ def test_eight_savers_with_readers_and_a_deleter_lose_and_corrupt_nothing(tmp_pa
         p.join(timeout=300)
         assert p.exitcode == 0, f"a saver failed with exit code {p.exitcode}"
     stop.touch()
-    for p in [*readers, deleter]:
+    for p in [*readers, deleter, labeler]:
         p.join(timeout=60)
         assert p.exitcode == 0
     elapsed = time.monotonic() - started
@@ -108,7 +109,10 @@ def test_eight_savers_with_readers_and_a_deleter_lose_and_corrupt_nothing(tmp_pa
             assert event["result"] != "error", event.get("trace") or event
     assert outcomes["ok"] > 50, outcomes
     assert all(e.get("result") != "error" for e in workers.read_log(logs / "deleter"))
+    relabels = workers.read_log(logs / "labeler")
+    assert [e for e in relabels if e["result"] == "error"] == []
     assert not list((store / ".tmp").glob("*")) and not list((store / ".trash").glob("*"))
     print(f"\nconcurrency: {len(saved)} versions saved, {len(deleted)} deleted on purpose, "
-          f"{len(remaining)} verified; reader ops {dict(outcomes)}; CLI runs {dict(cli_runs)}; "
+          f"{len(remaining)} verified; reader ops {dict(outcomes)}; {len(relabels)} relabels; "
+          f"CLI runs {dict(cli_runs)}; "
           f"{elapsed:.1f} s")

@@ -224,3 +224,55 @@ def test_the_cli_reports_a_broken_manifest_without_crashing(
     assert got.returncode == 1 and "manifest.json" in got.stderr
     assert "Traceback" not in got.stderr
     assert shelf("gc").returncode == 0
+
+
+@pytest.mark.parametrize("where", ["label value", "middle", "a file hash"])
+def test_one_changed_byte_in_the_manifest_is_caught_naming_it(
+    two_versions: tuple[torchshelf.Tag, torchshelf.Model], where: str
+) -> None:
+    """The manifest cannot hold its own hash; `.manifest.sha256` does."""
+    _, ref = two_versions
+    torchshelf.models.set_labels(ref.tag, {"stage": "production"})
+    path = ref.path / "manifest.json"
+    data = bytearray(path.read_bytes())
+    if where == "label value":
+        at = data.index(b'"production"') + 1  # p -> q: still valid JSON, a different label
+    elif where == "a file hash":
+        at = data.index(b'"sha256": "') + len(b'"sha256": "')
+        data[at] = ord("0") if data[at] != ord("0") else ord("1")
+        at = None
+    else:
+        at = len(data) // 2
+    if at is not None:
+        data[at] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(torchshelf.IntegrityError) as info:
+        torchshelf.load_model(ref.tag)
+    assert info.value.path == "manifest.json"
+    [(_, error)] = torchshelf.models.verify([ref.tag])
+    assert isinstance(error, torchshelf.IntegrityError) and error.path == "manifest.json"
+
+
+def test_a_label_change_interrupted_between_its_two_writes_still_checks(
+    two_versions: tuple[torchshelf.Tag, torchshelf.Model]
+) -> None:
+    _, ref = two_versions
+    sums = ref.path / ".manifest.sha256"
+    old = sums.read_text()
+    torchshelf.models.set_labels(ref.tag, {"stage": "production"})
+    new = sums.read_text()
+    assert new != old and len(new.split()) == 1
+    sums.write_text(old + new)  # the state after a crash between the sums and the manifest swap
+    torchshelf.load_model(ref.tag)
+    assert torchshelf.models.verify([ref.tag])[0][1] is None
+
+
+def test_a_version_without_a_manifest_sum_still_loads(
+    two_versions: tuple[torchshelf.Tag, torchshelf.Model]
+) -> None:
+    """Versions copied by hand (or written before the sum existed) have nothing to check against."""
+    _, ref = two_versions
+    (ref.path / ".manifest.sha256").unlink()
+    torchshelf.load_model(ref.tag)
+    torchshelf.models.set_labels(ref.tag, {"k": "v"})
+    assert torchshelf.models.verify([ref.tag])[0][1] is None

@@ -89,6 +89,26 @@ def reader(store: Path, log: Path, go: Path, stop: Path) -> None:
                  trace=traceback.format_exc())
 
 
+def labeler(store: Path, log: Path, go: Path, stop: Path) -> None:
+    """Relabel random versions (a label change rewrites the manifest) while others load them."""
+    _wait(go)
+    rng = random.Random(os.getpid())
+    n = 0
+    while not stop.exists():
+        refs = torchshelf.models.list("conc", store=store)
+        if not refs:
+            time.sleep(0.01)
+            continue
+        n += 1
+        try:
+            torchshelf.models.set_labels(rng.choice(refs[:10]).tag, {"touched": str(n)}, store=store)
+            _log(log, result="ok")
+        except torchshelf.NotFound:
+            _log(log, result="notfound")
+        except Exception as exc:
+            _log(log, result="error", error=f"{type(exc).__name__}: {exc}")
+
+
 def deleter(store: Path, log: Path, go: Path, stop: Path, keep_newest: int, most: int) -> None:
     """Delete random older versions (never the newest `keep_newest`), at most `most` of them."""
     _wait(go)
