@@ -63,6 +63,7 @@ def test_invalid_names_exit_2_on_the_cli(shelf: Shelf, args: list[str]) -> None:
     assert proc.stdout == ""
 
 
+@pytest.mark.slow
 def test_save_accepts_module_attr_file_attr_torchscript_and_safetensors(
     store_home: Path, shelf: Shelf, tmp_path: Path
 ) -> None:

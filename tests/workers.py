@@ -21,6 +21,7 @@ import torchshelf
 
 
 def _log(path: Path, **event: Any) -> None:
+    event.setdefault("t", time.time())
     with open(path, "a") as fh:
         fh.write(json.dumps(event) + "\n")
 
@@ -64,6 +65,7 @@ def reader(store: Path, log: Path, go: Path, stop: Path) -> None:
     last_latest = ""
     while not stop.exists():
         op = rng.choice(["list", "get", "latest", "older"])
+        started = time.time()
         try:
             if op == "list":
                 for ref in torchshelf.models.list("conc", store=store):
@@ -82,8 +84,8 @@ def reader(store: Path, log: Path, go: Path, stop: Path) -> None:
                     ref = rng.choice(refs)
                     _check_loaded(torchshelf.load_model(ref.tag, store=store), ref)
             _log(log, op=op, result="ok")
-        except torchshelf.NotFound:
-            _log(log, op=op, result="notfound")
+        except torchshelf.NotFound as exc:
+            _log(log, op=op, result="notfound", started=started, error=str(exc))
         except Exception as exc:
             _log(log, op=op, result="error", error=f"{type(exc).__name__}: {exc}",
                  trace=traceback.format_exc())
