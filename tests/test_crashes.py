@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import multiprocessing
 import os
 import random
@@ -179,7 +180,9 @@ def _clone_version(store: Path, template: Path, version: str) -> str:
     shutil.copytree(template, staging)
     manifest = json.loads((staging / "manifest.json").read_text())
     manifest["version"] = version
-    (staging / "manifest.json").write_text(json.dumps(manifest))
+    data = json.dumps(manifest).encode()
+    (staging / "manifest.json").write_bytes(data)
+    (staging / ".manifest.sha256").write_text(hashlib.sha256(data).hexdigest() + "\n")
     (staging / ".stat-cache.json").unlink(missing_ok=True)
     os.rename(staging, store / "models" / "big" / version)
     return f"big:{version}"
@@ -192,6 +195,7 @@ def test_sigkill_during_delete_leaves_no_partial_version(tmp_path: Path, big_mod
     tag = torchshelf.save_model("big", big_model, store=store, version="keep", custom_objects=objects)
     template = torchshelf.get(tag, store=store).path
     victim = _clone_version(store, template, "probe")
+    assert torchshelf.models.verify([victim], store=store)[0][1] is None  # a faithful clone
     duration = _timed(lambda: torchshelf.models.delete(victim, store=store))
     rng = random.Random(91011)
     killed = leftovers_seen = complete = 0
