@@ -10,7 +10,7 @@ import sys
 
 import typer
 
-from . import bench, serve, store_cmds
+from . import bench, remote_cmds, serve, store_cmds
 from .render import fail
 
 PROG = "shelf"
@@ -55,6 +55,7 @@ def _options(
 
 
 store_cmds.register(app)
+remote_cmds.register(app)
 serve.register(app)
 bench.register(app)
 

@@ -15,7 +15,10 @@ stderr = Console(stderr=True, soft_wrap=True)
 
 def fail(exc: BaseException, code: int | None = None) -> NoReturn:
     """Print `error: ...` on stderr and exit with the error's exit code (1 by default)."""
-    stderr.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+    from rich.markup import escape
+
+    # escape: messages hold literal brackets (`torchshelf[s3]`, `s3://bucket[/prefix]`)
+    stderr.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, markup=True)
     raise SystemExit(code if code is not None else getattr(exc, "exit_code", 1))
 
 

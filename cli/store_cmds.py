@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
+from .remote_cmds import REMOTE_HELP, RemoteFlagCommand, open_remote
 from .render import fail, print_columns, print_json, stderr, stdout
 
 
@@ -156,19 +157,23 @@ def register(app: typer.Typer) -> None:
             )
         stdout.print(str(tag), highlight=False)
 
-    @app.command("list", rich_help_panel="Store")
+    @app.command("list", rich_help_panel="Store", cls=RemoteFlagCommand)
     def list_(
         name: Annotated[str | None, typer.Argument(help="Only this model name.")] = None,
         label: Annotated[list[str], typer.Option("--label", "-l", help="Selector: K=V, K!=V, K, 'K in (a,b)'; repeatable, ANDed.")] = [],  # noqa: B006
         latest: Annotated[bool, typer.Option("--latest", help="Only the newest version of each name.")] = False,
         output: Annotated[Output, typer.Option("--output", "-o", help="table, json or tags.")] = Output.table,
+        remote: Annotated[str | None, typer.Option("--remote", metavar="[URL]", help=REMOTE_HELP, show_default=False)] = None,
     ) -> None:
-        """List stored versions, newest first."""
+        """List stored versions, newest first (with --remote: the versions on the remote)."""
         import torchshelf
 
-        models = torchshelf.models.list(name, label, latest=latest)
+        if remote is not None:
+            models: list[Any] = open_remote(remote).list(name, label, latest_only=latest)
+        else:
+            models = torchshelf.models.list(name, label, latest=latest)
         if output is Output.json:
-            print_json([m.info.to_dict() for m in models])
+            print_json([m.to_dict() if remote is not None else m.info.to_dict() for m in models])
         elif output is Output.tags:
             sys.stdout.write("".join(f"{m.tag}\n" for m in models))
         else:
@@ -184,15 +189,19 @@ def register(app: typer.Typer) -> None:
             ]
             print_columns(["TAG", "CREATED (UTC)", "FORMAT", "SIZE", "LABELS"], rows)
 
-    @app.command(rich_help_panel="Store")
+    @app.command(rich_help_panel="Store", cls=RemoteFlagCommand)
     def get(
         tag: Annotated[str, typer.Argument(help="name, name:latest or name:version.")],
         output: Annotated[InfoOutput, typer.Option("--output", "-o", help="table or json.")] = InfoOutput.table,
+        remote: Annotated[str | None, typer.Option("--remote", metavar="[URL]", help=REMOTE_HELP, show_default=False)] = None,
     ) -> None:
         """Show one version's manifest: labels, metadata, signatures, files."""
         import torchshelf
 
-        info = torchshelf.get(tag).info.to_dict()
+        if remote is not None:
+            info = open_remote(remote).get(tag).to_dict()
+        else:
+            info = torchshelf.get(tag).info.to_dict()
         if output is InfoOutput.json:
             print_json(info)
             return
@@ -211,11 +220,12 @@ def register(app: typer.Typer) -> None:
             table.add_row("file", f"{rel}  {_human(rec['size'])}  sha256:{rec['sha256'][:16]}")
         stdout.print(table)
 
-    @app.command(rich_help_panel="Store")
+    @app.command(rich_help_panel="Store", cls=RemoteFlagCommand)
     def label(
         tag: Annotated[str, typer.Argument(help="name, name:latest or name:version.")],
         labels: Annotated[list[str], typer.Argument(help="K=V labels to set.", show_default=False)] = [],  # noqa: B006
         remove: Annotated[list[str], typer.Option("--remove", "-r", help="Label key to remove; repeatable.")] = [],  # noqa: B006
+        remote: Annotated[str | None, typer.Option("--remote", metavar="[URL]", help=REMOTE_HELP, show_default=False)] = None,
     ) -> None:
         """Set or remove labels on one version (e.g. promote: stage=production)."""
         import torchshelf
@@ -224,7 +234,10 @@ def register(app: typer.Typer) -> None:
 
         if not labels and not remove:
             raise UsageError("nothing to do: give K=V labels and/or --remove K")
-        model = torchshelf.models.set_labels(tag, parse_assignments(labels), remove)
+        if remote is not None:
+            model: Any = open_remote(remote).set_labels(tag, parse_assignments(labels), remove)
+        else:
+            model = torchshelf.models.set_labels(tag, parse_assignments(labels), remove)
         stderr.print(f"{model.tag}: " + (",".join(f"{k}={v}" for k, v in sorted(model.labels.items())) or "(no labels)"), highlight=False)
 
     @app.command(rich_help_panel="Store")
@@ -305,12 +318,18 @@ def register(app: typer.Typer) -> None:
         if bad:
             raise typer.Exit(1)
 
-    @app.command(rich_help_panel="Store")
-    def gc() -> None:
+    @app.command(rich_help_panel="Store", cls=RemoteFlagCommand)
+    def gc(
+        remote: Annotated[str | None, typer.Option("--remote", metavar="[URL]", help=REMOTE_HELP + " Removes leftovers of interrupted pushes there.", show_default=False)] = None,
+        older_than: Annotated[float, typer.Option("--older-than", help="With --remote: only leftovers idle this many hours (a push may still be running).")] = 24.0,
+    ) -> None:
         """Remove leftovers of interrupted saves, imports and deletes; report what was freed."""
         import torchshelf
 
-        report = torchshelf.models.gc()
+        if remote is not None:
+            report = open_remote(remote).gc(older_than=older_than * 3600)
+        else:
+            report = torchshelf.models.gc()
         for entry in report.removed:
             stdout.print(f"removed {entry}", highlight=False)
         stdout.print(f"freed {_human(report.bytes_freed)} ({report.bytes_freed} bytes) in {len(report.removed)} entries", highlight=False)

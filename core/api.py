@@ -255,17 +255,43 @@ def _st_device(device: torch.device) -> str:
     return "cpu" if device.type == "cpu" else str(device)
 
 
-def load_model(tag: Any, device_id: str | None = None, *, store: Store | str | None = None) -> Any:
+def load_model(tag: Any, device_id: str | None = None, *, store: Store | str | None = None,
+               remote: Any = None) -> Any:
     """Load a stored model in eval mode, weights straight onto `device_id`.
 
     `tag` is `name`, `name:latest`, `name:version`, a `Tag` or a `Model`. Changed files are
     detected (`IntegrityError`); unchanged ones are not re-hashed.
 
+    With `remote` (an `s3://` URL, a `Remote`, or `True` for the configured remote), the local
+    store is a cache: a version missing locally is pulled (and verified) first. A pinned
+    `name:version` already in the cache needs no network; `name`/`name:latest` asks the remote
+    which version is newest.
+
     Example:
         >>> model = torchshelf.load_model("classifier:latest", device_id="cuda:0")
+        >>> model = torchshelf.load_model("classifier:3", remote="s3://models/team")
     """
     st = default_store(store)
+    if remote is not None and remote is not False:
+        return load_manifest(st, _cached(st, tag, remote), device_id)
     return load_manifest(st, st.resolve(tag), device_id)
+
+
+def _cached(st: Store, tag: Any, remote: Any) -> Manifest:
+    """The local manifest of `tag`, pulling it from `remote` when the cache lacks it."""
+    from .errors import NotFound
+    from .remote import open_remote
+    from .tag import parse_tag
+
+    name, version = parse_tag(tag)
+    if version is not None:
+        try:
+            return st.read_manifest(name, version)
+        except NotFound:
+            pass
+    rem = open_remote(remote)
+    transfer = rem.pull(st, tag)
+    return st.read_manifest(transfer.tag.name, transfer.tag.version)
 
 
 def get(tag: Any, *, store: Store | str | None = None) -> Model:

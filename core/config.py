@@ -22,6 +22,7 @@ from .errors import UsageError
 ENV_HOME = "TORCHSHELF_HOME"
 ENV_REMOTE = "TORCHSHELF_REMOTE"
 ENV_API_TOKEN = "TORCHSHELF_API_TOKEN"
+ENV_ENDPOINT = "AWS_ENDPOINT_URL"  # the standard AWS variable; a `[remote] endpoint_url` wins
 DEFAULT_HOME = Path("~/.torchshelf")
 
 
@@ -69,10 +70,16 @@ def store_root(explicit: str | os.PathLike[str] | None = None) -> Path:
 
 
 def remote_settings(explicit_url: str | None = None) -> dict[str, Any]:
-    """The remote store settings: `url` from the flag > `TORCHSHELF_REMOTE` > `[remote]`."""
+    """The remote store settings: `url` from the flag > `TORCHSHELF_REMOTE` > `[remote] url`.
+
+    `endpoint_url` comes from `[remote] endpoint_url`, else `AWS_ENDPOINT_URL`; other keys of
+    `[remote]` (`region`, `profile`) are passed through. Credentials are left to botocore.
+    """
     settings, _ = project_config()
     remote = dict(settings.get("remote") or {})
     url = explicit_url or os.environ.get(ENV_REMOTE) or remote.get("url")
     if url:
         remote["url"] = url
+    if not remote.get("endpoint_url") and os.environ.get(ENV_ENDPOINT):
+        remote["endpoint_url"] = os.environ[ENV_ENDPOINT]
     return remote

@@ -18,6 +18,7 @@ __all__ = [
     "DeviceError",
     "ArchiveError",
     "UsageError",
+    "RemoteError",
 ]
 
 
@@ -78,3 +79,7 @@ class DeviceError(ShelfError, ValueError):
 
 class ArchiveError(ShelfError):
     """An export archive is malformed or unsafe and was refused."""
+
+
+class RemoteError(ShelfError):
+    """The remote store is not configured, not reachable, or refused the request."""

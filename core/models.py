@@ -1,4 +1,4 @@
-"""`torchshelf.models`: list, get, delete, label, export, import, verify, trust and gc."""
+"""`torchshelf.models`: list, get, delete, label, export, import, verify, trust, gc, push and pull."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import builtins
 import os
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .api import default_store
 from .api import get as _get
@@ -15,7 +15,13 @@ from .model import Model
 from .store import GcReport, Store
 from .tag import Tag
 
-__all__ = ["list", "get", "delete", "set_labels", "export_model", "import_model", "verify", "trust", "gc"]
+__all__ = [
+    "list", "get", "delete", "set_labels", "export_model", "import_model", "verify", "trust", "gc",
+    "push", "pull",
+]
+
+if TYPE_CHECKING:
+    from .remote import Remote, Transfer
 
 StoreLike = Store | str | os.PathLike[str] | None
 
@@ -79,3 +85,39 @@ def trust(tag: Any, *, store: StoreLike = None) -> Model:
 def gc(*, store: StoreLike = None) -> GcReport:
     """Remove leftovers of interrupted saves, imports and deletes."""
     return default_store(store).gc()
+
+
+def push(tags: Any, *, remote: Remote | str | None = None, store: StoreLike = None,
+         progress: Progress | None = None) -> builtins.list[Transfer]:
+    """Upload versions to the remote store (default: the configured one).
+
+    `tags` is one tag or a list; each is `name`, `name:latest` or `name:version`. A version
+    already there with the same files is `unchanged`; with different files, `AlreadyExists`.
+
+    Example:
+        >>> torchshelf.models.push("classifier:latest", remote="s3://models/team")
+        [Transfer(tag=Tag(name='classifier', version='...'), status='pushed', ...)]
+    """
+    from .remote import open_remote
+
+    st, rem = default_store(store), open_remote(remote)
+    return [rem.push(st, tag, progress) for tag in _tag_list(tags)]
+
+
+def pull(tags: Any, *, remote: Remote | str | None = None, store: StoreLike = None,
+         progress: Progress | None = None) -> builtins.list[Transfer]:
+    """Download versions from the remote store; each appears locally only once fully verified.
+
+    Pulled versions are trusted like locally saved ones (you chose the remote).
+
+    Example:
+        >>> torchshelf.models.pull("classifier")     # the newest version on the remote
+    """
+    from .remote import open_remote
+
+    st, rem = default_store(store), open_remote(remote)
+    return [rem.pull(st, tag, progress) for tag in _tag_list(tags)]
+
+
+def _tag_list(tags: Any) -> builtins.list[Any]:
+    return builtins.list(tags) if isinstance(tags, (builtins.list, tuple)) else [tags]
