@@ -41,8 +41,9 @@ def test_four_processes_saving_one_name_get_four_distinct_versions(store_home: P
 def test_an_auto_version_taken_meanwhile_is_replaced_by_a_fresh_one(
     store_home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from torchshelf import api
+    import importlib
 
+    api = importlib.import_module("torchshelf.api")  # the module (`torchshelf.api` is the decorator)
     monkeypatch.setattr(api, "new_version", lambda: "20260101T000000000000Z-000000")
     first = torchshelf.save_model("m", zoo.MLP())
     second = torchshelf.save_model("m", zoo.MLP())
