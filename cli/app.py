@@ -13,8 +13,10 @@ import typer
 from . import bench, remote_cmds, serve, store_cmds
 from .render import fail
 
+PROG = "shelf"
+
 app = typer.Typer(
-    name="shelf",
+    name=PROG,
     help="torchshelf: a versioned PyTorch model store, a batching inference server and a benchmark.",
     no_args_is_help=True,
     add_completion=True,
@@ -23,6 +25,15 @@ app = typer.Typer(
 )
 
 
+def _print_version(value: bool) -> None:
+    # Eager, so `shelf --version` works without a command (a plain option would make click
+    # fail first with "Missing command").
+    if value:
+        from torchshelf import __version__
+
+        typer.echo(__version__)
+        raise typer.Exit()
+
 
 @app.callback()
 def _options(
@@ -30,16 +41,13 @@ def _options(
         None, "--store", envvar=None, help="Store root (default: $TORCHSHELF_HOME, shelf.toml, ~/.torchshelf).",
         show_default=False,
     ),
-    version: bool = typer.Option(False, "--version", help="Print the version and exit."),
+    version: bool = typer.Option(
+        False, "--version", help="Print the version and exit.", is_eager=True, callback=_print_version
+    ),
 ) -> None:
     """torchshelf: a versioned PyTorch model store, a batching inference server and a benchmark."""
     import os
 
-    if version:
-        from torchshelf import __version__
-
-        typer.echo(__version__)
-        raise typer.Exit()
     if store:
         # The flag wins over everything; core reads the root from the environment, and child
         # processes (serve workers) inherit it.
@@ -57,7 +65,9 @@ def main() -> None:
     from torchshelf.errors import ShelfError
 
     try:
-        app(prog_name="shelf")
+        # A fixed program name: `python -m torchshelf` then completes and reads like `shelf`
+        # (completion is keyed on `_SHELF_COMPLETE`, derived from this name).
+        app(prog_name=PROG)
     except ShelfError as exc:
         fail(exc)
     except OSError as exc:

@@ -136,9 +136,14 @@ def register(app: typer.Typer) -> None:
         import torchshelf
         from torchshelf.selectors import parse_assignments
         from torchshelf.sources import load_source
+        from torchshelf.tag import validate_name, validate_version
 
         from .progress import byte_progress
 
+        # Bad names fail before the source is imported (and torch with it).
+        validate_name(name)
+        if version is not None:
+            validate_version(version)
         labels = parse_assignments(label)
         meta = _metadata(metadata, metadata_file)
         sigs = dict(_parse_signature(s) for s in signature) or None

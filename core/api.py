@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import config, formats
-from .errors import FormatError, UntrustedError, UsageError
-from .manifest import Manifest, Progress, hash_file
+from .errors import FormatError, NotFound, UntrustedError, UsageError
+from .manifest import MANIFEST, Manifest, Progress, hash_file
 from .model import Model
 from .store import Store, now_iso
 from .tag import Tag, new_version, validate_name, validate_version
@@ -195,11 +195,27 @@ def _save_custom_objects(staging: Path, objects: dict[str, Any], files: dict[str
 
 
 def load_manifest(store: Store, manifest: Manifest, device_id: Any = None) -> Any:
-    """Check a version's files (stat-cached) and rebuild its module on the device."""
+    """Check a version's files (stat-cached) and rebuild its module on the device.
+
+    A version deleted while it loads is `NotFound` (as if it had gone a moment earlier), never
+    an `IntegrityError` about its vanished files.
+    """
     from .devices import resolve_device
 
     device = resolve_device(device_id)
     vdir = store.version_dir(manifest.name, manifest.version)
+    try:
+        return _load_checked(store, manifest, vdir, device)
+    except Exception:
+        if (vdir / MANIFEST).exists():
+            raise
+        raise NotFound(
+            f"model {manifest.name}:{manifest.version} was deleted while loading; see "
+            f"`shelf list {manifest.name}`"
+        ) from None
+
+
+def _load_checked(store: Store, manifest: Manifest, vdir: Path, device: torch.device) -> Any:
     store.check(manifest)
     tag = f"{manifest.name}:{manifest.version}"
     if manifest.format == "torchscript":

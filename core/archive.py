@@ -5,17 +5,24 @@ Export verifies what it streams. Import never calls `tarfile.extract`: it reads 
 directory while hashing it, and commits only when every file matches. Anything else (links,
 devices, directories, unlisted or duplicate names, `..`, absolute paths, sizes that differ from
 the manifest, more bytes than the limit) refuses the whole archive and writes nothing.
+Compressed archives (gzip, bzip2, xz) are read too, through `_Bounded`, which caps both the
+decompressed bytes and any single read, so neither a decompression bomb nor a giant pax header
+can exhaust disk, time or memory.
 Imported versions are untrusted: nothing in them is unpickled until `shelf trust`.
 """
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import hashlib
+import lzma
 import os
 import secrets
 import shutil
 import tarfile
 import time
+import zlib
 from pathlib import Path
 from typing import IO, Any
 
@@ -28,6 +35,74 @@ MAX_MANIFEST_BYTES = 16 << 20
 ENV_MAX_IMPORT = "TORCHSHELF_MAX_IMPORT_BYTES"
 DEFAULT_MAX_IMPORT = 256 << 30
 _COPY = 8 << 20
+_HEADER_SLACK = 1 << 20  # tar headers and padding on top of the files' own bytes
+_READ_ERRORS = (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, gzip.BadGzipFile)
+
+
+class _Bounded:
+    """A read-only stream over the (decompressed) tar that refuses to go past `limit` bytes or to
+    hand out more than `max_read` bytes at once. tarfile reads a pax or GNU long-name header in
+    one call, sized by the archive itself; this is what keeps such a header from filling memory."""
+
+    def __init__(self, fh: IO[bytes], raw: IO[bytes], limit: int, max_read: int, path: Path) -> None:
+        self._fh = fh
+        self._raw = raw
+        self._limit = limit
+        self._max_read = max_read
+        self._path = path
+
+    def _refuse(self, what: str) -> ArchiveError:
+        return ArchiveError(f"{self._path}: refused: {what} (a decompression bomb, or raise {ENV_MAX_IMPORT})")
+
+    def read(self, n: int = -1) -> bytes:
+        if n is None or n < 0 or n > self._max_read:
+            raise self._refuse(f"a single header or read of {n} bytes")
+        if self._fh.tell() + n > self._limit:
+            raise self._refuse(f"the archive expands past {self._limit} bytes")
+        return self._fh.read(n)
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        if whence == os.SEEK_SET and offset > self._limit:
+            raise self._refuse(f"the archive expands past {self._limit} bytes")
+        return self._fh.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._fh.tell()
+
+    def close(self) -> None:
+        self._fh.close()
+        self._raw.close()
+
+
+def _open_decompressed(raw: IO[bytes]) -> IO[bytes]:
+    magic = raw.read(6)
+    raw.seek(0)
+    if magic[:2] == b"\x1f\x8b":
+        return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
+    if magic[:3] == b"BZh":
+        return bz2.BZ2File(raw, mode="rb")  # type: ignore[return-value]
+    if magic == b"\xfd7zXZ\x00":
+        return lzma.LZMAFile(raw, mode="rb")  # type: ignore[return-value]
+    return raw
+
+
+def _open_archive(path: Path) -> tarfile.TarFile:
+    """Open `path` as a tar (plain or compressed) behind the size bounds of `_Bounded`.
+
+    The caller closes `tar.fileobj` (tarfile leaves a stream it was given open)."""
+    raw = open(path, "rb")  # noqa: SIM115 - owned by the returned TarFile's stream
+    try:
+        stream = _Bounded(
+            _open_decompressed(raw),
+            raw,
+            limit=_max_import_bytes() + MAX_MANIFEST_BYTES + _HEADER_SLACK,
+            max_read=max(MAX_MANIFEST_BYTES, _COPY) + tarfile.BLOCKSIZE,
+            path=path,
+        )
+        return tarfile.open(fileobj=stream, mode="r:")  # type: ignore[call-overload]
+    except BaseException:
+        raw.close()
+        raise
 
 
 class _HashingReader:
@@ -97,8 +172,8 @@ def import_model(store: Store, path: Path, *, trust: bool = False, progress: Pro
     """Import a version exported by `export_model`; refuse anything unsafe. Returns its manifest."""
     path = Path(path)
     try:
-        tar = tarfile.open(path, mode="r:*")  # noqa: SIM115 - closed by the `with tar` below
-    except (tarfile.TarError, OSError) as exc:
+        tar = _open_archive(path)
+    except (*_READ_ERRORS, OSError) as exc:
         raise ArchiveError(f"{path} is not a readable tar archive: {exc}") from None
     staging: Path | None = None
     try:
@@ -177,9 +252,10 @@ def import_model(store: Store, path: Path, *, trust: bool = False, progress: Pro
             result = store.commit(staging, manifest, auto_version=False, origin=origin)
             staging = None
             return result
-    except tarfile.TarError as exc:
+    except _READ_ERRORS as exc:
         raise ArchiveError(f"{path}: corrupt archive: {exc}") from None
     finally:
+        tar.fileobj.close()  # type: ignore[union-attr]
         if staging is not None:
             store.discard(staging)
 

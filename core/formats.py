@@ -8,7 +8,8 @@ Eager `nn.Module`s are stored as two parts:
   - `class`: an importable class plus JSON constructor kwargs (zero-arg classes, or the kwargs
     given with `init_kwargs=` / `--init-json`). Checked at save time by building it on the meta
     device and comparing every tensor name, shape, dtype and tie. Rebuilding runs only that
-    class's `__init__` and needs no pickle, so it works for untrusted (imported) models.
+    class's `__init__` (which must be an `nn.Module` subclass) and needs no pickle, so it works
+    for untrusted (imported) models.
   - `pickle`: the module tree pickled with cloudpickle, with every tensor replaced by a reference
     into the weights file, so no weight ever enters the pickle. This handles classes defined in
     `__main__` or in a script (pickled by value) and any post-init change to the module, but
@@ -251,6 +252,10 @@ def build_from_class(
     import torch
 
     cls = import_class(structure["class"])
+    if not issubclass(cls, torch.nn.Module):
+        # The manifest of an imported archive is untrusted: naming e.g. subprocess.Popen with
+        # JSON kwargs must not run anything. Only an nn.Module's own __init__ may run.
+        raise FormatError(f"{structure['class']} is not a torch.nn.Module subclass; refusing to build it")
     with torch.device("meta"):
         model = cls(**structure.get("init_kwargs", {}))
     params = {n: p for n, _, p in _named_tensors(model)}

@@ -7,12 +7,16 @@ Layout of a version directory (`<root>/models/<name>/<version>/`)::
     structure.pkl            eager modules: the module tree with tensors replaced by references
     model.ts                 TorchScript modules
     custom_objects/<i>.*     custom objects: .json, .safetensors (tensors) or .pkl (pickled)
+    .manifest.sha256         not in the manifest: sha256 of manifest.json (one a line; two only
+                             while a label change is being committed)
     .stat-cache.json         not in the manifest: stat signatures of files when last hashed
     .origin.json             not in the manifest: where the version came from, and its trust
 
 Every file listed under `files` has its sha256 and size; hashes are computed once, as bytes
 enter the store. `.stat-cache.json` lets a load skip re-hashing a file whose (size, mtime_ns,
-ctime_ns, inode) did not change since it was hashed, as git's index does.
+ctime_ns, inode) did not change since it was hashed, as git's index does. The manifest cannot
+hold its own hash, so `.manifest.sha256` does: a changed byte in `manifest.json` that still
+parses (a label, a hash) is caught too.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import queue
 import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +37,7 @@ from .errors import IntegrityError, ManifestError
 SCHEMA = 1
 MANIFEST = "manifest.json"
 STAT_CACHE = ".stat-cache.json"
+MANIFEST_SUM = ".manifest.sha256"
 ORIGIN = ".origin.json"
 FORMATS = ("safetensors", "torchscript")
 CHUNK = 64 << 20  # bytes per write/hash step: large enough for throughput, small for progress
@@ -88,27 +94,30 @@ def parse_manifest(data: bytes, where: str = MANIFEST) -> Manifest:
     try:
         raw = json.loads(data)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise ManifestError(f"{where} is not valid JSON ({exc}); run `shelf gc` or re-save", where) from None
+        raise ManifestError(
+            f"{where} is not valid JSON ({exc}); the version is damaged: delete it and re-save "
+            "or re-import it", MANIFEST
+        ) from None
     if not isinstance(raw, dict):
-        raise ManifestError(f"{where} must hold a JSON object", where)
+        raise ManifestError(f"{where} must hold a JSON object", MANIFEST)
     known = set(_REQUIRED) | set(_OPTIONAL_NULLABLE)
     unknown = sorted(set(raw) - known)
     if unknown:
-        raise ManifestError(f"{where} has unknown fields {unknown}: written by a newer torchshelf?", where)
+        raise ManifestError(f"{where} has unknown fields {unknown}: written by a newer torchshelf?", MANIFEST)
     missing = sorted(set(_REQUIRED) - set(raw))
     if missing:
-        raise ManifestError(f"{where} is missing fields {missing}", where)
+        raise ManifestError(f"{where} is missing fields {missing}", MANIFEST)
     for key, typ in _REQUIRED.items():
         if not isinstance(raw[key], typ) or (typ is int and isinstance(raw[key], bool)):
-            raise ManifestError(f"{where}: field {key!r} must be {typ.__name__}", where)
+            raise ManifestError(f"{where}: field {key!r} must be {typ.__name__}", MANIFEST)
     if raw.get("module_class") is not None and not isinstance(raw["module_class"], str):
-        raise ManifestError(f"{where}: field 'module_class' must be a string or null", where)
+        raise ManifestError(f"{where}: field 'module_class' must be a string or null", MANIFEST)
     if raw["schema"] > SCHEMA:
-        raise ManifestError(f"{where} has schema {raw['schema']}; upgrade torchshelf to read it", where)
+        raise ManifestError(f"{where} has schema {raw['schema']}; upgrade torchshelf to read it", MANIFEST)
     if raw["format"] not in FORMATS:
-        raise ManifestError(f"{where}: unknown format {raw['format']!r}", where)
+        raise ManifestError(f"{where}: unknown format {raw['format']!r}", MANIFEST)
     for rel, rec in raw["files"].items():
-        check_relpath(rel, where)
+        check_relpath(rel, MANIFEST)
         if (
             not isinstance(rec, dict)
             or not isinstance(rec.get("sha256"), str)
@@ -116,11 +125,54 @@ def parse_manifest(data: bytes, where: str = MANIFEST) -> Manifest:
             or not isinstance(rec.get("size"), int)
             or rec["size"] < 0
         ):
-            raise ManifestError(f"{where}: bad file record for {rel!r}", where)
+            raise ManifestError(f"{where}: bad file record for {rel!r}", MANIFEST)
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in raw["labels"].items()):
-        raise ManifestError(f"{where}: labels must map strings to strings", where)
+        raise ManifestError(f"{where}: labels must map strings to strings", MANIFEST)
+    try:
+        datetime.fromisoformat(raw["creation_time"])
+    except ValueError:
+        raise ManifestError(f"{where}: creation_time {raw['creation_time']!r} is not ISO-8601", MANIFEST) from None
+    if not all(isinstance(v, dict) for v in raw["signatures"].values()):
+        raise ManifestError(f"{where}: every signature must be a JSON object", MANIFEST)
+    _check_references(raw, where)
     raw.setdefault("module_class", None)
     return Manifest(**raw)
+
+
+_MAIN_FILE = {"safetensors": "weights.safetensors", "torchscript": "model.ts"}
+_OBJECT_KINDS = ("json", "tensors", "pickle")
+
+
+def _check_references(raw: dict[str, Any], where: str) -> None:
+    """Every file the manifest points at (weights, structure, custom objects) must be hashed in
+    `files`: a reader then never opens a file that was not checked, or one outside the version."""
+    files = raw["files"]
+
+    def listed(rel: Any, what: str) -> None:
+        if not isinstance(rel, str) or rel not in files:
+            raise ManifestError(f"{where}: {what} {rel!r} is not among the hashed files", MANIFEST)
+
+    listed(_MAIN_FILE[raw["format"]], f"{raw['format']} file")
+    structure = raw["structure"]
+    if structure.get("pickle") is not None:
+        listed(structure["pickle"], "structure")
+    cls = structure.get("class")
+    if cls is not None and not (
+        isinstance(cls, dict) and isinstance(cls.get("class"), str)
+        and isinstance(cls.get("init_kwargs", {}), dict)
+    ):
+        raise ManifestError(f"{where}: structure.class must be {{'class': str, 'init_kwargs': {{}}}}", MANIFEST)
+    aliases = structure.get("aliases", {})
+    if not isinstance(aliases, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in aliases.items()
+    ):
+        raise ManifestError(f"{where}: structure.aliases must map strings to strings", MANIFEST)
+    for key, rec in raw["custom_objects"].items():
+        if not isinstance(rec, dict) or rec.get("kind") not in _OBJECT_KINDS:
+            raise ManifestError(f"{where}: bad record for custom object {key!r}", MANIFEST)
+        listed(rec.get("file"), f"custom object {key!r} file")
+        if rec.get("tensors") is not None:
+            listed(rec["tensors"], f"custom object {key!r} tensors")
 
 
 def check_relpath(rel: str, where: str = MANIFEST) -> str:
@@ -134,7 +186,7 @@ def check_relpath(rel: str, where: str = MANIFEST) -> str:
         or any(p in ("", ".", "..") or p.startswith(".") for p in parts)
         or rel == MANIFEST
     ):
-        raise ManifestError(f"{where}: unsafe file name {rel!r}", where)
+        raise ManifestError(f"{where}: unsafe file name {rel!r}", MANIFEST)
     return rel
 
 
@@ -216,6 +268,33 @@ def hash_file(path: Path, progress: Progress | None = None) -> dict[str, Any]:
 def stat_signature(path: Path) -> list[int]:
     st = path.stat()
     return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+
+
+def manifest_digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def read_manifest_sums(version_dir: Path) -> set[str] | None:
+    """The accepted sha256s of `manifest.json`; None when the version has no record of them
+    (written by hand, or before torchshelf kept one): then there is nothing to check against."""
+    try:
+        text = (version_dir / MANIFEST_SUM).read_text()
+    except FileNotFoundError:
+        return None
+    return {line.strip() for line in text.splitlines() if line.strip()}
+
+
+def write_manifest_sums(version_dir: Path, digests: list[str], *, fsync: bool = True) -> None:
+    """Atomically replace `.manifest.sha256` with `digests`."""
+    tmp = version_dir / f"{MANIFEST_SUM}.{os.getpid()}.{threading.get_ident()}.tmp"
+    tmp.write_text("".join(f"{d}\n" for d in digests))
+    if fsync:
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    os.replace(tmp, version_dir / MANIFEST_SUM)
 
 
 def read_stat_cache(version_dir: Path) -> dict[str, list[int]]:

@@ -22,6 +22,7 @@ import os
 import secrets
 import shutil
 import socket
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -32,12 +33,16 @@ from . import selectors
 from .errors import AlreadyExists, IntegrityError, InvalidName, ManifestError, NotFound, UsageError
 from .manifest import (
     MANIFEST,
+    MANIFEST_SUM,
     ORIGIN,
     Manifest,
     check_files,
     fsync_dir,
+    manifest_digest,
     parse_manifest,
+    read_manifest_sums,
     stat_signature,
+    write_manifest_sums,
     write_stat_cache,
 )
 from .tag import NAME_RE, Tag, new_version, parse_tag, validate_name, validate_version
@@ -46,6 +51,7 @@ if TYPE_CHECKING:
     from filelock import FileLock
 
 LOCK_TIMEOUT = 60.0
+FOREIGN_STALE_SECONDS = 24 * 3600  # gc removes another host's staging after a day untouched
 
 
 @dataclass(frozen=True)
@@ -189,9 +195,37 @@ class Store:
         return self.origin(name, version).get("trusted") is True
 
     def check(self, manifest: Manifest, *, full: bool = False, progress: Any = None) -> None:
-        """Integrity check of a version's files (stat-cached unless `full`)."""
-        check_files(manifest, self.version_dir(manifest.name, manifest.version), full=full,
-                    progress=progress)
+        """Integrity check of a version's manifest and files (stat-cached unless `full`)."""
+        vdir = self.version_dir(manifest.name, manifest.version)
+        self._check_manifest_bytes(manifest, vdir)
+        check_files(manifest, vdir, full=full, progress=progress)
+
+    def _check_manifest_bytes(self, manifest: Manifest, vdir: Path) -> None:
+        """`manifest.json` must hash to a digest in `.manifest.sha256`.
+
+        Lock-free first; a mismatch is re-checked under the name lock, because a label change
+        replaces the two files one after the other.
+        """
+        def matches() -> bool:
+            sums = read_manifest_sums(vdir)
+            try:
+                data = (vdir / MANIFEST).read_bytes()
+            except FileNotFoundError:
+                raise IntegrityError(
+                    f"{manifest.name}:{manifest.version}: file {MANIFEST} is missing", MANIFEST
+                ) from None
+            return sums is None or manifest_digest(data) in sums
+
+        if matches():
+            return
+        with self.lock(manifest.name):
+            if matches():
+                return
+        raise IntegrityError(
+            f"{manifest.name}:{manifest.version}: file {MANIFEST} does not match its sha256 in "
+            f"{MANIFEST_SUM}; the version is corrupt, delete and re-import it",
+            MANIFEST,
+        )
 
     # --- writing ----------------------------------------------------------------------------
 
@@ -213,8 +247,10 @@ class Store:
         if origin is not None:
             (staging / ORIGIN).write_text(json.dumps(origin))
         while True:
-            (staging / MANIFEST).write_bytes(manifest.to_json())
-            for rel in [MANIFEST, *manifest.files]:
+            data = manifest.to_json()
+            (staging / MANIFEST).write_bytes(data)
+            write_manifest_sums(staging, [manifest_digest(data)], fsync=False)
+            for rel in [MANIFEST, MANIFEST_SUM, *manifest.files]:
                 fd = os.open(staging / rel, os.O_RDONLY)
                 try:
                     os.fsync(fd)
@@ -247,16 +283,26 @@ class Store:
         shutil.rmtree(staging, ignore_errors=True)
 
     def write_manifest(self, manifest: Manifest) -> None:
-        """Atomically replace a committed version's manifest (labels change; files do not)."""
+        """Atomically replace a committed version's manifest (labels change; files do not).
+
+        Call under the name lock. `.manifest.sha256` accepts both the old and the new manifest
+        while the manifest is swapped, so a crash at any point leaves a version that checks.
+        """
         vdir = self.version_dir(manifest.name, manifest.version)
+        data = manifest.to_json()
         tmp = vdir / f".{MANIFEST}.{secrets.token_hex(4)}.tmp"
-        tmp.write_bytes(manifest.to_json())
+        tmp.write_bytes(data)
         fd = os.open(tmp, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
+        new = manifest_digest(data)
+        old = read_manifest_sums(vdir)
+        if old is not None:
+            write_manifest_sums(vdir, [*sorted(old), new])
         os.replace(tmp, vdir / MANIFEST)
+        write_manifest_sums(vdir, [new])
         fsync_dir(vdir)
 
     def set_labels(self, tag: object, labels: dict[str, str], remove: Iterable[str] = ()) -> Manifest:
@@ -322,13 +368,25 @@ class Store:
 
     # --- maintenance ------------------------------------------------------------------------
 
-    def _staging_owner_alive(self, entry: str) -> bool:
+    def _staging_owner_alive(self, entry: str, *, stale_after: float | None = None) -> bool:
+        """Whether the writer of `.tmp/<entry>` may still be running.
+
+        On this host the pid says. Another host's writer (a store on shared storage) cannot be
+        checked: saves skip its entries, and `gc` (`stale_after` seconds) removes them only once
+        they have not changed for that long.
+        """
         parts = entry.split(".")
         if len(parts) < 3:
             return False
         host, pid = ".".join(parts[:-2]), parts[-2]
         if host != socket.gethostname() or not pid.isdigit():
-            return True  # another machine's writer: only it (or an explicit gc) may remove it
+            if stale_after is None:
+                return True
+            try:
+                age = time.time() - os.lstat(self.tmp_dir / entry).st_mtime
+            except FileNotFoundError:
+                return False
+            return age < stale_after
         return _pid_alive(int(pid))
 
     def _collect_dead_staging(self) -> None:
@@ -347,7 +405,7 @@ class Store:
             except FileNotFoundError:
                 continue
             for entry in entries:
-                if alive_check and self._staging_owner_alive(entry):
+                if alive_check and self._staging_owner_alive(entry, stale_after=FOREIGN_STALE_SECONDS):
                     continue
                 path = base / entry
                 size = _dir_size(path)
@@ -357,35 +415,54 @@ class Store:
                     freed += size
         # Stray temp files of interrupted label/trust writes inside versions.
         for name in self.names():
-            for vdir in (self.models_dir / name).iterdir():
-                if not vdir.is_dir():
-                    continue
-                for f in vdir.glob(".*.tmp"):
-                    size = f.stat().st_size
-                    f.unlink(missing_ok=True)
+            for version in self.version_names(name):
+                vdir = self.models_dir / name / version
+                try:
+                    strays = [f for f in vdir.iterdir() if f.name.startswith(".") and f.name.endswith(".tmp")]
+                except (FileNotFoundError, NotADirectoryError):
+                    continue  # deleted meanwhile
+                for f in strays:
+                    try:
+                        size = f.stat().st_size
+                        f.unlink()
+                    except FileNotFoundError:
+                        continue
                     removed.append(str(f.relative_to(self.root)))
                     freed += size
         return GcReport(tuple(removed), freed)
 
+    def version_names(self, name: str) -> list[str]:
+        """Every version directory of `name`, readable or not (sorted; none if the name is unknown)."""
+        try:
+            return sorted(v for v in os.listdir(self.models_dir / validate_name(name))
+                          if not v.startswith("."))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+
     def verify(self, tags: Iterable[object] = ()) -> Iterator[tuple[Tag, Exception | None]]:
-        """Re-hash every file of the given versions (all versions when none are given)."""
+        """Re-hash every file of the given versions (all versions when none are given).
+
+        A bare name means all its versions. A version whose manifest is broken is reported with
+        its `ManifestError` like any other failure; the others are still checked.
+        """
         targets: list[tuple[str, str]] = []
         tags = list(tags)
         if tags:
             for tag in tags:
                 name, version = parse_tag(tag)
                 if version is None and not (isinstance(tag, str) and tag.endswith(":latest")):
-                    targets += [(m.name, m.version) for m in self.manifests(name, skip_broken=False)]
-                    if not targets:
+                    found = [(name, v) for v in self.version_names(name)]
+                    if not found:
                         raise NotFound(f"model {name!r} not found; see `shelf list`")
-                else:
+                    targets += found
+                elif version is None:
                     m = self.resolve(tag)
                     targets.append((m.name, m.version))
+                else:
+                    targets.append((name, version))
         else:
             for name in self.names():
-                with contextlib.suppress(FileNotFoundError):
-                    targets += [(name, v) for v in sorted(os.listdir(self.models_dir / name))
-                                if not v.startswith(".")]
+                targets += [(name, v) for v in self.version_names(name)]
         for name, version in targets:
             try:
                 manifest = self.read_manifest(name, version)

@@ -1,0 +1,1 @@
+complete --command shelf --no-files --arguments "(env _SHELF_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=get-args _TYPER_COMPLETE_ARGS=(commandline -cp) shelf)" --condition "env _SHELF_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=is-args _TYPER_COMPLETE_ARGS=(commandline -cp) shelf"
