@@ -358,7 +358,7 @@ def test_two_processes_push_different_versions_of_one_name_at_once(tmp_path: Pat
 def test_two_writers_of_one_version_cannot_both_win(tmp_path: Path, env: dict[str, str], url: str) -> None:
     contents = {}
     for who in ("a", "b"):
-        contents[who] = {f"custom_objects/{i}.json": os.urandom(256) for i in range(8)}
+        contents[who] = {**files_of(), **{f"custom_objects/{i}.json": os.urandom(256) for i in range(8)}}
         make_version(Store(tmp_path / who), "clf", "1", contents[who])
     procs = [subprocess.Popen([sys.executable, "-m", "torchshelf", "push", "clf:1"],
                               env={**env, "TORCHSHELF_HOME": str(tmp_path / who)},
