@@ -83,7 +83,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Upload versions to the remote store (files first, manifest last); prints each tag."""
         import torchshelf
-        from torchshelf.api import default_store
+        from torchshelf.lifecycle import default_store
 
         from .progress import byte_progress
 
@@ -100,7 +100,7 @@ def register(app: typer.Typer) -> None:
         remote: Annotated[str | None, typer.Option("--remote", metavar="[URL]", help=REMOTE_HELP, show_default=False)] = None,
     ) -> None:
         """Download versions from the remote store, verifying every sha256; prints each tag."""
-        from torchshelf.api import default_store
+        from torchshelf.lifecycle import default_store
 
         from .progress import byte_progress
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 from typing import Any
 
 from . import models, pytorch
-from .api import get, load_model, save_model
 from .errors import (
     AlreadyExists,
     ArchiveError,
@@ -29,6 +28,7 @@ from .errors import (
     UntrustedError,
     UsageError,
 )
+from .lifecycle import get, load_model, save_model
 from .model import Model, ModelInfo
 from .serving import api, service
 from .store import Store

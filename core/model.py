@@ -185,7 +185,7 @@ class Model:
 
     def load_model(self, device_id: str | None = None) -> Any:
         """Load this version's module onto `device_id` (see `torchshelf.load_model`)."""
-        from .api import load_manifest
+        from .lifecycle import load_manifest
 
         return load_manifest(self._store, self._manifest, device_id)
 

@@ -8,8 +8,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .api import default_store
-from .api import get as _get
+from .lifecycle import default_store
+from .lifecycle import get as _get
 from .manifest import Progress
 from .model import Model
 from .store import GcReport, Store

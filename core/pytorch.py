@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from .api import get, load_model, save_model
+from .lifecycle import get, load_model, save_model
 
 __all__ = ["save_model", "load_model", "get"]

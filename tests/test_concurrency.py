@@ -43,7 +43,7 @@ def test_an_auto_version_taken_meanwhile_is_replaced_by_a_fresh_one(
 ) -> None:
     import importlib
 
-    api = importlib.import_module("torchshelf.api")  # the module (`torchshelf.api` is the decorator)
+    api = importlib.import_module("torchshelf.lifecycle")
     monkeypatch.setattr(api, "new_version", lambda: "20260101T000000000000Z-000000")
     first = torchshelf.save_model("m", zoo.MLP())
     second = torchshelf.save_model("m", zoo.MLP())

@@ -192,7 +192,7 @@ def _default_device(wants_gpu: bool) -> str:
 
 
 def _serve_model(tag: str, device: str | None) -> Served:
-    from ..api import get as store_get
+    from ..lifecycle import get as store_get
 
     ref = store_get(tag)
     endpoints = []

@@ -1,4 +1,4 @@
-"""The top-level API: `save_model`, `load_model` and `get`, over the store chosen by config."""
+"""save_model, load_model and get: the lifecycle API over the store chosen by config."""
 
 from __future__ import annotations
 
