@@ -233,7 +233,11 @@ def _tensor_from_list(name: str, value: Any, spec: TensorSpec | None) -> Any:
     np_name, torch_name = _DTYPES[spec.dtype] if spec and spec.dtype else (None, None)
     try:
         if np_name is not None and np_name.startswith(("float", "complex")):
-            arr = np.array(value, dtype=np_name)
+            arr = np.asarray(value)
+            # Numbers only: numpy would read "1.5" and true as floats, and raise TypeError on {}.
+            if arr.dtype.kind not in "iuf" and not (arr.dtype.kind == "O" and _all_numbers(value)):
+                raise InputError(f"{name}: expected a nested list of numbers for dtype {spec.dtype}")  # type: ignore[union-attr]
+            arr = arr.astype(np_name, copy=False)
             # JSON has no NaN/inf, so a non-finite value was a null or out of the dtype's range.
             if not np.isfinite(arr).all():
                 raise InputError(f"{name}: null or out-of-range value for dtype {spec.dtype}")  # type: ignore[union-attr]
@@ -264,6 +268,18 @@ def _tensor_from_list(name: str, value: Any, spec: TensorSpec | None) -> Any:
     if spec is not None:
         spec.check(name, tensor)
     return tensor
+
+
+def _all_numbers(value: Any) -> bool:
+    """True for a (nested) list of ints/floats (None allowed; it becomes NaN and is refused)."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, list):
+            stack.extend(v)
+        elif isinstance(v, bool) or not (v is None or isinstance(v, (int, float))):
+            return False
+    return True
 
 
 def _decode_image(name: str, value: Any) -> Any:

@@ -114,6 +114,7 @@ def _errors(codes: list[int]) -> dict[str, Any]:
     text = {
         400: "malformed body",
         401: "missing or wrong API token",
+        408: "the body did not arrive within the server's timeout",
         413: "body larger than the server's limit",
         415: "unsupported Content-Type",
         422: "a field is missing or has the wrong type, shape or dtype",
@@ -131,7 +132,7 @@ def openapi_document(served: Served, options: ServeOptions) -> dict[str, Any]:
     from .. import __version__
 
     paths: dict[str, Any] = {}
-    codes = [400, 413, 415, 422, 500, 503] + ([401] if options.api_token else [])
+    codes = [400, 408, 413, 415, 422, 500, 503] + ([401] if options.api_token else [])
     for ep in served.endpoints:
         ok: dict[str, Any] = {"application/json": {"schema": _response_schema(ep)}}
         if ep.returns == "tensor" or ep.wrap_outputs:
