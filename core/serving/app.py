@@ -36,6 +36,7 @@ from .codecs import (
     decode_safetensors,
     encode_json,
     encode_safetensors,
+    refuse_booleans,
 )
 from .docs import docs_routes
 from .metrics import ServeMetrics
@@ -232,6 +233,8 @@ def build_app(served: Served, options: ServeOptions) -> _FastPath:
                     "the JSON body must be an object whose keys are the api's parameters: "
                     + ", ".join(p.name for p in params)
                 )
+            if b"true" in body or b"false" in body:
+                refuse_booleans(params, data)
             return {p.name: decode_param(p, data, batch) for p in params}, False
 
         def encode(result: Any, binary: bool) -> tuple[bytes, bytes]:

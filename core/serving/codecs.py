@@ -41,6 +41,7 @@ __all__ = [
     "encode_json",
     "encode_safetensors",
     "params_of",
+    "refuse_booleans",
     "return_kind",
 ]
 
@@ -280,6 +281,26 @@ def _all_numbers(value: Any) -> bool:
         elif isinstance(v, bool) or not (v is None or isinstance(v, (int, float))):
             return False
     return True
+
+
+def refuse_booleans(params: list[Param], data: dict[str, Any]) -> None:
+    """Raise `InputError` if a numeric tensor field holds a JSON `true`/`false`.
+
+    numpy reads `[true, 1.5]` as `[1.0, 1.5]`; for a parameter whose spec declares a numeric
+    dtype that hides a client bug. The walk is in Python, so callers run it only when the body
+    holds a boolean literal at all (a fast bytes search).
+    """
+    for p in params:
+        numeric = p.spec is not None and p.spec.dtype not in (None, "bool")
+        if not numeric or (p.kind != "tensor" and p.item_kind != "tensor") or p.name not in data:
+            continue
+        stack = [data[p.name]]
+        while stack:
+            v = stack.pop()
+            if isinstance(v, list):
+                stack.extend(v)
+            elif isinstance(v, bool):
+                raise InputError(f"{p.name}: expected numbers for dtype {p.spec.dtype}, got a boolean")  # type: ignore[union-attr]
 
 
 def _decode_image(name: str, value: Any) -> Any:
