@@ -16,9 +16,11 @@ import contextlib
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -541,11 +543,10 @@ def test_schemathesis_finds_no_server_errors_or_schema_violations(
         pytest.skip("the schemathesis command is not installed")
     cmd = [
         cli, "--no-color", "run", fuzz_server.url + "/openapi.json",
-        "--checks", "not_a_server_error,status_code_conformance,content_type_conformance,"
-        "response_schema_conformance,negative_data_rejection",
+        "--checks", "all",  # incl. positive_data_acceptance: schema-valid bodies must get 2xx
         "--phases", "examples,coverage,fuzzing",
         "--max-examples", "25",
-        "--max-time", "30",
+        "--max-time", "15",  # fuzzing repeats until the budget is spent: this bounds the test
         "--workers", "2",
         "--request-timeout", "10",
         "--generation-deterministic",
@@ -553,6 +554,9 @@ def test_schemathesis_finds_no_server_errors_or_schema_violations(
     ]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=90, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
+    generated = re.search(r"(\d+) generated", proc.stdout)
+    assert generated and int(generated.group(1)) >= 100, proc.stdout[-3000:]
+    print(f"\nschemathesis: {generated.group(1)} generated, no failures", file=sys.stderr)
     assert fuzz_server.alive()
 
 
@@ -578,16 +582,25 @@ def _slow_server(tmp_path: Path, *args: str) -> Server:
     return Server(f"{path}:Slow", *args)
 
 
-async def _flood(url: str, count: int, body: dict[str, Any], stagger_s: float = 0.0) -> list[Any]:
-    """`count` requests at once, one connection each; a response or the exception it raised."""
+_SSL = ssl.create_default_context()  # one for every client: building one costs ~30 ms
+
+
+async def _flood(
+    url: str, count: int, body: dict[str, Any], stagger_s: float = 0.0, finished: list[Any] | None = None
+) -> list[Any]:
+    """`count` requests at once, one connection each; a response or the exception it raised.
+    Each outcome is also appended to `finished` as it arrives, for a watching thread."""
 
     async def one(i: int) -> Any:
         await asyncio.sleep(i * stagger_s)
-        async with httpx.AsyncClient(timeout=60) as c:
+        async with httpx.AsyncClient(timeout=60, verify=_SSL) as c:
             try:
-                return await c.post(url, json=body)
+                outcome: Any = await c.post(url, json=body)
             except httpx.TransportError as exc:
-                return exc
+                outcome = exc
+        if finished is not None:
+            finished.append(outcome)
+        return outcome
 
     return await asyncio.gather(*(one(i) for i in range(count)))
 
@@ -623,14 +636,18 @@ def test_load_past_the_queue_bound_gets_503_with_retry_after_and_memory_stays_bo
 @pytest.mark.slow
 def test_sigterm_under_load_answers_every_accepted_request_then_exits_0(tmp_path: Path) -> None:
     server = _slow_server(tmp_path, "--max-queue", "64")
+    finished: list[Any] = []
     outcomes: list[Any] = []
+    body = {"seconds": 0.05}
 
     def load() -> None:
-        outcomes.extend(asyncio.run(_flood(server.url + "/wait", 60, {"seconds": 0.02}, stagger_s=0.01)))
+        outcomes.extend(asyncio.run(_flood(server.url + "/wait", 60, body, 0.01, finished)))
 
     caller = threading.Thread(target=load)
     caller.start()
-    time.sleep(0.3)  # some answered, some queued, some not yet sent
+    deadline = time.monotonic() + 20
+    while len(finished) < 5 and time.monotonic() < deadline:
+        time.sleep(0.01)  # some answered, more queued behind them, the rest not yet sent
     server.proc.send_signal(signal.SIGTERM)
     caller.join(60)
     assert not caller.is_alive(), "a request hung"
@@ -639,15 +656,18 @@ def test_sigterm_under_load_answers_every_accepted_request_then_exits_0(tmp_path
     refused = [o for o in outcomes if not isinstance(o, httpx.Response)]
     assert len(outcomes) == 60
     for r in answered:
-        # 200 with the whole answer, or a clean 503 (draining): never a truncated body
+        # the whole answer, or a clean 503 (draining): never a truncated body
         assert r.status_code in (200, 503), r.status_code
         if r.status_code == 200:
-            assert r.json() == {"slept": 0.02, "pad": 0}
+            assert r.json() == {"slept": 0.05, "pad": 0}
         else:
-            assert "error" in r.json()
-    # After shutdown began, new connections are refused (never hang or half-answer).
-    assert all(isinstance(e, (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError)) for e in refused), refused
-    assert sum(r.status_code == 200 for r in answered) >= 1
+            assert "error" in r.json() and r.headers.get("retry-after")
+    # After shutdown began, new connections are refused: none hangs or gets half an answer.
+    assert all(isinstance(e, httpx.ConnectError) for e in refused), refused
+    ok = sum(r.status_code == 200 for r in answered)
+    assert ok > 5, f"requests queued when SIGTERM came should have been answered ({ok} were)"
+    print(f"\nSIGTERM under load: {ok} answered 200, {len(answered) - ok} 503, {len(refused)} refused",
+          file=sys.stderr)
 
 
 @pytest.mark.slow

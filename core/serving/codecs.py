@@ -266,6 +266,8 @@ def _tensor_from_list(name: str, value: Any, spec: TensorSpec | None) -> Any:
     tensor = torch.from_numpy(arr)
     if torch_name == "bfloat16":
         tensor = tensor.to(torch.bfloat16)
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise InputError(f"{name}: null or out-of-range value for dtype bfloat16")
     if spec is not None:
         spec.check(name, tensor)
     return tensor
