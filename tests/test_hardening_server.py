@@ -36,6 +36,7 @@ import httpx
 import pytest
 import torch
 from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
 from safetensors.torch import save as st_save
 
@@ -341,11 +342,11 @@ def _draw(strategy: st.SearchStrategy[Malformed], count: int, seed: int) -> list
         phases=[Phase.generate],
         suppress_health_check=list(HealthCheck),
     )
+    @hypothesis_seed(seed)
     @given(strategy)
     def collect(request: Malformed) -> None:
         drawn.append(request)
 
-    collect._hypothesis_internal_use_seed = seed  # type: ignore[attr-defined]
     collect()
     return [drawn[i % len(drawn)] for i in range(count)]
 
