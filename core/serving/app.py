@@ -36,6 +36,7 @@ from .codecs import (
     decode_safetensors,
     encode_json,
     encode_safetensors,
+    refuse_booleans,
 )
 from .docs import docs_routes
 from .metrics import ServeMetrics
@@ -166,21 +167,34 @@ def build_app(served: Served, options: ServeOptions) -> _FastPath:
                     raise InputError(f"request body is larger than the {limit}-byte limit", 413)
             except ValueError:
                 raise InputError("invalid Content-Length header", 400) from None
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise _Disconnected()
-            chunk = message.get("body", b"")
-            if chunk:
-                size += len(chunk)
-                if size > limit:
-                    raise InputError(f"request body is larger than the {limit}-byte limit", 413)
-                chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        # One deadline for the whole body, so a slow-loris client that trickles bytes (or sends
+        # part of a body and stalls) is answered 408 instead of holding a task forever. A timer
+        # that cancels this task costs a heap push, not the task that `wait_for` would create.
+        task = asyncio.current_task()
+        assert task is not None
+        expired = False
+
+        def expire() -> None:
+            nonlocal expired
+            expired = True
+            task.cancel()
+
+        timer = asyncio.get_running_loop().call_later(options.timeout, expire)
+        try:
+            return await _receive_body(receive, limit)
+        except asyncio.CancelledError:
+            if not expired:
+                raise
+            uncancel = getattr(task, "uncancel", None)  # Python >= 3.11
+            if uncancel is not None:
+                uncancel()
+            raise InputError(
+                f"the request body did not arrive within {options.timeout:g} s; "
+                "send the whole body at once",
+                408,
+            ) from None
+        finally:
+            timer.cancel()
 
     def make_handler(ep: Endpoint) -> Callable[[Scope, Receive, Send], Any]:
         name = ep.name
@@ -219,6 +233,8 @@ def build_app(served: Served, options: ServeOptions) -> _FastPath:
                     "the JSON body must be an object whose keys are the api's parameters: "
                     + ", ".join(p.name for p in params)
                 )
+            if b"true" in body or b"false" in body:
+                refuse_booleans(params, data)
             return {p.name: decode_param(p, data, batch) for p in params}, False
 
         def encode(result: Any, binary: bool) -> tuple[bytes, bytes]:
@@ -404,6 +420,25 @@ def build_app(served: Served, options: ServeOptions) -> _FastPath:
     app.state.metrics = metrics
     app.state.on_ready = None
     return _FastPath(app, {ep.path: handlers[ep.name] for ep in endpoints})
+
+
+async def _receive_body(receive: Receive, limit: int) -> bytes:
+    """Collect the ASGI body messages, refusing (413) once more than `limit` bytes arrived."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _Disconnected()
+        chunk = message.get("body", b"")
+        if chunk:
+            size += len(chunk)
+            if size > limit:
+                raise InputError(f"request body is larger than the {limit}-byte limit", 413)
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def default_threads() -> int:

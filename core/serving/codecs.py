@@ -41,6 +41,7 @@ __all__ = [
     "encode_json",
     "encode_safetensors",
     "params_of",
+    "refuse_booleans",
     "return_kind",
 ]
 
@@ -233,7 +234,11 @@ def _tensor_from_list(name: str, value: Any, spec: TensorSpec | None) -> Any:
     np_name, torch_name = _DTYPES[spec.dtype] if spec and spec.dtype else (None, None)
     try:
         if np_name is not None and np_name.startswith(("float", "complex")):
-            arr = np.array(value, dtype=np_name)
+            arr = np.asarray(value)
+            # Numbers only: numpy would read "1.5" and true as floats, and raise TypeError on {}.
+            if arr.dtype.kind not in "iuf" and not (arr.dtype.kind == "O" and _all_numbers(value)):
+                raise InputError(f"{name}: expected a nested list of numbers for dtype {spec.dtype}")  # type: ignore[union-attr]
+            arr = arr.astype(np_name, copy=False)
             # JSON has no NaN/inf, so a non-finite value was a null or out of the dtype's range.
             if not np.isfinite(arr).all():
                 raise InputError(f"{name}: null or out-of-range value for dtype {spec.dtype}")  # type: ignore[union-attr]
@@ -261,9 +266,43 @@ def _tensor_from_list(name: str, value: Any, spec: TensorSpec | None) -> Any:
     tensor = torch.from_numpy(arr)
     if torch_name == "bfloat16":
         tensor = tensor.to(torch.bfloat16)
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise InputError(f"{name}: null or out-of-range value for dtype bfloat16")
     if spec is not None:
         spec.check(name, tensor)
     return tensor
+
+
+def _all_numbers(value: Any) -> bool:
+    """True for a (nested) list of ints/floats (None allowed; it becomes NaN and is refused)."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, list):
+            stack.extend(v)
+        elif isinstance(v, bool) or not (v is None or isinstance(v, (int, float))):
+            return False
+    return True
+
+
+def refuse_booleans(params: list[Param], data: dict[str, Any]) -> None:
+    """Raise `InputError` if a numeric tensor field holds a JSON `true`/`false`.
+
+    numpy reads `[true, 1.5]` as `[1.0, 1.5]`; for a parameter whose spec declares a numeric
+    dtype that hides a client bug. The walk is in Python, so callers run it only when the body
+    holds a boolean literal at all (a fast bytes search).
+    """
+    for p in params:
+        numeric = p.spec is not None and p.spec.dtype not in (None, "bool")
+        if not numeric or (p.kind != "tensor" and p.item_kind != "tensor") or p.name not in data:
+            continue
+        stack = [data[p.name]]
+        while stack:
+            v = stack.pop()
+            if isinstance(v, list):
+                stack.extend(v)
+            elif isinstance(v, bool):
+                raise InputError(f"{p.name}: expected numbers for dtype {p.spec.dtype}, got a boolean")  # type: ignore[union-attr]
 
 
 def _decode_image(name: str, value: Any) -> Any:

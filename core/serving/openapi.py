@@ -22,12 +22,30 @@ _SCALAR = {"str": "string", "int": "integer", "float": "number", "bool": "boolea
 _ERROR_REF = {"$ref": "#/components/schemas/Error"}
 
 
+# Where each float dtype overflows: a number at or past the bound rounds to infinity, which the
+# server refuses (422), so the schema says so and fuzzers do not count that refusal as a valid
+# body rejected. The bound is the largest finite value plus half its spacing (exact in float64).
+_FLOAT_OVERFLOW = {
+    "float32": 2.0**128 - 2.0**103, "float": 2.0**128 - 2.0**103,
+    "float16": 65520.0, "half": 65520.0, "bfloat16": 2.0**128 - 2.0**119,
+}  # fmt: skip
+_INT_RANGE = {
+    "int8": (-(2**7), 2**7 - 1), "uint8": (0, 2**8 - 1), "int16": (-(2**15), 2**15 - 1),
+    "short": (-(2**15), 2**15 - 1), "int32": (-(2**31), 2**31 - 1), "int": (-(2**31), 2**31 - 1),
+    "int64": (-(2**63), 2**63 - 1), "long": (-(2**63), 2**63 - 1),
+}  # fmt: skip
+
+
 def _number_schema(spec: TensorSpec | None) -> dict[str, Any]:
     dtype = (spec.dtype if spec else None) or ""
-    if dtype.startswith(("int", "uint", "long", "short")):
-        return {"type": "integer"}
+    if dtype in _INT_RANGE:
+        low, high = _INT_RANGE[dtype]
+        return {"type": "integer", "minimum": low, "maximum": high}
     if dtype == "bool":
         return {"type": "boolean"}
+    if dtype in _FLOAT_OVERFLOW:
+        bound = _FLOAT_OVERFLOW[dtype]
+        return {"type": "number", "exclusiveMinimum": -bound, "exclusiveMaximum": bound}
     return {"type": "number"}
 
 
@@ -114,6 +132,7 @@ def _errors(codes: list[int]) -> dict[str, Any]:
     text = {
         400: "malformed body",
         401: "missing or wrong API token",
+        408: "the body did not arrive within the server's timeout",
         413: "body larger than the server's limit",
         415: "unsupported Content-Type",
         422: "a field is missing or has the wrong type, shape or dtype",
@@ -131,7 +150,7 @@ def openapi_document(served: Served, options: ServeOptions) -> dict[str, Any]:
     from .. import __version__
 
     paths: dict[str, Any] = {}
-    codes = [400, 413, 415, 422, 500, 503] + ([401] if options.api_token else [])
+    codes = [400, 408, 413, 415, 422, 500, 503] + ([401] if options.api_token else [])
     for ep in served.endpoints:
         ok: dict[str, Any] = {"application/json": {"schema": _response_schema(ep)}}
         if ep.returns == "tensor" or ep.wrap_outputs:

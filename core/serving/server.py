@@ -4,11 +4,17 @@ uvicorn handles SIGTERM/SIGINT by closing its listeners, letting in-flight reque
 running the lifespan shutdown (which drains the batcher), and then re-raises the signal so the
 process dies by it. A service manager should see a clean drain as success, so our `Server` keeps
 uvicorn's graceful shutdown but does not re-raise.
+
+A second SIGTERM/SIGINT during the drain exits at once with 128 + the signal number (143 for
+SIGTERM), the shell's convention for "killed by a signal": the operator asked twice, so in-flight
+requests are abandoned rather than waited for (uvicorn itself only forces on a second SIGINT, and
+even then waits for the worker thread at interpreter exit).
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import sys
 import threading
@@ -27,6 +33,11 @@ class _Server(uvicorn.Server):
     on_exit: Callable[[], None] | None = None
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.should_exit:
+            name = signal.Signals(sig).name
+            sys.stderr.write(f"{name} again: exiting now without finishing in-flight requests\n")
+            sys.stderr.flush()
+            os._exit(128 + sig)
         if self.on_exit is not None:
             self.on_exit()  # /readyz turns 503 at once, while in-flight requests finish
         super().handle_exit(sig, frame)
