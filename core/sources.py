@@ -12,26 +12,39 @@ from typing import Any
 from .errors import FormatError, UsageError
 
 
-def _load_attr(spec: str) -> tuple[Any, str]:
+def import_file(path: Path, prefix: str = "torchshelf_user") -> Any:
+    """Import a Python file as a module (`<prefix>_<stem>`); its folder stays importable.
+
+    Used for `shelf save file.py:attr`, `shelf serve file.py:Class` and `shelf bench file.py:attr`.
+    """
+    path = Path(path).expanduser().resolve()
+    if not path.is_file():
+        raise UsageError(f"source file {path} does not exist")
+    parent = str(path.parent)
+    if parent not in sys.path:
+        sys.path.insert(0, parent)  # so the file can import its neighbours, now and later
+    name = f"{prefix}_{path.stem}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise UsageError(f"cannot import {path}: not a Python file")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        sys.modules.pop(name, None)
+        raise UsageError(f"importing {path} failed: {type(exc).__name__}: {exc}") from exc
+    return module
+
+
+def load_attr(spec: str) -> tuple[Any, str]:
     """`path/to/file.py:attr` or `package.module:attr` -> (object, module name)."""
     target, _, attr = spec.rpartition(":")
     if not target or not attr:
         raise UsageError(f"invalid source {spec!r}: write file.py:attr or package.module:attr")
     if target.endswith(".py") or "/" in target:
-        path = Path(target).expanduser().resolve()
-        if not path.is_file():
-            raise UsageError(f"source file {target} does not exist")
-        module_name = f"torchshelf_user_{path.stem}"
-        loader_spec = importlib.util.spec_from_file_location(module_name, path)
-        if loader_spec is None or loader_spec.loader is None:
-            raise UsageError(f"cannot import {path}")
-        module = importlib.util.module_from_spec(loader_spec)
-        sys.modules[module_name] = module
-        sys.path.insert(0, str(path.parent))
-        try:
-            loader_spec.loader.exec_module(module)
-        finally:
-            sys.path.remove(str(path.parent))
+        module = import_file(Path(target))
+        module_name = module.__name__
         from .formats import register_by_value
 
         register_by_value(module_name)  # classes from a script are stored by value
@@ -103,7 +116,7 @@ def load_source(
             f"source {source!r} not found: give a TorchScript file, a .safetensors file with "
             "--class, or file.py:attr / package.module:attr"
         )
-    obj, _ = _load_attr(source)
+    obj, _ = load_attr(source)
     if isinstance(obj, torch.nn.Module):
         return obj, None
     if callable(obj):

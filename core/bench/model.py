@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import importlib.util
 import resource
 import sys
 import time
@@ -373,17 +372,12 @@ def _load_python_target(target: str) -> Any:
     """`path/to/file.py:attr` -> the object (called if it is a factory rather than a module)."""
     import torch
 
+    from ..sources import import_file
+
     path_text, _, attr = target.rpartition(":")
-    path = Path(path_text)
-    if not path.is_file():
+    if not Path(path_text).is_file():
         raise UsageError(f"{path_text!r} is not a file; TARGET is a tag or path/to/file.py:attr")
-    module_name = f"_torchshelf_bench_{abs(hash(path.resolve()))}"
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    if spec is None or spec.loader is None:
-        raise UsageError(f"cannot import {path_text!r} as Python")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module
-    spec.loader.exec_module(module)
+    module = import_file(Path(path_text), "_torchshelf_bench")
     try:
         obj = getattr(module, attr)
     except AttributeError:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import inspect
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,24 +93,11 @@ class Served:
 
 
 def _import_file(path: Path) -> Any:
-    path = path.resolve()
-    if not path.is_file():
-        raise NotFound(f"no such file: {path}")
-    parent = str(path.parent)
-    if parent not in sys.path:
-        sys.path.insert(0, parent)  # so the service file can import its neighbours
-    name = f"torchshelf_service_{path.stem}"
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None:
-        raise UsageError(f"cannot import {path}: not a Python file")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    try:
-        spec.loader.exec_module(module)
-    except Exception as exc:
-        sys.modules.pop(name, None)
-        raise UsageError(f"importing {path} failed: {type(exc).__name__}: {exc}") from exc
-    return module
+    from ..sources import import_file
+
+    if not Path(path).is_file():
+        raise NotFound(f"no such file: {Path(path).resolve()}")
+    return import_file(path, "torchshelf_service")
 
 
 def _is_file_target(left: str) -> bool:
