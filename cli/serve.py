@@ -1,7 +1,177 @@
-"""`shelf serve` (placeholder until the serve work merges)."""
+"""`shelf serve TARGET`: check the target and device, print the banner, run the server.
+
+Everything that can be wrong with the command (target, device, token) fails here, before the
+server binds. torch and the server stack are imported inside the command, never at import time.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Annotated, Any
 
 import typer
 
+from .render import fail, stderr
+
+
+def _banner(served: Any, options: Any, token_source: str | None) -> None:
+    from rich.panel import Panel
+    from rich.table import Table
+
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column()
+    grid.add_row("target", f"{served.title} ({served.kind})")
+    grid.add_row("device", served.device)
+    if served.resources:
+        grid.add_row("resources", ", ".join(f"{k}={v}" for k, v in served.resources.items()))
+    url = f"http://{options.host}:{options.port}"
+    grid.add_row("url", url)
+    grid.add_row("auth", f"bearer token ({token_source})" if options.api_token else "none")
+    grid.add_row(
+        "limits",
+        f"queue {options.max_queue} items/api, timeout {options.timeout:g} s, "
+        f"body {options.max_body_bytes // (1024 * 1024)} MiB",
+    )
+    apis = Table(box=None, padding=(0, 2), show_edge=False)
+    apis.add_column("api")
+    apis.add_column("batching")
+    for ep in served.endpoints:
+        how = (
+            f"max {ep.max_batch_size} items, wait <= {ep.max_latency_ms:g} ms under load, "
+            f"dim {ep.batch_dim}"
+            if ep.batch
+            else "one request per call"
+        )
+        apis.add_row(f"POST {ep.path}", how)
+    grid.add_row("apis", apis)
+    grid.add_row("docs", f"{url}/openapi.json · {url}/metrics · {url}/readyz")
+    stderr.print(Panel(grid, title="[bold]shelf serve[/]", expand=False))
+
 
 def register(app: typer.Typer) -> None:
-    """Add the command to the app."""
+    """Add `serve` to the app."""
+
+    @app.command("serve")
+    def serve(
+        target: Annotated[
+            str,
+            typer.Argument(
+                help="A model tag (name[:version]) or a service: file.py:Class / module:Class."
+            ),
+        ],
+        device: Annotated[
+            str | None,
+            typer.Option(
+                "--device",
+                help="cpu, cuda, cuda:N or mps (default: cpu; cuda for a service asking for a gpu).",
+                show_default=False,
+            ),
+        ] = None,
+        host: Annotated[str, typer.Option("--host", help="Address to bind.")] = "127.0.0.1",
+        port: Annotated[int, typer.Option("--port", help="Port to bind.")] = 3000,
+        max_batch_size: Annotated[
+            int | None,
+            typer.Option(
+                "--max-batch-size", min=1, help="Items per model call for batch apis (default: each api's own, 32).",
+                show_default=False,
+            ),
+        ] = None,
+        max_latency_ms: Annotated[
+            float | None,
+            typer.Option(
+                "--max-latency-ms", min=0,
+                help="Longest a batch may wait to fill under load (a lone request never waits).",
+                show_default=False,
+            ),
+        ] = None,
+        max_queue: Annotated[
+            int, typer.Option("--max-queue", min=1, help="Items queued per api before answering 503.")
+        ] = 1024,
+        timeout: Annotated[
+            float,
+            typer.Option("--timeout", min=0.001, help="Seconds a request may take before it is answered 503."),
+        ] = 30.0,
+        max_body_mb: Annotated[
+            float, typer.Option("--max-body-mb", min=0.001, help="Largest request body (413 past it).")
+        ] = 64.0,
+        api_token: Annotated[
+            str | None,
+            typer.Option(
+                "--api-token",
+                help="Require 'Authorization: Bearer TOKEN' on api routes (or set TORCHSHELF_API_TOKEN).",
+                show_default=False,
+            ),
+        ] = None,
+        metrics_auth: Annotated[
+            bool, typer.Option("--metrics-auth", help="Require the token on /metrics too.")
+        ] = False,
+        threads: Annotated[
+            int | None,
+            typer.Option(
+                "--threads", min=1,
+                help="Torch CPU threads (default: all cores but one, left for HTTP).",
+                show_default=False,
+            ),
+        ] = None,
+        access_log: Annotated[
+            bool, typer.Option("--access-log", help="Log every request (costs CPU).")
+        ] = False,
+    ) -> None:
+        """Serve a stored model or a @torchshelf.service class over HTTP, batching requests."""
+        from torchshelf.config import ENV_API_TOKEN
+        from torchshelf.devices import parse_device, resolve_device
+        from torchshelf.errors import ShelfError, UsageError
+
+        try:
+            token_source = "--api-token" if api_token else None
+            if not api_token and os.environ.get(ENV_API_TOKEN):
+                api_token, token_source = os.environ[ENV_API_TOKEN], ENV_API_TOKEN
+            if metrics_auth and not api_token:
+                raise UsageError("--metrics-auth needs a token: pass --api-token or set " + ENV_API_TOKEN)
+            if device is not None:
+                parse_device(device)  # a malformed string fails before torch is imported
+            started = time.perf_counter()
+            from torchshelf.serving.app import ServeOptions
+            from torchshelf.serving.server import run_server
+            from torchshelf.serving.target import resolve_target
+
+            if device is not None:
+                device = str(resolve_device(device))
+            served = resolve_target(target, device)
+            if device is None and served.device != "cpu":
+                served.device = str(resolve_device(served.device))
+        except ShelfError as exc:
+            fail(exc)
+        options = ServeOptions(
+            host=host,
+            port=port,
+            max_batch_size=max_batch_size,
+            max_latency_ms=max_latency_ms,
+            max_queue=max_queue,
+            timeout=timeout,
+            max_body_bytes=int(max_body_mb * 1024 * 1024),
+            api_token=api_token or None,
+            metrics_auth=metrics_auth,
+            access_log=access_log,
+            threads=threads,
+        )
+        if host in ("0.0.0.0", "::", "") and not options.api_token:
+            stderr.print(
+                f"[yellow]warning:[/] binding {host or 'all interfaces'} without an API token: "
+                f"anyone who can reach this port can call the model; pass --api-token or set "
+                f"{ENV_API_TOKEN}",
+                highlight=False,
+            )
+        _banner(served, options, token_source)
+
+        def ready() -> None:
+            stderr.print(
+                f"[green]ready[/] in {time.perf_counter() - started:.1f} s "
+                f"(model loaded and warmed up on {served.device})",
+                highlight=False,
+            )
+
+        code = run_server(served, options, on_ready=ready)
+        raise typer.Exit(code)

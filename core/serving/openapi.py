@@ -1,0 +1,223 @@
+"""The OpenAPI 3.1 document and the `/schema` summary of a served target.
+
+Request schemas come from each api's type hints and, for tensors, from the stored signature's
+input spec (fixed dims become exact `minItems`/`maxItems`), so fuzzers and generated clients send
+bodies the server can accept. `/schema` is the same facts in a flat shape for `torchshelf.Client`
+and `shelf bench --url`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .codecs import SAFETENSORS, Param, TensorSpec
+
+if TYPE_CHECKING:
+    from .app import ServeOptions
+    from .target import Endpoint, Served
+
+__all__ = ["openapi_document", "schema_document"]
+
+_SCALAR = {"str": "string", "int": "integer", "float": "number", "bool": "boolean"}
+_ERROR_REF = {"$ref": "#/components/schemas/Error"}
+
+
+def _number_schema(spec: TensorSpec | None) -> dict[str, Any]:
+    dtype = (spec.dtype if spec else None) or ""
+    if dtype.startswith(("int", "uint", "long", "short")):
+        return {"type": "integer"}
+    if dtype == "bool":
+        return {"type": "boolean"}
+    return {"type": "number"}
+
+
+def tensor_schema(spec: TensorSpec | None, free_first: bool = False) -> dict[str, Any]:
+    """A nested-list schema; with a spec, each fixed dimension is an exact array length."""
+    if spec is None or spec.shape is None:
+        return {
+            "type": "array",
+            "description": "a tensor as a nested list of numbers",
+            "items": {},
+        }
+    schema: dict[str, Any] = _number_schema(spec)
+    for i, dim in reversed(list(enumerate(spec.shape))):
+        level: dict[str, Any] = {"type": "array", "items": schema}
+        if dim != -1 and not (free_first and i == 0):
+            level["minItems"] = level["maxItems"] = dim
+        elif dim == -1:
+            level["minItems"] = 1
+        schema = level
+    schema["description"] = f"a tensor as a nested list ({spec.describe()})"
+    return schema
+
+
+def _value_schema(kind: str | None, spec: TensorSpec | None = None) -> dict[str, Any]:
+    if kind == "tensor":
+        return tensor_schema(spec)
+    if kind in _SCALAR:
+        return {"type": _SCALAR[kind]}
+    if kind == "dict":
+        return {"type": "object"}
+    if kind == "list":
+        return {"type": "array", "items": {}}
+    if kind == "image":
+        return {"type": "string", "description": "a base64-encoded image"}
+    return {}
+
+
+def _param_schema(p: Param, batch: bool) -> dict[str, Any]:
+    if p.kind == "list" and p.item_kind:
+        return {
+            "type": "array",
+            "items": _value_schema(p.item_kind, p.spec),
+            **({"minItems": 1} if batch else {}),
+        }
+    return _value_schema(p.kind, p.spec)
+
+
+def _request_body(ep: Endpoint) -> dict[str, Any]:
+    props = {p.name: _param_schema(p, ep.batch) for p in ep.params}
+    required = [p.name for p in ep.params if p.required]
+    obj: dict[str, Any] = {"type": "object", "properties": props}
+    if required:
+        obj["required"] = required
+    content: dict[str, Any] = {"application/json": {"schema": obj}}
+    if any(p.kind == "tensor" or p.item_kind == "tensor" for p in ep.params):
+        content[SAFETENSORS] = {
+            "schema": {
+                "type": "string",
+                "format": "binary",
+                "description": "a safetensors file whose tensors are named by the parameters",
+            }
+        }
+    if any(p.kind == "image" for p in ep.params):
+        content["image/*"] = {"schema": {"type": "string", "format": "binary"}}
+    return {"required": bool(required), "content": content}
+
+
+def _response_schema(ep: Endpoint) -> dict[str, Any]:
+    if ep.wrap_outputs:
+        return {
+            "type": "object",
+            "properties": {"outputs": {"description": "the model's output as nested lists"}},
+            "required": ["outputs"],
+        }
+    if ep.returns == "tensor":
+        return {"type": "array", "description": "a tensor as a nested list", "items": {}}
+    schema = _value_schema(ep.returns)
+    if ep.batch and ep.returns == "list":
+        schema = {"type": "array", "description": "one result per item sent, in order", "items": {}}
+    return schema
+
+
+def _errors(codes: list[int]) -> dict[str, Any]:
+    text = {
+        400: "malformed body",
+        401: "missing or wrong API token",
+        413: "body larger than the server's limit",
+        415: "unsupported Content-Type",
+        422: "a field is missing or has the wrong type, shape or dtype",
+        500: "the api raised an error",
+        503: "overloaded, not ready or shutting down; see Retry-After",
+    }
+    return {
+        str(c): {"description": text[c], "content": {"application/json": {"schema": _ERROR_REF}}}
+        for c in codes
+    }
+
+
+def openapi_document(served: Served, options: ServeOptions) -> dict[str, Any]:
+    """The OpenAPI 3.1 document for every api and the health/metrics routes."""
+    from .. import __version__
+
+    paths: dict[str, Any] = {}
+    codes = [400, 413, 415, 422, 500, 503] + ([401] if options.api_token else [])
+    for ep in served.endpoints:
+        ok: dict[str, Any] = {"application/json": {"schema": _response_schema(ep)}}
+        if ep.returns == "tensor" or ep.wrap_outputs:
+            ok[SAFETENSORS] = {"schema": {"type": "string", "format": "binary"}}
+        op: dict[str, Any] = {
+            "operationId": ep.name,
+            "summary": (ep.doc.splitlines()[0] if ep.doc else f"Call {ep.name}"),
+            "requestBody": _request_body(ep),
+            "responses": {"200": {"description": "the result", "content": ok}, **_errors(sorted(codes))},
+            "x-torchshelf": {
+                "batch": ep.batch,
+                "max_batch_size": ep.max_batch_size,
+                "max_latency_ms": ep.max_latency_ms,
+                "batch_dim": ep.batch_dim,
+                "input_spec": ep.input_spec,
+            },
+        }
+        if options.api_token:
+            op["security"] = [{"bearer": []}]
+        paths[ep.path] = {"post": op}
+
+    def plain(summary: str, secured: bool = False) -> dict[str, Any]:
+        op: dict[str, Any] = {"summary": summary, "responses": {"200": {"description": "OK"}}}
+        if secured:
+            op["security"] = [{"bearer": []}]
+            op["responses"]["401"] = {"description": "missing or wrong API token"}
+        return {"get": op}
+
+    paths["/healthz"] = plain("The process is alive")
+    paths["/readyz"] = plain("The model is loaded and warmed up (503 until then)")
+    paths["/readyz"]["get"]["responses"]["503"] = {"description": "still loading"}
+    paths["/metrics"] = plain(
+        "Prometheus metrics", secured=bool(options.api_token and options.metrics_auth)
+    )
+    doc: dict[str, Any] = {
+        "openapi": "3.1.0",
+        "info": {
+            "title": f"torchshelf: {served.title}",
+            "version": __version__,
+            "description": f"Served by `shelf serve` on {served.device}.",
+        },
+        "paths": paths,
+        "components": {
+            "schemas": {
+                "Error": {
+                    "type": "object",
+                    "properties": {"error": {"type": "string"}},
+                    "required": ["error"],
+                }
+            }
+        },
+    }
+    if options.api_token:
+        doc["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+    return doc
+
+
+def schema_document(served: Served, options: ServeOptions) -> dict[str, Any]:
+    """A flat description of the apis, for the client and `shelf bench --url`."""
+    return {
+        "kind": served.kind,
+        "target": served.title,
+        "device": served.device,
+        "apis": [
+            {
+                "name": ep.name,
+                "path": ep.path,
+                "batch": ep.batch,
+                "max_batch_size": ep.max_batch_size,
+                "max_latency_ms": ep.max_latency_ms,
+                "batch_dim": ep.batch_dim,
+                "returns": ep.returns,
+                "wraps_outputs": ep.wrap_outputs,
+                "input_spec": ep.input_spec,
+                "params": [
+                    {
+                        "name": p.name,
+                        "kind": p.kind,
+                        "item_kind": p.item_kind,
+                        "required": p.required,
+                        "shape": list(p.spec.shape) if p.spec and p.spec.shape is not None else None,
+                        "dtype": p.spec.dtype if p.spec else None,
+                    }
+                    for p in ep.params
+                ],
+            }
+            for ep in served.endpoints
+        ],
+    }
