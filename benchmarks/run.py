@@ -43,7 +43,7 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE / "peers")]
 
 import compare_store  # noqa: E402
-from launch import free_port, launch, peers_dir, stop_tree  # noqa: E402
+from launch import descendants, free_port, launch, peers_dir, stop_tree  # noqa: E402
 
 RESULTS_JSON = HERE / "results.json"
 RESULTS_MD = HERE / "RESULTS.md"
@@ -101,11 +101,12 @@ def pyspy() -> str | None:
     return str(local) if local.exists() else shutil.which("py-spy")
 
 
-def summarise_collapsed(path: Path, top: int = 12) -> dict[str, Any]:
+def summarise_collapsed(path: Path, top: int = 12, focus: str | None = None) -> dict[str, Any]:
     """Self and inclusive sample shares per function from py-spy's `--format raw` output.
 
     Why both: self time says which leaf burns the CPU; inclusive time groups it by the layer
-    (HTTP parsing, JSON, the model) that a fix would target.
+    (HTTP parsing, JSON, the model) that a fix would target. `focus` keeps only stacks through a
+    frame containing that text (e.g. the timed call, not the imports and model build around it).
     """
     selfs: collections.Counter[str] = collections.Counter()
     incl: collections.Counter[str] = collections.Counter()
@@ -115,7 +116,9 @@ def summarise_collapsed(path: Path, top: int = 12) -> dict[str, Any]:
         if not stack or not count.isdigit():
             continue
         n = int(count)
-        frames = [_frame_name(f) for f in stack.split(";")]
+        frames = [_frame_name(f) for f in stack.split(";") if not f.startswith("process ")]
+        if not frames or (focus and not any(focus in f for f in frames)):
+            continue
         total += n
         selfs[frames[-1]] += n
         for f in set(frames):
@@ -124,7 +127,8 @@ def summarise_collapsed(path: Path, top: int = 12) -> dict[str, Any]:
     return {
         "samples": total,
         "self": [(f, pct(n)) for f, n in selfs.most_common(top)],
-        "inclusive": [(f, pct(n)) for f, n in incl.most_common(top * 3) if not f.startswith(("<module>", "run (", "_run (", "main ("))][:top],
+        # frames on (nearly) every stack are the entry points; the layers below them are the story
+        "inclusive": [(f, pct(n)) for f, n in incl.most_common() if n < 0.5 * total and not f.startswith("process ")][:top],
     }
 
 
@@ -166,18 +170,23 @@ def finish_profile(handle: dict[str, Any] | None) -> dict[str, Any] | None:
     return summary
 
 
-def profile_cmd(cmd: list[str], out: Path, env: dict[str, str] | None = None) -> dict[str, Any] | None:
-    """Run a command under py-spy (1 kHz, so a sub-second CLI still gets samples)."""
+def profile_cmd(cmd: list[str], out: Path, focus: str | None = None) -> dict[str, Any] | None:
+    """Run a command under py-spy at 1 kHz, idle (I/O-blocked) samples included.
+
+    Why --idle: a save spends much of its time blocked in write/fsync, which py-spy would
+    otherwise drop; those are exactly the samples that say where a store operation's time goes.
+    """
     exe = pyspy()
     if exe is None:
         return None
     out.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run([exe, "record", "--rate", "1000", "--format", "raw", "--subprocesses", "-o", str(out), "--", *cmd],
-                   env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)  # fmt: skip
+    subprocess.run([exe, "record", "--rate", "1000", "--idle", "--nonblocking", "--format", "raw", "-o", str(out), "--", *cmd],
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)  # fmt: skip
     if not out.exists():
         return {"error": "py-spy wrote nothing"}
-    summary = summarise_collapsed(out)
-    summary["file"] = str(out.relative_to(HERE.parent))
+    summary = summarise_collapsed(out, focus=focus)
+    summary["focus"] = focus
+    summary["file"] = str(out.relative_to(HERE.parent)) if out.is_relative_to(HERE.parent) else str(out)
     return summary
 
 
@@ -196,12 +205,12 @@ def run_store(quick: bool) -> dict[str, Any]:
         worker = [sys.executable, str(compare_store.WORKER), "torchshelf"]
         if ts["save"] > 1.25 * st["save"]:
             profiles["save"] = profile_cmd([*worker, "save", str(work / "prof"), "--size-mib", str(size), "--repeats", "2"],
-                                           PROFILES / "store-save.txt")  # fmt: skip
+                                           PROFILES / "store-save.txt", "TorchShelf.save")  # fmt: skip
         if ts["load_warm"] > 1.15 * st["load_warm"] or ts["load_first"] > 1.15 * st["load_first"]:
             if not (work / "prof").exists():
                 compare_store.worker(sys.executable, "torchshelf", "save", work / "prof", size, 1)
             profiles["load"] = profile_cmd([*worker, "load", str(work / "prof"), "--size-mib", str(size), "--repeats", "5"],
-                                           PROFILES / "store-load.txt")  # fmt: skip
+                                           PROFILES / "store-load.txt", "TorchShelf.load")  # fmt: skip
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return {"size_mib": size, "repeats": repeats, "io": io, "profiles": profiles}
@@ -214,6 +223,11 @@ def run_cli(quick: bool) -> dict[str, Any]:
     try:
         say(f"cli: {versions} versions, {repeats} repeats")
         cli = compare_store.bench_cli(versions, repeats, work)
+        if cli["shelf_list"] > 0.25:
+            # bench_cli filled this store; profile one more `shelf list` of it
+            env_home = work / "ts-cli"
+            os.environ["TORCHSHELF_HOME"] = str(env_home)
+            cli["profile_list"] = profile_cmd([sys.executable, "-m", "torchshelf", "list"], PROFILES / "cli-list.txt")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return cli
@@ -273,8 +287,36 @@ def bench(url: str, levels: list[int], body: Path, opts: argparse.Namespace, hea
     if out.returncode != 0:
         raise RuntimeError(f"shelf bench failed ({out.returncode}): {out.stderr[-2000:]}")
     doc = json.loads(out.stdout)
-    keep = ("concurrency", "requests_per_s", "latency_ms", "errors", "batch_size_mean", "client_bound", "stable", "windows")
+    keep = ("concurrency", "requests", "requests_per_s", "latency_ms", "errors", "batch_size_mean", "client_bound", "stable", "windows")
     return [{k: r[k] for k in keep if k in r} for r in doc["results"]]
+
+
+def tree_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of pid and its live descendants (from /proc)."""
+    total = 0.0
+    for p in {pid} | descendants(pid):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def measure(server: Server, levels: list[int], body: Path, opts: argparse.Namespace, headers: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """`bench` one level at a time, adding the server's CPU ms per answered request.
+
+    Why: on a shared machine req/s moves with the neighbours' load; the CPU a server spends per
+    request moves much less, and says which server does more work for the same answer.
+    """
+    rows = []
+    for level in levels:
+        cpu0 = tree_cpu_s(server.pid)
+        row = bench(server.url, [level], body, opts, headers)[0]
+        cpu = tree_cpu_s(server.pid) - cpu0
+        # the warm-up's requests are served too; count them at the measured rate
+        served = row.get("requests", 0) + row["requests_per_s"] * opts.warmup
+        row["server_cpu_ms"] = cpu / served * 1e3 if served else None
+        rows.append(row)
+    return rows
 
 
 def raw_forward(model: str, seconds: float) -> dict[str, float]:
@@ -322,21 +364,19 @@ def run_serve(opts: argparse.Namespace) -> dict[str, Any]:
             servers: dict[str, list[dict[str, Any]]] = res["servers"]
             for name in ("echo", "naive"):
                 with peer(name, model) as s:
-                    servers[name] = bench(s.url, list(LEVELS), jbody, opts)
+                    servers[name] = measure(s, list(LEVELS), jbody, opts)
+                    if name == "echo" and not opts.no_profile:
+                        res["profile_echo_64"] = profile_at_64(s, jbody, opts, f"echo-{model}-64")
                 say(f"serve {model} {name}: {_fmt_levels(servers[name])}")
             with shelf_serve(model, work / "store", tag) as s:
-                servers["torchshelf"] = bench(s.url, list(LEVELS), jbody, opts)
+                servers["torchshelf"] = measure(s, list(LEVELS), jbody, opts)
                 say(f"serve {model} torchshelf: {_fmt_levels(servers['torchshelf'])}")
-                servers["torchshelf-st"] = bench(s.url, list(LEVELS), sbody, opts, ("Accept: application/vnd.safetensors",))
+                servers["torchshelf-st"] = measure(s, list(LEVELS), sbody, opts, ("Accept: application/vnd.safetensors",))
                 say(f"serve {model} torchshelf-st: {_fmt_levels(servers['torchshelf-st'])}")
                 if not opts.no_profile:
-                    # A separate pass, so sampling never overlaps a measured window.
-                    handle = profile_pid(s.pid, opts.profile_s, PROFILES / f"serve-{model}-64.txt")
-                    prof_opts = argparse.Namespace(**{**vars(opts), "duration": opts.profile_s / 3, "max_windows": 3, "warmup": 0})
-                    res["profile_64"] = {"bench": bench(s.url, [64], jbody, prof_opts)[0]}
-                    res["profile_64"]["summary"] = finish_profile(handle)
+                    res["profile_64"] = profile_at_64(s, jbody, opts, f"serve-{model}-64")
             with peer("litserve", model) as s:
-                servers["litserve"] = bench(s.url, list(LEVELS), jbody, opts)
+                servers["litserve"] = measure(s, list(LEVELS), jbody, opts)
             say(f"serve {model} litserve: {_fmt_levels(servers['litserve'])}")
             for budget in (MAX_LATENCY_MS, BENTO_BUDGET_MS):
                 key = f"bentoml@{budget:g}"
@@ -345,12 +385,21 @@ def run_serve(opts: argparse.Namespace) -> dict[str, Any]:
                 # --quick takes one server for all levels to save start-ups.
                 for lv in [list(LEVELS)] if opts.quick else [[c] for c in LEVELS]:
                     with peer("bentoml", model, budget) as s:
-                        servers[key] += bench(s.url, lv, jbody, opts)
+                        servers[key] += measure(s, lv, jbody, opts)
                 say(f"serve {model} {key}: {_fmt_levels(servers[key])}")
             results[model] = res
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return results
+
+
+def profile_at_64(server: Server, body: Path, opts: argparse.Namespace, name: str) -> dict[str, Any]:
+    """py-spy on the server during an extra 64-client pass (never during a measured level)."""
+    handle = profile_pid(server.pid, opts.profile_s, PROFILES / f"{name}.txt")
+    prof_opts = argparse.Namespace(**{**vars(opts), "duration": opts.profile_s / 3, "max_windows": 3, "warmup": 0})
+    out: dict[str, Any] = {"bench": bench(server.url, [64], body, prof_opts)[0]}
+    out["summary"] = finish_profile(handle)
+    return out
 
 
 def _fmt_levels(rows: list[dict[str, Any]]) -> str:
@@ -442,8 +491,8 @@ def render_serve(model: str, res: dict[str, Any]) -> list[str]:
              f"{raw['threads']:.0f} torch threads, {raw['rows_per_s_serve_threads']:,.0f} rows/s with `shelf serve`'s "
              f"thread count; one batch-1 forward {raw['batch1_ms']:.2f} ms",
              f"- additive limit at 64 clients = 1/(1/echo + 1/raw) = **{lim:,.0f} req/s** (raw: the better of the two)",
-             "", "| server | clients | req/s | p50 ms | p99 ms | errors | mean batch | / echo | / limit |",
-             "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+             "", "| server | clients | req/s | p50 ms | p99 ms | errors | mean batch | server CPU ms/req | / echo | / limit |",
+             "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     echo = {r["concurrency"]: r["requests_per_s"] for r in res["servers"]["echo"]}
     for name in SERVERS:
         for r in res["servers"].get(name, []):
@@ -453,6 +502,7 @@ def render_serve(model: str, res: dict[str, Any]) -> list[str]:
             flags = "" if r.get("stable", True) else " ~"
             lines.append(f"| {_label(name)} | {c} | {_num(rps)}{flags} | {lat['p50']:.1f} | {lat['p99']:.1f} | "
                          f"{_errors(r.get('errors', {}))} | {f'{mb:.1f}' if mb else ''} | "
+                         f"{f'{cpu:.3f}' if (cpu := r.get('server_cpu_ms')) else ''} | "
                          f"{rps / echo[c]:.2f} | {rps / lim:.2f} |")  # fmt: skip
     return lines
 
@@ -475,7 +525,8 @@ def render_profile(title: str, prof: dict[str, Any] | None) -> list[str]:
         return [f"*{title}: no profile (py-spy not installed)*", ""]
     if "error" in prof:
         return [f"*{title}: {prof['error']}*", ""]
-    lines = [f"**{title}** — {prof['samples']:,} samples, `{prof.get('file', '')}` (py-spy raw/collapsed; "
+    where = f", stacks through `{prof['focus']}` only, I/O waits included" if prof.get("focus") else ""
+    lines = [f"**{title}** — {prof['samples']:,} samples{where}, `{prof.get('file', '')}` (py-spy raw/collapsed; "
              f"`flamegraph.pl` or speedscope render it)", "",
              "| self (leaf) | % | inclusive | % |", "|---|---|---|---|"]  # fmt: skip
     for (sf, sp), (inf, ip) in zip(prof["self"], prof["inclusive"], strict=False):
@@ -523,6 +574,7 @@ def render(results: dict[str, Any]) -> str:
         lines += ["", f"## CLI: whole processes, {c['versions']} versions in each store", "",
                   f"Run {c['_date']}. Medians; `bentoml` runs from its venv with `BENTOML_DO_NOT_TRACK=true`.", "",
                   compare_store.render(None, c), ""]  # fmt: skip
+        lines += render_profile("Profile of `shelf list` (a target was missed)", c.get("profile_list")) if "profile_list" in c else []
     if "serve" in results:
         sv = results["serve"]
         o = sv["_opts"]
@@ -539,16 +591,19 @@ def render(results: dict[str, Any]) -> str:
                   "`peers/README.md`). `shelf serve` runs torch on all cores but one (1 thread here); the peers "
                   "use torch's default (2).",
                   "- p99 and p50 are over successful requests; req/s counts 200s only. `mean batch` is read from "
-                  "`shelf serve`'s `/metrics`.", ""]  # fmt: skip
+                  "`shelf serve`'s `/metrics`. `server CPU ms/req` is the server's process tree's user+system CPU "
+                  "over the level (warm-up included) per answered request: it drifts less than req/s on a shared "
+                  "machine. The limit's raw term is the better of the two thread settings.", ""]  # fmt: skip
         for model, res in sv.items():
             if model.startswith("_"):
                 continue
             lines += render_serve(model, res) + [""]
-            p = res.get("profile_64")
-            if p:
-                b = p["bench"]
-                lines += render_profile(f"Profile of `shelf serve` ({model}) at 64 clients, JSON "
-                                        f"({b['requests_per_s']:,.0f} req/s while sampled)", p.get("summary"))  # fmt: skip
+            for key, who in (("profile_64", "`shelf serve`"), ("profile_echo_64", "the echo app")):
+                p = res.get(key)
+                if p:
+                    b = p["bench"]
+                    lines += render_profile(f"Profile of {who} ({model}) at 64 clients, JSON "
+                                            f"({b['requests_per_s']:,.0f} req/s while sampled)", p.get("summary"))  # fmt: skip
     lines += ["", "## Findings about the peers", "",
               "- **BentoML 1.4 cannot load its own PyTorch models under torch ≥ 2.6 by default.** "
               "`bentoml.pytorch.load_model(tag)` raises `UnpicklingError: Weights only load failed`: torch.load "
