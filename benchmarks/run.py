@@ -119,6 +119,10 @@ def summarise_collapsed(path: Path, top: int = 12, focus: str | None = None) -> 
         frames = [_frame_name(f) for f in stack.split(";") if not f.startswith("process ")]
         if not frames or (focus and not any(focus in f for f in frames)):
             continue
+        # Cut the entry frames (CLI, event-loop and thread plumbing) so the inclusive column
+        # shows the layers: everything above the last dispatch point is the same on every stack.
+        cut = max((i for i, f in enumerate(frames) if f.startswith(_DISPATCH)), default=-1)
+        frames = frames[cut + 1 :] or frames[-1:]
         total += n
         selfs[frames[-1]] += n
         for f in set(frames):
@@ -127,9 +131,12 @@ def summarise_collapsed(path: Path, top: int = 12, focus: str | None = None) -> 
     return {
         "samples": total,
         "self": [(f, pct(n)) for f, n in selfs.most_common(top)],
-        # frames on (nearly) every stack are the entry points; the layers below them are the story
-        "inclusive": [(f, pct(n)) for f, n in incl.most_common() if n < 0.5 * total and not f.startswith("process ")][:top],
+        "inclusive": [(f, pct(n)) for f, n in incl.most_common(top)],
     }
+
+
+# Frames after which a stack's work begins: an event-loop callback, a thread-pool work item.
+_DISPATCH = ("Handle._run (", "_WorkItem.run (", "Thread.run (")
 
 
 def _frame_name(frame: str) -> str:
