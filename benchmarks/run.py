@@ -101,12 +101,12 @@ def pyspy() -> str | None:
     return str(local) if local.exists() else shutil.which("py-spy")
 
 
-def summarise_collapsed(path: Path, top: int = 12, focus: str | None = None) -> dict[str, Any]:
+def summarise_collapsed(path: Path, top: int = 12, focus: tuple[str, ...] = ()) -> dict[str, Any]:
     """Self and inclusive sample shares per function from py-spy's `--format raw` output.
 
     Why both: self time says which leaf burns the CPU; inclusive time groups it by the layer
     (HTTP parsing, JSON, the model) that a fix would target. `focus` keeps only stacks through a
-    frame containing that text (e.g. the timed call, not the imports and model build around it).
+    frame containing one of these texts (e.g. the timed call, not the imports and model build around it).
     """
     selfs: collections.Counter[str] = collections.Counter()
     incl: collections.Counter[str] = collections.Counter()
@@ -117,7 +117,7 @@ def summarise_collapsed(path: Path, top: int = 12, focus: str | None = None) -> 
             continue
         n = int(count)
         frames = [_frame_name(f) for f in stack.split(";") if not f.startswith("process ")]
-        if not frames or (focus and not any(focus in f for f in frames)):
+        if not frames or (focus and not any(k in f for f in frames for k in focus)):
             continue
         # Cut the entry frames (CLI, event-loop and thread plumbing) so the inclusive column
         # shows the layers: everything above the last dispatch point is the same on every stack.
@@ -177,7 +177,7 @@ def finish_profile(handle: dict[str, Any] | None) -> dict[str, Any] | None:
     return summary
 
 
-def profile_cmd(cmd: list[str], out: Path, focus: str | None = None) -> dict[str, Any] | None:
+def profile_cmd(cmd: list[str], out: Path, focus: tuple[str, ...] = (), rate: int = 1000) -> dict[str, Any] | None:
     """Run a command under py-spy at 1 kHz, idle (I/O-blocked) samples included.
 
     Why --idle: a save spends much of its time blocked in write/fsync, which py-spy would
@@ -187,12 +187,12 @@ def profile_cmd(cmd: list[str], out: Path, focus: str | None = None) -> dict[str
     if exe is None:
         return None
     out.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run([exe, "record", "--rate", "1000", "--idle", "--nonblocking", "--format", "raw", "-o", str(out), "--", *cmd],
+    subprocess.run([exe, "record", "--rate", str(rate), "--idle", "--nonblocking", "--format", "raw", "-o", str(out), "--", *cmd],
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)  # fmt: skip
     if not out.exists():
         return {"error": "py-spy wrote nothing"}
     summary = summarise_collapsed(out, focus=focus)
-    summary["focus"] = focus
+    summary["focus"] = " or ".join(focus)
     summary["file"] = str(out.relative_to(HERE.parent)) if out.is_relative_to(HERE.parent) else str(out)
     return summary
 
@@ -212,12 +212,14 @@ def run_store(quick: bool) -> dict[str, Any]:
         worker = [sys.executable, str(compare_store.WORKER), "torchshelf"]
         if ts["save"] > 1.25 * st["save"]:
             profiles["save"] = profile_cmd([*worker, "save", str(work / "prof"), "--size-mib", str(size), "--repeats", "2"],
-                                           PROFILES / "store-save.txt", "TorchShelf.save")  # fmt: skip
+                                           PROFILES / "store-save.txt", ("TorchShelf.save", "_hash_loop"))  # fmt: skip
         if ts["load_warm"] > 1.15 * st["load_warm"] or ts["load_first"] > 1.15 * st["load_first"]:
             if not (work / "prof").exists():
                 compare_store.worker(sys.executable, "torchshelf", "save", work / "prof", size, 1)
-            profiles["load"] = profile_cmd([*worker, "load", str(work / "prof"), "--size-mib", str(size), "--repeats", "5"],
-                                           PROFILES / "store-load.txt", "TorchShelf.load")  # fmt: skip
+            # first touch: one load in a fresh process, where the larger gap is; sampled at 5 kHz
+            # because the whole load takes tens of milliseconds
+            profiles["load (first touch)"] = profile_cmd([*worker, "first", str(work / "prof"), "--size-mib", str(size)],
+                                                         PROFILES / "store-load-first.txt", ("TorchShelf.load",), 5000)  # fmt: skip
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return {"size_mib": size, "repeats": repeats, "io": io, "profiles": profiles}
@@ -532,7 +534,7 @@ def render_profile(title: str, prof: dict[str, Any] | None) -> list[str]:
         return [f"*{title}: no profile (py-spy not installed)*", ""]
     if "error" in prof:
         return [f"*{title}: {prof['error']}*", ""]
-    where = f", stacks through `{prof['focus']}` only, I/O waits included" if prof.get("focus") else ""
+    where = f", stacks through `{prof['focus']}` only (other threads left out), I/O waits included" if prof.get("focus") else ""
     lines = [f"**{title}** — {prof['samples']:,} samples{where}, `{prof.get('file', '')}` (py-spy raw/collapsed; "
              f"`flamegraph.pl` or speedscope render it)", "",
              "| self (leaf) | % | inclusive | % |", "|---|---|---|---|"]  # fmt: skip
