@@ -400,6 +400,9 @@ def run_serve(opts: argparse.Namespace) -> dict[str, Any]:
                     with peer("bentoml", model, budget) as s:
                         servers[key] += measure(s, lv, jbody, opts)
                 say(f"serve {model} {key}: {_fmt_levels(servers[key])}")
+            # raw again after the servers: the better of the two is the stricter ceiling, and a
+            # neighbour's burst during one 3-s measurement must not lower the limit
+            res["raw_after"] = raw_forward(model, 2.0 if opts.quick else 3.0)
             results[model] = res
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -430,8 +433,13 @@ def at(rows: list[dict[str, Any]], level: int) -> dict[str, Any]:
 def limit_of(res: dict[str, Any]) -> float:
     """The additive limit 1/(1/echo + 1/raw) at 64 clients; raw is the better thread setting."""
     echo = at(res["servers"]["echo"], 64)["requests_per_s"]
-    raw = max(res["raw"]["rows_per_s"], res["raw"]["rows_per_s_serve_threads"])
-    return 1.0 / (1.0 / echo + 1.0 / raw)
+    return 1.0 / (1.0 / echo + 1.0 / best_raw(res))
+
+
+def best_raw(res: dict[str, Any]) -> float:
+    """The best raw rows/s seen: both thread settings, before and after the servers ran."""
+    runs = [res["raw"], res.get("raw_after", res["raw"])]
+    return max(max(r["rows_per_s"], r["rows_per_s_serve_threads"]) for r in runs)
 
 
 def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -503,7 +511,10 @@ def render_serve(model: str, res: dict[str, Any]) -> list[str]:
              f"- raw forward at batch {MAX_BATCH}, in process: **{raw['rows_per_s']:,.0f} rows/s** with "
              f"{raw['threads']:.0f} torch threads, {raw['rows_per_s_serve_threads']:,.0f} rows/s with `shelf serve`'s "
              f"thread count; one batch-1 forward {raw['batch1_ms']:.2f} ms",
-             f"- additive limit at 64 clients = 1/(1/echo + 1/raw) = **{lim:,.0f} req/s** (raw: the better of the two)",
+             *([f"- raw forward again after the servers: {ra['rows_per_s']:,.0f} rows/s ({ra['threads']:.0f} threads), "
+                f"{ra['rows_per_s_serve_threads']:,.0f} rows/s (serve's)"] if (ra := res.get("raw_after")) else []),
+             f"- additive limit at 64 clients = 1/(1/echo + 1/raw) = **{lim:,.0f} req/s**, raw = the best of these "
+             f"({best_raw(res):,.0f} rows/s), echo = the echo row at 64 clients",
              "", "| server | clients | req/s | p50 ms | p99 ms | errors | mean batch | server CPU ms/req | / echo | / limit |",
              "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     echo = {r["concurrency"]: r["requests_per_s"] for r in res["servers"]["echo"]}
