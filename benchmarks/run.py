@@ -723,6 +723,10 @@ def main(argv: list[str] | None = None) -> None:
         results["machine"] = machine()
         runners = {"store": lambda: run_store(opts.quick), "cli": lambda: run_cli(opts.quick), "serve": lambda: run_serve(opts)}
         for g in groups:
+            # profiles left by an earlier run of this group would be read as this run's
+            for stale in PROFILES.glob("*.txt"):
+                if stale.name.startswith({"store": ("store-",), "cli": ("cli-",), "serve": ("serve-", "echo-")}[g]):
+                    stale.unlink()
             load0 = " / ".join(f"{x:.1f}" for x in os.getloadavg())
             t0 = time.monotonic()
             results[g] = runners[g]()

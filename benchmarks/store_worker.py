@@ -127,6 +127,9 @@ def main() -> None:
         model = build_model(args.size_mib)
         read_all(model)  # warm the model's own pages
         for i in range(args.repeats):
+            # Start every save with no dirty pages left by the previous one (or by another
+            # method): otherwise write-back throttling from earlier saves lands in this one's time.
+            os.sync()
             t0 = time.perf_counter()
             method.save(model, i)
             times.append(time.perf_counter() - t0)
