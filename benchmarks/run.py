@@ -581,6 +581,9 @@ def render(results: dict[str, Any]) -> str:
         f"- Machine: {m['cores']} cores ({m['cpu']}), {m['memory_gib']} GiB memory, shared with other sessions.",
         f"- Software: Python {v['python']}, torch {v['torch']} (CPU), BentoML {v.get('bentoml', 'n/a')}, "
         f"LitServe {v.get('litserve', 'n/a')} (peers in their own venvs from `benchmarks/peers/setup`).",
+        "- To reproduce: `benchmarks/peers/setup`, `pip install py-spy` (profiles; optional), then "
+        "`python benchmarks/run.py` (about 15 minutes here; `--quick` about 6; `--only store|cli|serve` "
+        "reruns one group). Raw figures: `benchmarks/results.json`.",
         "- Load average (1/5/15 min) at the start and end of each group: "
         + "; ".join(f"{g} {results[g]['_load'][0]} → {results[g]['_load'][1]}" for g in ("store", "cli", "serve") if g in results),
         "",
