@@ -56,7 +56,7 @@ def drop_caches() -> bool:
         return False
 
 
-def bench_io(size_mib: int, repeats: int, work: Path) -> dict[str, Any]:
+def bench_io(size_mib: int, repeats: int, work: Path, save_rounds: int | None = None) -> dict[str, Any]:
     methods = {"torchshelf": sys.executable, "safetensors": sys.executable, "torch": sys.executable}
     bentoml_py = peers_python("bentoml")
     if bentoml_py is not None:
@@ -65,7 +65,7 @@ def bench_io(size_mib: int, repeats: int, work: Path) -> dict[str, Any]:
     # depends on what was written just before (write-back, a burst allowance), so back-to-back
     # saves of one method would hand the fresh disk to whichever method runs first.
     saves: dict[str, list[float]] = {m: [] for m in methods}
-    for _ in range(repeats):
+    for _ in range(save_rounds or repeats):
         for method, python in methods.items():
             saves[method].append(worker(python, method, "save", work / method, size_mib, 1)["median"])
     results: dict[str, Any] = {}
@@ -77,7 +77,7 @@ def bench_io(size_mib: int, repeats: int, work: Path) -> dict[str, Any]:
         cold = None
         if drop_caches():
             cold = worker(python, method, "first", mwork, size_mib, 1)["median"]
-        results[method] = {"save": save["median"], "load_warm": warm["median"],
+        results[method] = {"save": save["median"], "save_times": save["times"], "load_warm": warm["median"],
                            "load_first": statistics.median(firsts), "load_cold": cold}
         shutil.rmtree(mwork, ignore_errors=True)
     return results

@@ -210,7 +210,8 @@ def run_store(quick: bool) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="torchshelf-run-store-"))
     try:
         say(f"store: {size} MiB MLP, {repeats} repeats")
-        io = compare_store.bench_io(size, repeats, work)
+        # saves vary most (the virtual disk is shared): more rounds for them than for loads
+        io = compare_store.bench_io(size, repeats, work, save_rounds=repeats + 2)
         profiles: dict[str, Any] = {}
         ts, st = io["torchshelf"], io["safetensors"]
         worker = [sys.executable, str(compare_store.WORKER), "torchshelf"]
@@ -603,7 +604,10 @@ def render(results: dict[str, Any]) -> str:
                   "(a load that only mmaps is not a load). Saves are durable (fsync) for torchshelf and safetensors. "
                   "*First touch* = one load in a fresh process (page cache warm, process cold); *cold* needs "
                   "root to drop the page cache.", "",
-                  compare_store.render(s["io"], None), ""]  # fmt: skip
+                  compare_store.render(s["io"], None), "",
+                  "Every save, in the round-robin order it ran (s): "
+                  + "; ".join(f"{m} " + ", ".join(f"{t:.2f}" for t in r.get("save_times", []))
+                              for m, r in s["io"].items()), ""]  # fmt: skip
         for k, prof in s.get("profiles", {}).items():
             lines += render_profile(f"Profile of torchshelf {k} (a target was missed)", prof)
     if "cli" in results:
