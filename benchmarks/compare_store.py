@@ -61,13 +61,15 @@ def bench_io(size_mib: int, repeats: int, work: Path, save_rounds: int | None = 
     bentoml_py = peers_python("bentoml")
     if bentoml_py is not None:
         methods["bentoml"] = bentoml_py
-    # Saves go round-robin, one per process per method: on this VM the disk's write throughput
-    # depends on what was written just before (write-back, a burst allowance), so back-to-back
-    # saves of one method would hand the fresh disk to whichever method runs first.
+    # Saves go round-robin, one per process per method, and each round starts one method later:
+    # on this VM a save's write throughput depends on what was written just before (write-back,
+    # what looks like a burst allowance on the virtual disk), so a fixed order would always hand
+    # the same method the disk right after BentoML's unsynced gigabyte.
     saves: dict[str, list[float]] = {m: [] for m in methods}
-    for _ in range(save_rounds or repeats):
-        for method, python in methods.items():
-            saves[method].append(worker(python, method, "save", work / method, size_mib, 1)["median"])
+    names = list(methods)
+    for rnd in range(save_rounds or repeats):
+        for method in names[rnd % len(names):] + names[: rnd % len(names)]:
+            saves[method].append(worker(methods[method], method, "save", work / method, size_mib, 1)["median"])
     results: dict[str, Any] = {}
     for method, python in methods.items():
         mwork = work / method

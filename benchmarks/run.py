@@ -605,7 +605,7 @@ def render(results: dict[str, Any]) -> str:
                   "*First touch* = one load in a fresh process (page cache warm, process cold); *cold* needs "
                   "root to drop the page cache.", "",
                   compare_store.render(s["io"], None), "",
-                  "Every save, in the round-robin order it ran (s): "
+                  "Every save in seconds, by round (each round starts one method later than the last): "
                   + "; ".join(f"{m} " + ", ".join(f"{t:.2f}" for t in r.get("save_times", []))
                               for m, r in s["io"].items()), ""]  # fmt: skip
         for k, prof in s.get("profiles", {}).items():
