@@ -56,21 +56,30 @@ def drop_caches() -> bool:
         return False
 
 
-def bench_io(size_mib: int, repeats: int, work: Path) -> dict[str, Any]:
+def bench_io(size_mib: int, repeats: int, work: Path, save_rounds: int | None = None) -> dict[str, Any]:
     methods = {"torchshelf": sys.executable, "safetensors": sys.executable, "torch": sys.executable}
     bentoml_py = peers_python("bentoml")
     if bentoml_py is not None:
         methods["bentoml"] = bentoml_py
+    # Saves go round-robin, one per process per method, and each round starts one method later:
+    # on this VM a save's write throughput depends on what was written just before (write-back,
+    # what looks like a burst allowance on the virtual disk), so a fixed order would always hand
+    # the same method the disk right after BentoML's unsynced gigabyte.
+    saves: dict[str, list[float]] = {m: [] for m in methods}
+    names = list(methods)
+    for rnd in range(save_rounds or repeats):
+        for method in names[rnd % len(names):] + names[: rnd % len(names)]:
+            saves[method].append(worker(methods[method], method, "save", work / method, size_mib, 1)["median"])
     results: dict[str, Any] = {}
     for method, python in methods.items():
         mwork = work / method
-        save = worker(python, method, "save", mwork, size_mib, repeats)
+        save = {"median": statistics.median(saves[method]), "times": saves[method]}
         warm = worker(python, method, "load", mwork, size_mib, repeats)
         firsts = [worker(python, method, "first", mwork, size_mib, 1)["median"] for _ in range(repeats)]
         cold = None
         if drop_caches():
             cold = worker(python, method, "first", mwork, size_mib, 1)["median"]
-        results[method] = {"save": save["median"], "load_warm": warm["median"],
+        results[method] = {"save": save["median"], "save_times": save["times"], "load_warm": warm["median"],
                            "load_first": statistics.median(firsts), "load_cold": cold}
         shutil.rmtree(mwork, ignore_errors=True)
     return results
