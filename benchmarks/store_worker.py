@@ -66,30 +66,42 @@ class TorchShelf(Method):
         return self.ts.load_model("mlp:latest", store=self.store)
 
 
-class Safetensors(Method):
-    path_name = "raw.safetensors"
+def _new_path(work: Path, stem: str, suffix: str) -> Path:
+    """A file name no earlier save used: like a store, every save writes a new file.
 
+    Overwriting one path lets the kernel reuse the old file's page-cache pages, which made raw
+    saves look 2-5x faster than saves into fresh files (measured: 0.47 s vs 2.75 s for 1 GiB).
+    """
+    n = len(list(work.glob(f"{stem}-*{suffix}")))
+    return work / f"{stem}-{n:04d}-{os.getpid()}{suffix}"
+
+
+def _newest(work: Path, pattern: str) -> Path:
+    return max(work.glob(pattern), key=lambda p: p.stat().st_mtime_ns)
+
+
+class Safetensors(Method):
     def save(self, model: torch.nn.Module, i: int) -> None:
         from safetensors.torch import save_file
 
-        path = self.work / self.path_name
+        path = _new_path(self.work, "raw", ".safetensors")
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
         fsync(path)
 
     def load(self) -> Any:
         from safetensors.torch import load_file
 
-        return load_file(str(self.work / self.path_name))
+        return load_file(str(_newest(self.work, "raw-*.safetensors")))
 
 
 class TorchSave(Method):
     def save(self, model: torch.nn.Module, i: int) -> None:
-        path = self.work / "model.pt"
+        path = _new_path(self.work, "model", ".pt")
         torch.save(model, path)
         fsync(path)
 
     def load(self) -> Any:
-        return torch.load(self.work / "model.pt", weights_only=False)
+        return torch.load(_newest(self.work, "model-*.pt"), weights_only=False)
 
 
 class BentoML(Method):

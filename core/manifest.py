@@ -255,7 +255,8 @@ def hash_file(path: Path, progress: Progress | None = None) -> dict[str, Any]:
     sha = hashlib.sha256()
     size = 0
     with open(path, "rb", buffering=0) as fh:
-        buf = bytearray(CHUNK)
+        # Sized to the file: a 64 MiB buffer for a 2 KiB structure.pkl cost tens of ms a save.
+        buf = bytearray(max(1, min(CHUNK, os.fstat(fh.fileno()).st_size)))
         view = memoryview(buf)
         while n := fh.readinto(buf):
             sha.update(view[:n])
