@@ -53,7 +53,7 @@ def _banner(served: Any, options: Any, token_source: str | None) -> None:
 def register(app: typer.Typer) -> None:
     """Add `serve` to the app."""
 
-    @app.command("serve")
+    @app.command("serve", rich_help_panel="Serve")
     def serve(
         target: Annotated[
             str,
