@@ -64,7 +64,9 @@ def free_port() -> int:
 
 def start_echo() -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "bench_echo_server.py"), str(port)])
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "tests" / "bench_echo_server.py"), str(port)]
+    )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:

@@ -31,15 +31,33 @@ WORKER = HERE / "store_worker.py"
 
 def peers_python(name: str) -> Path | None:
     explicit = os.environ.get("TORCHSHELF_PEERS_DIR")
-    base = Path(explicit).expanduser() if explicit else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "torchshelf-peers"
+    base = (
+        Path(explicit).expanduser()
+        if explicit
+        else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "torchshelf-peers"
+    )
     py = base / name / "bin" / "python"
     return py if py.exists() else None
 
 
-def worker(python: str | Path, method: str, action: str, work: Path, size_mib: int, repeats: int) -> dict[str, Any]:
+def worker(
+    python: str | Path, method: str, action: str, work: Path, size_mib: int, repeats: int
+) -> dict[str, Any]:
     out = subprocess.run(
-        [str(python), str(WORKER), method, action, str(work), "--size-mib", str(size_mib), "--repeats", str(repeats)],
-        capture_output=True, text=True, check=False,
+        [
+            str(python),
+            str(WORKER),
+            method,
+            action,
+            str(work),
+            "--size-mib",
+            str(size_mib),
+            "--repeats",
+            str(repeats),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if out.returncode != 0:
         raise RuntimeError(f"{method} {action} failed:\n{out.stderr[-3000:]}")
@@ -56,7 +74,9 @@ def drop_caches() -> bool:
         return False
 
 
-def bench_io(size_mib: int, repeats: int, work: Path, save_rounds: int | None = None) -> dict[str, Any]:
+def bench_io(
+    size_mib: int, repeats: int, work: Path, save_rounds: int | None = None
+) -> dict[str, Any]:
     methods = {"torchshelf": sys.executable, "safetensors": sys.executable, "torch": sys.executable}
     bentoml_py = peers_python("bentoml")
     if bentoml_py is not None:
@@ -68,19 +88,28 @@ def bench_io(size_mib: int, repeats: int, work: Path, save_rounds: int | None = 
     saves: dict[str, list[float]] = {m: [] for m in methods}
     names = list(methods)
     for rnd in range(save_rounds or repeats):
-        for method in names[rnd % len(names):] + names[: rnd % len(names)]:
-            saves[method].append(worker(methods[method], method, "save", work / method, size_mib, 1)["median"])
+        for method in names[rnd % len(names) :] + names[: rnd % len(names)]:
+            saves[method].append(
+                worker(methods[method], method, "save", work / method, size_mib, 1)["median"]
+            )
     results: dict[str, Any] = {}
     for method, python in methods.items():
         mwork = work / method
         save = {"median": statistics.median(saves[method]), "times": saves[method]}
         warm = worker(python, method, "load", mwork, size_mib, repeats)
-        firsts = [worker(python, method, "first", mwork, size_mib, 1)["median"] for _ in range(repeats)]
+        firsts = [
+            worker(python, method, "first", mwork, size_mib, 1)["median"] for _ in range(repeats)
+        ]
         cold = None
         if drop_caches():
             cold = worker(python, method, "first", mwork, size_mib, 1)["median"]
-        results[method] = {"save": save["median"], "save_times": save["times"], "load_warm": warm["median"],
-                           "load_first": statistics.median(firsts), "load_cold": cold}
+        results[method] = {
+            "save": save["median"],
+            "save_times": save["times"],
+            "load_warm": warm["median"],
+            "load_first": statistics.median(firsts),
+            "load_cold": cold,
+        }
         shutil.rmtree(mwork, ignore_errors=True)
     return results
 
@@ -89,7 +118,9 @@ def time_cmd(cmd: list[str], env: dict[str, str], repeats: int) -> float:
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(
+            cmd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
@@ -115,8 +146,12 @@ print(getattr(tag, "tag", tag))
 def bench_cli(versions: int, repeats: int, work: Path) -> dict[str, Any]:
     res: dict[str, Any] = {"versions": versions}
     home = work / "ts-cli"
-    tag = subprocess.run([sys.executable, "-c", _POPULATE_TS, str(home), str(versions)],
-                         capture_output=True, text=True, check=True).stdout.strip()
+    tag = subprocess.run(
+        [sys.executable, "-c", _POPULATE_TS, str(home), str(versions)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     env = {**os.environ, "TORCHSHELF_HOME": str(home)}
     shelf = [sys.executable, "-m", "torchshelf"]
     res["python"] = time_cmd([sys.executable, "-c", "pass"], env, repeats)
@@ -125,12 +160,18 @@ def bench_cli(versions: int, repeats: int, work: Path) -> dict[str, Any]:
     bentoml_py = peers_python("bentoml")
     if bentoml_py is not None:
         bhome = work / "bento-cli"
-        btag = subprocess.run([str(bentoml_py), "-c", _POPULATE_BENTO, str(bhome), str(versions)],
-                              capture_output=True, text=True, check=True).stdout.strip()
+        btag = subprocess.run(
+            [str(bentoml_py), "-c", _POPULATE_BENTO, str(bhome), str(versions)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
         benv = {**os.environ, "BENTOML_HOME": str(bhome), "BENTOML_DO_NOT_TRACK": "true"}
         bentoml_cli = [str(bentoml_py.parent / "bentoml")]
         res["bentoml_list"] = time_cmd([*bentoml_cli, "models", "list"], benv, max(3, repeats // 2))
-        res["bentoml_get"] = time_cmd([*bentoml_cli, "models", "get", btag], benv, max(3, repeats // 2))
+        res["bentoml_get"] = time_cmd(
+            [*bentoml_cli, "models", "get", btag], benv, max(3, repeats // 2)
+        )
     return res
 
 
@@ -139,31 +180,50 @@ def render(io: dict[str, Any] | None, cli: dict[str, Any] | None) -> str:
     lines: list[str] = []
     if io:
         base = io["safetensors"]
-        lines += ["| method | save s | load warm s | load first touch s | load cold s |", "|---|---|---|---|---|"]
+        lines += [
+            "| method | save s | load warm s | load first touch s | load cold s |",
+            "|---|---|---|---|---|",
+        ]
         for name, r in io.items():
             cold = f"{r['load_cold']:.3f}" if r["load_cold"] is not None else "n/a"
-            lines.append(f"| {name} | {r['save']:.3f} | {r['load_warm']:.3f} | {r['load_first']:.3f} | {cold} |")
+            lines.append(
+                f"| {name} | {r['save']:.3f} | {r['load_warm']:.3f} | {r['load_first']:.3f} | {cold} |"
+            )
         ts = io["torchshelf"]
-        lines += ["", "| ratio | value | target |", "|---|---|---|",
-                  f"| torchshelf save / safetensors save+fsync | {ts['save'] / base['save']:.2f}x | <= 1.25x |",
-                  f"| torchshelf load / safetensors load (warm) | {ts['load_warm'] / base['load_warm']:.2f}x | <= 1.15x |",
-                  f"| torchshelf load / safetensors load (first touch) | {ts['load_first'] / base['load_first']:.2f}x | <= 1.15x |"]
+        lines += [
+            "",
+            "| ratio | value | target |",
+            "|---|---|---|",
+            f"| torchshelf save / safetensors save+fsync | {ts['save'] / base['save']:.2f}x | <= 1.25x |",
+            f"| torchshelf load / safetensors load (warm) | {ts['load_warm'] / base['load_warm']:.2f}x | <= 1.15x |",
+            f"| torchshelf load / safetensors load (first touch) | {ts['load_first'] / base['load_first']:.2f}x | <= 1.15x |",
+        ]
         if "bentoml" in io:
             b = io["bentoml"]
-            lines += [f"| BentoML save / torchshelf save | {b['save'] / ts['save']:.2f}x | >= 1.5x |",
-                      f"| BentoML load / torchshelf load (warm) | {b['load_warm'] / ts['load_warm']:.2f}x | >= 3x |",
-                      f"| BentoML load / torchshelf load (first touch) | {b['load_first'] / ts['load_first']:.2f}x | >= 3x |"]
+            lines += [
+                f"| BentoML save / torchshelf save | {b['save'] / ts['save']:.2f}x | >= 1.5x |",
+                f"| BentoML load / torchshelf load (warm) | {b['load_warm'] / ts['load_warm']:.2f}x | >= 3x |",
+                f"| BentoML load / torchshelf load (first touch) | {b['load_first'] / ts['load_first']:.2f}x | >= 3x |",
+            ]
     if cli:
-        lines += ["", f"| command ({cli['versions']} versions, whole process) | median ms |", "|---|---|",
-                  f"| python -c pass | {cli['python'] * 1000:.0f} |",
-                  f"| shelf list | {cli['shelf_list'] * 1000:.0f} |",
-                  f"| shelf get TAG --output json | {cli['shelf_get'] * 1000:.0f} |"]
+        lines += [
+            "",
+            f"| command ({cli['versions']} versions, whole process) | median ms |",
+            "|---|---|",
+            f"| python -c pass | {cli['python'] * 1000:.0f} |",
+            f"| shelf list | {cli['shelf_list'] * 1000:.0f} |",
+            f"| shelf get TAG --output json | {cli['shelf_get'] * 1000:.0f} |",
+        ]
         if "bentoml_list" in cli:
-            lines += [f"| bentoml models list | {cli['bentoml_list'] * 1000:.0f} |",
-                      f"| bentoml models get TAG | {cli['bentoml_get'] * 1000:.0f} |",
-                      "", "| ratio | value | target |", "|---|---|---|",
-                      f"| bentoml models list / shelf list | {cli['bentoml_list'] / cli['shelf_list']:.1f}x | >= 5x (and shelf list <= 250 ms) |",
-                      f"| bentoml models get / shelf get | {cli['bentoml_get'] / cli['shelf_get']:.1f}x | |"]
+            lines += [
+                f"| bentoml models list | {cli['bentoml_list'] * 1000:.0f} |",
+                f"| bentoml models get TAG | {cli['bentoml_get'] * 1000:.0f} |",
+                "",
+                "| ratio | value | target |",
+                "|---|---|---|",
+                f"| bentoml models list / shelf list | {cli['bentoml_list'] / cli['shelf_list']:.1f}x | >= 5x (and shelf list <= 250 ms) |",
+                f"| bentoml models get / shelf get | {cli['bentoml_get'] / cli['shelf_get']:.1f}x | |",
+            ]
     return "\n".join(lines)
 
 

@@ -42,8 +42,17 @@ def free_port() -> int:
 
 def start_moto(port: int) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(
-        [sys.executable, "-c", "from moto.server import main; main()", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-c",
+            "from moto.server import main; main()",
+            "-H",
+            "127.0.0.1",
+            "-p",
+            str(port),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -66,14 +75,21 @@ def make_version(store: Any, size: int) -> Any:
     for start in range(0, size, len(block)):
         writer.write(memoryview(block)[: min(len(block), size - start)])
     record = writer.close()
-    manifest = Manifest(name="big", version="1", creation_time=now_iso(), format="safetensors",
-                        torch_version="0", module_class=None, files={"weights.safetensors": record})
+    manifest = Manifest(
+        name="big",
+        version="1",
+        creation_time=now_iso(),
+        format="safetensors",
+        torch_version="0",
+        module_class=None,
+        files={"weights.safetensors": record},
+    )
     return store.commit(staging, manifest, auto_version=False)
 
 
 def timed_pair(times: dict[str, list[float]], i: int, *ops: tuple[str, Callable[[], Any]]) -> None:
     """Time both operations, in reversed order on odd rounds."""
-    for label, op in (ops if i % 2 == 0 else ops[::-1]):
+    for label, op in ops if i % 2 == 0 else ops[::-1]:
         t = time.perf_counter()
         op()
         times[label].append(time.perf_counter() - t)
@@ -86,8 +102,12 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     args = parser.parse_args()
 
-    os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench",
-                      AWS_DEFAULT_REGION="us-east-1", AWS_EC2_METADATA_DISABLED="true")
+    os.environ.update(
+        AWS_ACCESS_KEY_ID="bench",
+        AWS_SECRET_ACCESS_KEY="bench",
+        AWS_DEFAULT_REGION="us-east-1",
+        AWS_EC2_METADATA_DISABLED="true",
+    )
     import s3fs
 
     from torchshelf.remote import Remote
@@ -114,10 +134,18 @@ def main() -> None:
                 dst = Store(tmpdir / f"dst-{i}")
                 raw = f"{prefix}/raw/weights.safetensors"
                 # Alternate which goes first: the first transfer of a round warms the server.
-                timed_pair(times, i, ("raw put", partial(fs.put_file, str(path), raw)),
-                           ("push", partial(remote.push, src, "big:1")))
-                timed_pair(times, i, ("raw get", partial(fs.get_file, raw, str(out))),
-                           ("pull", partial(remote.pull, dst, "big:1")))
+                timed_pair(
+                    times,
+                    i,
+                    ("raw put", partial(fs.put_file, str(path), raw)),
+                    ("push", partial(remote.push, src, "big:1")),
+                )
+                timed_pair(
+                    times,
+                    i,
+                    ("raw get", partial(fs.get_file, raw, str(out))),
+                    ("pull", partial(remote.pull, dst, "big:1")),
+                )
                 out.unlink()
                 dst.delete("big")
                 fs.rm(prefix, recursive=True)  # moto keeps objects in memory
@@ -136,17 +164,26 @@ def main() -> None:
         "s3fs": s3fs.__version__,
         "fsspec": fsspec.__version__,
         "cpus": os.cpu_count(),
-        "results": {k: {"median_mib_per_s": round(statistics.median(r), 1),
-                        "rounds_mib_per_s": [round(x, 1) for x in r],
-                        "median_seconds": round(statistics.median(times[k]), 2)} for k, r in rates.items()},
+        "results": {
+            k: {
+                "median_mib_per_s": round(statistics.median(r), 1),
+                "rounds_mib_per_s": [round(x, 1) for x in r],
+                "median_seconds": round(statistics.median(times[k]), 2),
+            }
+            for k, r in rates.items()
+        },
     }
     if args.json:
         print(json.dumps(result, indent=2))
         return
-    print(f"{args.size_mib} MiB, {args.rounds} rounds, {result['server']}, s3fs {result['s3fs']}, {result['cpus']} CPUs")
+    print(
+        f"{args.size_mib} MiB, {args.rounds} rounds, {result['server']}, s3fs {result['s3fs']}, {result['cpus']} CPUs"
+    )
     print(f"{'operation':<10}{'median MiB/s':>14}{'median s':>10}   rounds (MiB/s)")
     for k, r in result["results"].items():
-        print(f"{k:<10}{r['median_mib_per_s']:>14}{r['median_seconds']:>10}   {r['rounds_mib_per_s']}")
+        print(
+            f"{k:<10}{r['median_mib_per_s']:>14}{r['median_seconds']:>10}   {r['rounds_mib_per_s']}"
+        )
 
 
 if __name__ == "__main__":

@@ -174,14 +174,22 @@ def finish_profile(handle: dict[str, Any] | None) -> dict[str, Any] | None:
         handle["proc"].kill()
     out: Path = handle["out"]
     if not out.exists() or out.stat().st_size == 0:
-        err = handle["proc"].stderr.read().decode(errors="replace")[-500:] if handle["proc"].stderr else ""
+        err = (
+            handle["proc"].stderr.read().decode(errors="replace")[-500:]
+            if handle["proc"].stderr
+            else ""
+        )
         return {"error": f"py-spy wrote nothing: {err}"}
     summary = summarise_collapsed(out)
-    summary["file"] = str(out.relative_to(HERE.parent)) if out.is_relative_to(HERE.parent) else str(out)
+    summary["file"] = (
+        str(out.relative_to(HERE.parent)) if out.is_relative_to(HERE.parent) else str(out)
+    )
     return summary
 
 
-def profile_cmd(cmd: list[str], out: Path, focus: tuple[str, ...] = (), rate: int = 1000) -> dict[str, Any] | None:
+def profile_cmd(
+    cmd: list[str], out: Path, focus: tuple[str, ...] = (), rate: int = 1000
+) -> dict[str, Any] | None:
     """Run a command under py-spy at 1 kHz, idle (I/O-blocked) samples included.
 
     Why --idle: a save spends much of its time blocked in write/fsync, which py-spy would
@@ -197,7 +205,9 @@ def profile_cmd(cmd: list[str], out: Path, focus: tuple[str, ...] = (), rate: in
         return {"error": "py-spy wrote nothing"}
     summary = summarise_collapsed(out, focus=focus)
     summary["focus"] = " or ".join(focus)
-    summary["file"] = str(out.relative_to(HERE.parent)) if out.is_relative_to(HERE.parent) else str(out)
+    summary["file"] = (
+        str(out.relative_to(HERE.parent)) if out.is_relative_to(HERE.parent) else str(out)
+    )
     return summary
 
 
@@ -241,7 +251,9 @@ def run_cli(quick: bool) -> dict[str, Any]:
             # bench_cli filled this store; profile one more `shelf list` of it
             env_home = work / "ts-cli"
             os.environ["TORCHSHELF_HOME"] = str(env_home)
-            cli["profile_list"] = profile_cmd([sys.executable, "-m", "torchshelf", "list"], PROFILES / "cli-list.txt")
+            cli["profile_list"] = profile_cmd(
+                [sys.executable, "-m", "torchshelf", "list"], PROFILES / "cli-list.txt"
+            )
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return cli
@@ -271,7 +283,10 @@ def shelf_serve(model: str, store: Path, tag: str) -> Iterator[Server]:
     try:
         deadline = time.monotonic() + 120
         while True:
-            with contextlib.suppress(OSError), urllib.request.urlopen(base + "/readyz", timeout=2) as r:
+            with (
+                contextlib.suppress(OSError),
+                urllib.request.urlopen(base + "/readyz", timeout=2) as r,
+            ):
                 if r.status == 200:
                     break
             if proc.poll() is not None or time.monotonic() > deadline:
@@ -290,7 +305,9 @@ def peer(name: str, model: str, latency_ms: float = MAX_LATENCY_MS) -> Iterator[
         yield Server(p.url, p.process.pid)
 
 
-def bench(url: str, levels: list[int], body: Path, opts: argparse.Namespace, headers: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+def bench(
+    url: str, levels: list[int], body: Path, opts: argparse.Namespace, headers: tuple[str, ...] = ()
+) -> list[dict[str, Any]]:
     """`shelf bench --url` at the given concurrency levels; its JSON results, one per level."""
     cmd = [sys.executable, "-m", "torchshelf", "bench", "--url", url, "--concurrency", ",".join(map(str, levels)),
            "--duration", str(opts.duration), "--max-windows", str(opts.max_windows),
@@ -301,7 +318,17 @@ def bench(url: str, levels: list[int], body: Path, opts: argparse.Namespace, hea
     if out.returncode != 0:
         raise RuntimeError(f"shelf bench failed ({out.returncode}): {out.stderr[-2000:]}")
     doc = json.loads(out.stdout)
-    keep = ("concurrency", "requests", "requests_per_s", "latency_ms", "errors", "batch_size_mean", "client_bound", "stable", "windows")
+    keep = (
+        "concurrency",
+        "requests",
+        "requests_per_s",
+        "latency_ms",
+        "errors",
+        "batch_size_mean",
+        "client_bound",
+        "stable",
+        "windows",
+    )
     return [{k: r[k] for k in keep if k in r} for r in doc["results"]]
 
 
@@ -315,7 +342,13 @@ def tree_cpu_s(pid: int) -> float:
     return total
 
 
-def measure(server: Server, levels: list[int], body: Path, opts: argparse.Namespace, headers: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+def measure(
+    server: Server,
+    levels: list[int],
+    body: Path,
+    opts: argparse.Namespace,
+    headers: tuple[str, ...] = (),
+) -> list[dict[str, Any]]:
     """`bench` one level at a time, adding the server's CPU ms per answered request.
 
     Why: on a shared machine req/s moves with the neighbours' load; the CPU a server spends per
@@ -372,7 +405,10 @@ def run_serve(opts: argparse.Namespace) -> dict[str, Any]:
     try:
         for model in opts.models:
             say(f"serve {model}: raw forward")
-            res: dict[str, Any] = {"raw": raw_forward(model, 2.0 if opts.quick else 3.0), "servers": {}}
+            res: dict[str, Any] = {
+                "raw": raw_forward(model, 2.0 if opts.quick else 3.0),
+                "servers": {},
+            }
             jbody, sbody = write_bodies(model, work)
             tag = save_serving_model(model, work / "store")
             servers: dict[str, list[dict[str, Any]]] = res["servers"]
@@ -385,7 +421,9 @@ def run_serve(opts: argparse.Namespace) -> dict[str, Any]:
             with shelf_serve(model, work / "store", tag) as s:
                 servers["torchshelf"] = measure(s, list(LEVELS), jbody, opts)
                 say(f"serve {model} torchshelf: {_fmt_levels(servers['torchshelf'])}")
-                servers["torchshelf-st"] = measure(s, list(LEVELS), sbody, opts, ("Accept: application/vnd.safetensors",))
+                servers["torchshelf-st"] = measure(
+                    s, list(LEVELS), sbody, opts, ("Accept: application/vnd.safetensors",)
+                )
                 say(f"serve {model} torchshelf-st: {_fmt_levels(servers['torchshelf-st'])}")
                 if not opts.no_profile:
                     res["profile_64"] = profile_at_64(s, jbody, opts, f"serve-{model}-64")
@@ -410,10 +448,14 @@ def run_serve(opts: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
-def profile_at_64(server: Server, body: Path, opts: argparse.Namespace, name: str) -> dict[str, Any]:
+def profile_at_64(
+    server: Server, body: Path, opts: argparse.Namespace, name: str
+) -> dict[str, Any]:
     """py-spy on the server during an extra 64-client pass (never during a measured level)."""
     handle = profile_pid(server.pid, opts.profile_s, PROFILES / f"{name}.txt")
-    prof_opts = argparse.Namespace(**{**vars(opts), "duration": opts.profile_s / 3, "max_windows": 3, "warmup": 0})
+    prof_opts = argparse.Namespace(
+        **{**vars(opts), "duration": opts.profile_s / 3, "max_windows": 3, "warmup": 0}
+    )
     out: dict[str, Any] = {"bench": bench(server.url, [64], body, prof_opts)[0]}
     out["summary"] = finish_profile(handle)
     return out
@@ -448,7 +490,9 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
 
     def add(group: str, what: str, value: float, goal: str, ok: bool, unit: str = "x") -> None:
-        out.append({"group": group, "what": what, "value": value, "goal": goal, "pass": ok, "unit": unit})
+        out.append(
+            {"group": group, "what": what, "value": value, "goal": goal, "pass": ok, "unit": unit}
+        )
 
     io = results.get("store", {}).get("io")
     if io:
@@ -486,9 +530,21 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         else:
             lim = limit_of(res)
             add("serve", f"{model} @64: torchshelf / LitServe", ts / lit, ">= 3x", ts / lit >= 3)
-            add("serve", f"{model} @64: torchshelf / additive limit", ts / lim, ">= 0.85x", ts / lim >= 0.85)
+            add(
+                "serve",
+                f"{model} @64: torchshelf / additive limit",
+                ts / lim,
+                ">= 0.85x",
+                ts / lim >= 0.85,
+            )
         r = ts / bento if bento else float("inf")
-        add("serve", f"{model} @64: torchshelf / BentoML (max_latency_ms={BENTO_BUDGET_MS:g})", r, ">= 1.5x", r >= 1.5)
+        add(
+            "serve",
+            f"{model} @64: torchshelf / BentoML (max_latency_ms={BENTO_BUDGET_MS:g})",
+            r,
+            ">= 1.5x",
+            r >= 1.5,
+        )
     return out
 
 
@@ -550,7 +606,11 @@ def render_profile(title: str, prof: dict[str, Any] | None) -> list[str]:
         return [f"*{title}: no profile (py-spy not installed)*", ""]
     if "error" in prof:
         return [f"*{title}: {prof['error']}*", ""]
-    where = f", stacks through `{prof['focus']}` only (other threads left out), I/O waits included" if prof.get("focus") else ""
+    where = (
+        f", stacks through `{prof['focus']}` only (other threads left out), I/O waits included"
+        if prof.get("focus")
+        else ""
+    )
     lines = [f"**{title}** — {prof['samples']:,} samples{where}, `{prof.get('file', '')}` (py-spy raw/collapsed; "
              f"`flamegraph.pl` or speedscope render it)", "",
              "| self (leaf) | % | inclusive | % |", "|---|---|---|---|"]  # fmt: skip
@@ -566,7 +626,9 @@ def _provenance(results: dict[str, Any]) -> str:
     tail = "Every target is a ratio of two measurements taken in the same run of the same group."
     if len(cmds) == 1:
         return f"Generated by `{cmds.pop()}`, started {results['date']} UTC. {tail}"
-    each = "; ".join(f"{g}: `{results[g].get('_command', '?')}` ({results[g]['_date']})" for g in groups)
+    each = "; ".join(
+        f"{g}: `{results[g].get('_command', '?')}` ({results[g]['_date']})" for g in groups
+    )
     return f"Groups from separate runs ({each}). {tail}"
 
 
@@ -586,7 +648,11 @@ def render(results: dict[str, Any]) -> str:
         "`python benchmarks/run.py` (about 15 minutes here; `--quick` about 6; `--only store|cli|serve` "
         "reruns one group). Raw figures: `benchmarks/results.json`.",
         "- Load average (1/5/15 min) at the start and end of each group: "
-        + "; ".join(f"{g} {results[g]['_load'][0]} → {results[g]['_load'][1]}" for g in ("store", "cli", "serve") if g in results),
+        + "; ".join(
+            f"{g} {results[g]['_load'][0]} → {results[g]['_load'][1]}"
+            for g in ("store", "cli", "serve")
+            if g in results
+        ),
         "",
         "## Targets",
         "",
@@ -595,7 +661,9 @@ def render(results: dict[str, Any]) -> str:
     ]
     for t in targets(results):
         val = f"{t['value']:.0f} ms" if t["unit"] == "ms" else f"{t['value']:.2f}x"
-        lines.append(f"| {t['group']} | {t['what']} | {val} | {t['goal']} | {'pass' if t['pass'] else '**miss**'} |")
+        lines.append(
+            f"| {t['group']} | {t['what']} | {val} | {t['goal']} | {'pass' if t['pass'] else '**miss**'} |"
+        )
     if "store" in results:
         s = results["store"]
         lines += ["", f"## Store: save and load of a {s['size_mib']} MiB float32 MLP", "",
@@ -615,7 +683,11 @@ def render(results: dict[str, Any]) -> str:
         lines += ["", f"## CLI: whole processes, {c['versions']} versions in each store", "",
                   f"Run {c['_date']}, {c.get('_seconds', '?')} s. Medians; `bentoml` runs from its venv with `BENTOML_DO_NOT_TRACK=true`.", "",
                   compare_store.render(None, c), ""]  # fmt: skip
-        lines += render_profile("Profile of `shelf list` (a target was missed)", c.get("profile_list")) if "profile_list" in c else []
+        lines += (
+            render_profile("Profile of `shelf list` (a target was missed)", c.get("profile_list"))
+            if "profile_list" in c
+            else []
+        )
     if "serve" in results:
         sv = results["serve"]
         o = sv["_opts"]
@@ -682,9 +754,27 @@ def plot(serve: dict[str, Any], path: Path) -> None:
             if not rows:
                 continue
             xs = [r["concurrency"] for r in rows]
-            style = {"linewidth": 2.5} if name == "torchshelf" else {"linestyle": "--"} if name == "echo" else {}
-            axes[row][0].plot(xs, [r["requests_per_s"] for r in rows], marker="o", label=_label(name).replace("**", ""), **style)
-            axes[row][1].plot(xs, [r["latency_ms"]["p99"] for r in rows], marker="o", label=_label(name).replace("**", ""), **style)
+            style = (
+                {"linewidth": 2.5}
+                if name == "torchshelf"
+                else {"linestyle": "--"}
+                if name == "echo"
+                else {}
+            )
+            axes[row][0].plot(
+                xs,
+                [r["requests_per_s"] for r in rows],
+                marker="o",
+                label=_label(name).replace("**", ""),
+                **style,
+            )
+            axes[row][1].plot(
+                xs,
+                [r["latency_ms"]["p99"] for r in rows],
+                marker="o",
+                label=_label(name).replace("**", ""),
+                **style,
+            )
         axes[row][0].axhline(limit_of(res), color="grey", linestyle=":", label="additive limit @64")
         axes[row][0].set_title(f"{model}: requests/s (200s only)")
         axes[row][1].set_title(f"{model}: p99 latency (ms)")
@@ -695,7 +785,9 @@ def plot(serve: dict[str, Any], path: Path) -> None:
             ax.set_xlabel("closed-loop clients")
             ax.grid(True, alpha=0.3)
         axes[row][0].legend(fontsize=8)
-    fig.suptitle(f"Serving on {os.cpu_count()} shared cores, client: shelf bench --url ({serve['_date']})")
+    fig.suptitle(
+        f"Serving on {os.cpu_count()} shared cores, client: shelf bench --url ({serve['_date']})"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -707,15 +799,30 @@ def plot(serve: dict[str, Any], path: Path) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Run the chosen groups, merge into results.json, regenerate RESULTS.md and the chart."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="small model, fewer versions, short windows")
+    p.add_argument(
+        "--quick", action="store_true", help="small model, fewer versions, short windows"
+    )
     p.add_argument("--only", choices=["store", "cli", "serve"])
     p.add_argument("--models", default="small,big", help="serve: which models")
-    p.add_argument("--duration", type=float, help="serve: seconds per window (default 2; 1 with --quick)")
-    p.add_argument("--max-windows", type=int, help="serve: windows per level at most (default 4; 3 with --quick)")
+    p.add_argument(
+        "--duration", type=float, help="serve: seconds per window (default 2; 1 with --quick)"
+    )
+    p.add_argument(
+        "--max-windows",
+        type=int,
+        help="serve: windows per level at most (default 4; 3 with --quick)",
+    )
     p.add_argument("--warmup", type=float, default=1.0, help="serve: warm-up seconds per level")
-    p.add_argument("--profile-s", type=float, default=5.0, help="serve: seconds of py-spy on shelf serve at 64 clients")
+    p.add_argument(
+        "--profile-s",
+        type=float,
+        default=5.0,
+        help="serve: seconds of py-spy on shelf serve at 64 clients",
+    )
     p.add_argument("--no-profile", action="store_true")
-    p.add_argument("--render-only", action="store_true", help="only regenerate RESULTS.md and the chart")
+    p.add_argument(
+        "--render-only", action="store_true", help="only regenerate RESULTS.md and the chart"
+    )
     opts = p.parse_args(argv)
     opts.duration = opts.duration or (1.0 if opts.quick else 2.0)
     opts.max_windows = opts.max_windows or (3 if opts.quick else 4)
@@ -725,24 +832,36 @@ def main(argv: list[str] | None = None) -> None:
         groups = [opts.only] if opts.only else ["store", "cli", "serve"]
         if not opts.only:
             results = {}
-        results["command"] = ("python benchmarks/run.py " + shlex.join(sys.argv[1:] if argv is None else argv)).strip()
+        results["command"] = (
+            "python benchmarks/run.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+        ).strip()
         results["date"] = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M")
         results["machine"] = machine()
-        runners = {"store": lambda: run_store(opts.quick), "cli": lambda: run_cli(opts.quick), "serve": lambda: run_serve(opts)}
+        runners = {
+            "store": lambda: run_store(opts.quick),
+            "cli": lambda: run_cli(opts.quick),
+            "serve": lambda: run_serve(opts),
+        }
         for g in groups:
             # profiles left by an earlier run of this group would be read as this run's
             for stale in PROFILES.glob("*.txt"):
-                if stale.name.startswith({"store": ("store-",), "cli": ("cli-",), "serve": ("serve-", "echo-")}[g]):
+                if stale.name.startswith(
+                    {"store": ("store-",), "cli": ("cli-",), "serve": ("serve-", "echo-")}[g]
+                ):
                     stale.unlink()
             load0 = " / ".join(f"{x:.1f}" for x in os.getloadavg())
             t0 = time.monotonic()
             results[g] = runners[g]()
             results[g]["_load"] = [load0, " / ".join(f"{x:.1f}" for x in os.getloadavg())]
-            results[g]["_date"] = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M") + (" (--quick)" if opts.quick else "")
+            results[g]["_date"] = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M") + (
+                " (--quick)" if opts.quick else ""
+            )
             results[g]["_seconds"] = round(time.monotonic() - t0)
             results[g]["_command"] = results["command"]
             if g == "serve":
-                results[g]["_opts"] = {k: getattr(opts, k) for k in ("duration", "max_windows", "warmup")}
+                results[g]["_opts"] = {
+                    k: getattr(opts, k) for k in ("duration", "max_windows", "warmup")
+                }
             RESULTS_JSON.write_text(json.dumps(results, indent=1, default=str))
             say(f"{g} done in {results[g]['_seconds']} s")
     RESULTS_MD.write_text(render(results))

@@ -83,7 +83,9 @@ def run_baseline(kind: str, model_name: str, port: int) -> None:
         else:
             with torch.inference_mode():
                 y = model(x)
-        return Response(orjson.dumps({"outputs": y.numpy()}, option=opts), media_type="application/json")
+        return Response(
+            orjson.dumps({"outputs": y.numpy()}, option=opts), media_type="application/json"
+        )
 
     async def ready(request: Request) -> Response:
         return Response(b"{}")
@@ -109,7 +111,9 @@ def _percentile(values: list[float], q: float) -> float:
     return values[k]
 
 
-async def _httpx_load(url: str, body: bytes, headers: dict[str, str], clients: int, duration: float) -> dict[str, Any]:
+async def _httpx_load(
+    url: str, body: bytes, headers: dict[str, str], clients: int, duration: float
+) -> dict[str, Any]:
     import httpx
 
     latencies: list[float] = []
@@ -154,7 +158,9 @@ async def _httpx_load(url: str, body: bytes, headers: dict[str, str], clients: i
     }
 
 
-def _wrk_load(url: str, body: bytes, headers: dict[str, str], clients: int, duration: float) -> dict[str, Any]:
+def _wrk_load(
+    url: str, body: bytes, headers: dict[str, str], clients: int, duration: float
+) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         body_file = Path(tmp) / "body"
         body_file.write_bytes(body)
@@ -162,7 +168,7 @@ def _wrk_load(url: str, body: bytes, headers: dict[str, str], clients: int, dura
         hdrs = "".join(f'wrk.headers["{k}"] = "{v}"\n' for k, v in headers.items())
         script.write_text(
             f'wrk.method = "POST"\nlocal f = io.open("{body_file}", "rb")\n'
-            f"wrk.body = f:read(\"*a\")\nf:close()\n{hdrs}"
+            f'wrk.body = f:read("*a")\nf:close()\n{hdrs}'
             "done = function(summary, latency, requests)\n"
             '  io.write(string.format("JSON {\\"n\\": %d, \\"s\\": %f, \\"p50\\": %f, \\"p99\\": %f, \\"err\\": %d}\\n",'
             " summary.requests, summary.duration / 1e6, latency:percentile(50) / 1e3,"
@@ -173,7 +179,9 @@ def _wrk_load(url: str, body: bytes, headers: dict[str, str], clients: int, dura
         run = ["wrk", "-t1", f"-c{clients}", "-s", str(script), url]
         subprocess.run([*run[:1], "-d1s", *run[1:]], capture_output=True, check=False)
         seconds = max(1, round(duration))  # wrk takes whole seconds
-        out = subprocess.run([*run[:1], f"-d{seconds}s", *run[1:]], capture_output=True, text=True, check=False)
+        out = subprocess.run(
+            [*run[:1], f"-d{seconds}s", *run[1:]], capture_output=True, text=True, check=False
+        )
     line = next((ln for ln in out.stdout.splitlines() if ln.startswith("JSON ")), None)
     if line is None:
         raise RuntimeError(f"wrk failed: {out.stdout}{out.stderr}")
@@ -186,7 +194,9 @@ def _wrk_load(url: str, body: bytes, headers: dict[str, str], clients: int, dura
     }
 
 
-def load(client: str, url: str, body: bytes, headers: dict[str, str], clients: int, duration: float) -> dict[str, Any]:
+def load(
+    client: str, url: str, body: bytes, headers: dict[str, str], clients: int, duration: float
+) -> dict[str, Any]:
     """Closed-loop load: `clients` concurrent callers for `duration` seconds."""
     if client == "wrk":
         return _wrk_load(url, body, headers, clients, duration)
@@ -202,7 +212,12 @@ class Child:
     def __init__(self, argv: list[str], port: int, env: dict[str, str] | None = None) -> None:
         import httpx
 
-        self.proc = subprocess.Popen(argv, env={**os.environ, **(env or {})}, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            argv,
+            env={**os.environ, **(env or {})},
+            stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+        )
         self.url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
@@ -240,7 +255,9 @@ class Child:
             return 0.0
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
-    def measure(self, client: str, body: bytes, headers: dict[str, str], clients: int, duration: float) -> dict[str, Any]:
+    def measure(
+        self, client: str, body: bytes, headers: dict[str, str], clients: int, duration: float
+    ) -> dict[str, Any]:
         """`load()` plus what the server spent: CPU ms per request and items per model call."""
         items0, calls0 = self.batch_totals()
         cpu0 = self.cpu_seconds()
@@ -248,7 +265,9 @@ class Child:
         cpu = self.cpu_seconds() - cpu0
         items1, calls1 = self.batch_totals()
         # the warm-up inside load() is counted in both; it is a small, equal share for all
-        served = max(1.0, res["requests_per_s"] * duration * (1 + min(1.0, duration / 3) / duration))
+        served = max(
+            1.0, res["requests_per_s"] * duration * (1 + min(1.0, duration / 3) / duration)
+        )
         res["server_cpu_ms_per_request"] = cpu / served * 1e3
         if calls1 > calls0:
             res["batch_size_mean"] = (items1 - items0) / (calls1 - calls0)
@@ -310,7 +329,12 @@ def bench_model(name: str, args: argparse.Namespace, store: str) -> dict[str, An
     tag = torchshelf.save_model(
         f"bench-{name}",
         build(name),
-        signatures={"__call__": {"batchable": True, "input_spec": {"shape": [-1, in_dim], "dtype": "float32"}}},
+        signatures={
+            "__call__": {
+                "batchable": True,
+                "input_spec": {"shape": [-1, in_dim], "dtype": "float32"},
+            }
+        },
     )
     x = torch.randn(1, in_dim)
     json_body = json.dumps({"inputs": x.tolist()}).encode()
@@ -329,18 +353,35 @@ def bench_model(name: str, args: argparse.Namespace, store: str) -> dict[str, An
         _say(args, f"{name} {kind}: {res[kind]['requests_per_s']:.0f} req/s")
     port = _free_port()
     child = Child(
-        [sys.executable, "-m", "torchshelf", "serve", str(tag), "--port", str(port), "--max-batch-size", str(MAX_BATCH)],
+        [
+            sys.executable,
+            "-m",
+            "torchshelf",
+            "serve",
+            str(tag),
+            "--port",
+            str(port),
+            "--max-batch-size",
+            str(MAX_BATCH),
+        ],
         port,
         env={"TORCHSHELF_HOME": store},
     )
     try:
         serve: dict[str, Any] = {}
         for clients in args.clients:
-            serve[f"json@{clients}"] = child.measure(args.client, json_body, jh, clients, args.duration)
-            _say(args, f"{name} serve json@{clients}: {serve[f'json@{clients}']['requests_per_s']:.0f} req/s")
+            serve[f"json@{clients}"] = child.measure(
+                args.client, json_body, jh, clients, args.duration
+            )
+            _say(
+                args,
+                f"{name} serve json@{clients}: {serve[f'json@{clients}']['requests_per_s']:.0f} req/s",
+            )
         top = max(args.clients)
         serve[f"binary@{top}"] = child.measure(args.client, bin_body, bh, top, args.duration)
-        _say(args, f"{name} serve binary@{top}: {serve[f'binary@{top}']['requests_per_s']:.0f} req/s")
+        _say(
+            args, f"{name} serve binary@{top}: {serve[f'binary@{top}']['requests_per_s']:.0f} req/s"
+        )
     finally:
         child.stop()
     res["serve"] = serve
@@ -358,7 +399,9 @@ def bench_model(name: str, args: argparse.Namespace, store: str) -> dict[str, An
         "naive@64 / limit": res["naive"]["requests_per_s"] / limit,
     }
     if "json@1" in serve:
-        res["ratios"]["lone p99 - batch-1 forward (ms)"] = serve["json@1"]["p99_ms"] - res["raw"]["batch1_ms"]
+        res["ratios"]["lone p99 - batch-1 forward (ms)"] = (
+            serve["json@1"]["p99_ms"] - res["raw"]["batch1_ms"]
+        )
     return res
 
 
@@ -370,14 +413,20 @@ def render(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
     """Print a table per model."""
     for res in results:
         raw = res["raw"]
-        print(f"\n== {res['model']} {MODELS[res['model']]} ({args.client} client, {args.duration:g} s per point)")
+        print(
+            f"\n== {res['model']} {MODELS[res['model']]} ({args.client} client, {args.duration:g} s per point)"
+        )
         print(
             f"raw forward @ batch {MAX_BATCH}: {raw['rows_per_s']:,.0f} rows/s with {raw['threads']:.0f} torch "
             f"threads ({raw['rows_per_s_serve_threads']:,.0f} with serve's thread count); "
             f"batch-1 forward: {raw['batch1_ms']:.2f} ms"
         )
-        print(f"limit = 1/(1/echo + 1/raw) = {res['limit_req_per_s']:,.0f} req/s (raw: the better of the two)")
-        print(f"{'server':<22}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'/limit':>9}{'cpu ms/req':>12}{'batch':>7}  errors")
+        print(
+            f"limit = 1/(1/echo + 1/raw) = {res['limit_req_per_s']:,.0f} req/s (raw: the better of the two)"
+        )
+        print(
+            f"{'server':<22}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'/limit':>9}{'cpu ms/req':>12}{'batch':>7}  errors"
+        )
         rows = [("echo (no model) @64", res["echo"]), ("naive unbatched @64", res["naive"])]
         rows += [(f"shelf serve {k}", v) for k, v in res["serve"].items()]
         for label, r in rows:
@@ -392,7 +441,9 @@ def render(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--models", default="small,big")
     parser.add_argument("--duration", type=float, default=5.0)
     parser.add_argument("--clients", default="1,8,64")
@@ -413,7 +464,11 @@ def main() -> None:
     finally:
         shutil.rmtree(store, ignore_errors=True)
     if args.output == "json":
-        print(json.dumps({"client": args.client, "duration_s": args.duration, "results": results}, indent=2))
+        print(
+            json.dumps(
+                {"client": args.client, "duration_s": args.duration, "results": results}, indent=2
+            )
+        )
     else:
         render(results, args)
 

@@ -31,7 +31,11 @@ def build_model(size_mib: int) -> torch.nn.Module:
 
 def read_all(module_or_tensors: Any) -> float:
     """One read of every weight: a reduction over each tensor touches every page."""
-    tensors = module_or_tensors.values() if isinstance(module_or_tensors, dict) else module_or_tensors.state_dict().values()
+    tensors = (
+        module_or_tensors.values()
+        if isinstance(module_or_tensors, dict)
+        else module_or_tensors.state_dict().values()
+    )
     return sum(float(t.sum()) for t in tensors)
 
 
@@ -121,7 +125,12 @@ class BentoML(Method):
         return self.bentoml.pytorch.load_model("mlp:latest", weights_only=False)
 
 
-METHODS = {"torchshelf": TorchShelf, "safetensors": Safetensors, "torch": TorchSave, "bentoml": BentoML}
+METHODS = {
+    "torchshelf": TorchShelf,
+    "safetensors": Safetensors,
+    "torch": TorchSave,
+    "bentoml": BentoML,
+}
 
 
 def main() -> None:
@@ -155,8 +164,16 @@ def main() -> None:
             read_all(loaded)
             times.append(time.perf_counter() - t0)
             del loaded
-    print(json.dumps({"method": args.method, "action": args.action, "times": times,
-                      "median": statistics.median(times)}))
+    print(
+        json.dumps(
+            {
+                "method": args.method,
+                "action": args.action,
+                "times": times,
+                "median": statistics.median(times),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

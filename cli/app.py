@@ -38,11 +38,18 @@ def _print_version(value: bool) -> None:
 @app.callback()
 def _options(
     store: str = typer.Option(
-        None, "--store", envvar=None, help="Store root (default: $TORCHSHELF_HOME, shelf.toml, ~/.torchshelf).",
+        None,
+        "--store",
+        envvar=None,
+        help="Store root (default: $TORCHSHELF_HOME, shelf.toml, ~/.torchshelf).",
         show_default=False,
     ),
     version: bool = typer.Option(
-        False, "--version", help="Print the version and exit.", is_eager=True, callback=_print_version
+        False,
+        "--version",
+        help="Print the version and exit.",
+        is_eager=True,
+        callback=_print_version,
     ),
 ) -> None:
     """torchshelf: a versioned PyTorch model store, a batching inference server and a benchmark."""

@@ -74,7 +74,9 @@ def _render_table(doc: dict[str, Any]) -> None:
 
     server = doc["mode"] == "server"
     variants = {r.get("variant") for r in doc["results"]}
-    title = f"{doc['target']} · {doc['device']}" + (f" · torch {doc['torch']}" if doc["torch"] else "")
+    title = f"{doc['target']} · {doc['device']}" + (
+        f" · torch {doc['torch']}" if doc["torch"] else ""
+    )
     title += " · latency in ms"
     table = Table(title=title, title_justify="left", box=None, pad_edge=False)
     if server:
@@ -137,31 +139,184 @@ def register(app: typer.Typer) -> None:
     @app.command(rich_help_panel="Benchmark")
     def bench(
         ctx: typer.Context,
-        target: Annotated[str | None, typer.Argument(help="Model tag (name[:version]) or path/to/file.py:attr; omit with --url.", show_default=False)] = None,
-        url: Annotated[str | None, typer.Option("--url", help="Benchmark a running server instead, e.g. http://127.0.0.1:3000/predict.", show_default=False)] = None,
-        device: Annotated[str | None, typer.Option("--device", help="Model mode: cpu, cuda, cuda:N or mps (default: cpu).", show_default=False)] = None,
-        batch_sizes: Annotated[str | None, typer.Option("--batch-sizes", help="Model mode: comma-separated batch sizes (default: 1,8,32).", show_default=False)] = None,
-        input_shape: Annotated[str | None, typer.Option("--input-shape", help="One item's shape without the batch dim, e.g. 3,224,224 (default: the signature's input spec).", show_default=False)] = None,
-        dtype: Annotated[str | None, typer.Option("--dtype", help="Input dtype with --input-shape (default: float32).", show_default=False)] = None,
-        warmup: Annotated[int | None, typer.Option("--warmup", help="Model mode: untimed iterations before measuring (default: 10).", show_default=False)] = None,
-        duration: Annotated[float | None, typer.Option("--duration", help="Seconds per measurement window (default: 1 s for a model, 2 s with --url).", show_default=False)] = None,
-        iterations: Annotated[int | None, typer.Option("--iterations", help="Model mode: iterations per window instead of --duration.", show_default=False)] = None,
-        compile_: Annotated[bool, typer.Option("--compile", help="Model mode: also measure a torch.compile'd variant.")] = False,
-        channels_last: Annotated[bool, typer.Option("--channels-last", help="Model mode: also measure a channels_last variant (4-D inputs).")] = False,
-        threads: Annotated[int | None, typer.Option("--threads", help="Model mode: torch intra-op threads (default: torch's own choice).", show_default=False)] = None,
-        stability: Annotated[str, typer.Option("--stability", help="Windows repeat until the last 3 agree within this.")] = "10%",
-        max_windows: Annotated[int, typer.Option("--max-windows", help="Give up on stability after this many windows.")] = 10,
-        concurrency: Annotated[str | None, typer.Option("--concurrency", help="--url: comma-separated closed-loop client counts (default: 1,8,64).", show_default=False)] = None,
-        procs: Annotated[int | None, typer.Option("--procs", help="--url: load-generator worker processes (default: 1).", show_default=False)] = None,
-        warmup_duration: Annotated[float | None, typer.Option("--warmup-duration", help="--url: seconds of load before measuring each level (default: 1).", show_default=False)] = None,
-        body: Annotated[Path | None, typer.Option("--body", help="--url: send this file as the request body (JSON, or .safetensors).", show_default=False)] = None,
-        timeout: Annotated[float | None, typer.Option("--timeout", help="--url: seconds before an unanswered request counts as a timeout error (default: 30).", show_default=False)] = None,
-        header: Annotated[list[str] | None, typer.Option("--header", "-H", help="--url: extra request header 'Name: value'; repeatable.", show_default=False)] = None,
-        output: Annotated[BenchOutput, typer.Option("--output", "-o", help="table or json.")] = BenchOutput.table,
-        plot: Annotated[Path | None, typer.Option("--plot", help="Also draw latency and throughput curves to this PNG (needs the 'plot' extra).", show_default=False)] = None,
-        csv_path: Annotated[Path | None, typer.Option("--csv", help="Also write perf_analyzer-like CSV here.", show_default=False)] = None,
-        baseline: Annotated[Path | None, typer.Option("--baseline", help="Compare with an earlier --output json; exit 1 past --max-regression.", show_default=False)] = None,
-        max_regression: Annotated[str, typer.Option("--max-regression", help="Allowed throughput drop / p50 latency rise against --baseline.")] = "10%",
+        target: Annotated[
+            str | None,
+            typer.Argument(
+                help="Model tag (name[:version]) or path/to/file.py:attr; omit with --url.",
+                show_default=False,
+            ),
+        ] = None,
+        url: Annotated[
+            str | None,
+            typer.Option(
+                "--url",
+                help="Benchmark a running server instead, e.g. http://127.0.0.1:3000/predict.",
+                show_default=False,
+            ),
+        ] = None,
+        device: Annotated[
+            str | None,
+            typer.Option(
+                "--device",
+                help="Model mode: cpu, cuda, cuda:N or mps (default: cpu).",
+                show_default=False,
+            ),
+        ] = None,
+        batch_sizes: Annotated[
+            str | None,
+            typer.Option(
+                "--batch-sizes",
+                help="Model mode: comma-separated batch sizes (default: 1,8,32).",
+                show_default=False,
+            ),
+        ] = None,
+        input_shape: Annotated[
+            str | None,
+            typer.Option(
+                "--input-shape",
+                help="One item's shape without the batch dim, e.g. 3,224,224 (default: the signature's input spec).",
+                show_default=False,
+            ),
+        ] = None,
+        dtype: Annotated[
+            str | None,
+            typer.Option(
+                "--dtype",
+                help="Input dtype with --input-shape (default: float32).",
+                show_default=False,
+            ),
+        ] = None,
+        warmup: Annotated[
+            int | None,
+            typer.Option(
+                "--warmup",
+                help="Model mode: untimed iterations before measuring (default: 10).",
+                show_default=False,
+            ),
+        ] = None,
+        duration: Annotated[
+            float | None,
+            typer.Option(
+                "--duration",
+                help="Seconds per measurement window (default: 1 s for a model, 2 s with --url).",
+                show_default=False,
+            ),
+        ] = None,
+        iterations: Annotated[
+            int | None,
+            typer.Option(
+                "--iterations",
+                help="Model mode: iterations per window instead of --duration.",
+                show_default=False,
+            ),
+        ] = None,
+        compile_: Annotated[
+            bool,
+            typer.Option("--compile", help="Model mode: also measure a torch.compile'd variant."),
+        ] = False,
+        channels_last: Annotated[
+            bool,
+            typer.Option(
+                "--channels-last",
+                help="Model mode: also measure a channels_last variant (4-D inputs).",
+            ),
+        ] = False,
+        threads: Annotated[
+            int | None,
+            typer.Option(
+                "--threads",
+                help="Model mode: torch intra-op threads (default: torch's own choice).",
+                show_default=False,
+            ),
+        ] = None,
+        stability: Annotated[
+            str,
+            typer.Option("--stability", help="Windows repeat until the last 3 agree within this."),
+        ] = "10%",
+        max_windows: Annotated[
+            int, typer.Option("--max-windows", help="Give up on stability after this many windows.")
+        ] = 10,
+        concurrency: Annotated[
+            str | None,
+            typer.Option(
+                "--concurrency",
+                help="--url: comma-separated closed-loop client counts (default: 1,8,64).",
+                show_default=False,
+            ),
+        ] = None,
+        procs: Annotated[
+            int | None,
+            typer.Option(
+                "--procs",
+                help="--url: load-generator worker processes (default: 1).",
+                show_default=False,
+            ),
+        ] = None,
+        warmup_duration: Annotated[
+            float | None,
+            typer.Option(
+                "--warmup-duration",
+                help="--url: seconds of load before measuring each level (default: 1).",
+                show_default=False,
+            ),
+        ] = None,
+        body: Annotated[
+            Path | None,
+            typer.Option(
+                "--body",
+                help="--url: send this file as the request body (JSON, or .safetensors).",
+                show_default=False,
+            ),
+        ] = None,
+        timeout: Annotated[
+            float | None,
+            typer.Option(
+                "--timeout",
+                help="--url: seconds before an unanswered request counts as a timeout error (default: 30).",
+                show_default=False,
+            ),
+        ] = None,
+        header: Annotated[
+            list[str] | None,
+            typer.Option(
+                "--header",
+                "-H",
+                help="--url: extra request header 'Name: value'; repeatable.",
+                show_default=False,
+            ),
+        ] = None,
+        output: Annotated[
+            BenchOutput, typer.Option("--output", "-o", help="table or json.")
+        ] = BenchOutput.table,
+        plot: Annotated[
+            Path | None,
+            typer.Option(
+                "--plot",
+                help="Also draw latency and throughput curves to this PNG (needs the 'plot' extra).",
+                show_default=False,
+            ),
+        ] = None,
+        csv_path: Annotated[
+            Path | None,
+            typer.Option(
+                "--csv", help="Also write perf_analyzer-like CSV here.", show_default=False
+            ),
+        ] = None,
+        baseline: Annotated[
+            Path | None,
+            typer.Option(
+                "--baseline",
+                help="Compare with an earlier --output json; exit 1 past --max-regression.",
+                show_default=False,
+            ),
+        ] = None,
+        max_regression: Annotated[
+            str,
+            typer.Option(
+                "--max-regression",
+                help="Allowed throughput drop / p50 latency rise against --baseline.",
+            ),
+        ] = "10%",
     ) -> None:
         """Measure latency percentiles and throughput of a model (TARGET) or a server (--url).
 
@@ -181,7 +336,9 @@ def register(app: typer.Typer) -> None:
         given = {p.opts[0] for p in ctx.command.params
                  if getattr(p, "opts", None) and ctx.get_parameter_source(p.name).name != "DEFAULT"}  # fmt: skip
         if target is None and url is None:
-            raise UsageError("pass a model TAG to benchmark, or --url http://HOST:PORT/API for a server")
+            raise UsageError(
+                "pass a model TAG to benchmark, or --url http://HOST:PORT/API for a server"
+            )
         if target is not None and url is not None:
             raise UsageError("pass either a model TAG or --url, not both")
         wrong = [f for f in (_MODEL_ONLY if url else _SERVER_ONLY) if f in given]

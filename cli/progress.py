@@ -19,7 +19,9 @@ from .render import stderr
 
 
 @contextlib.contextmanager
-def byte_progress(description: str, total: int | None = None) -> Iterator[Callable[[int], None] | None]:
+def byte_progress(
+    description: str, total: int | None = None
+) -> Iterator[Callable[[int], None] | None]:
     """Yield a callback advancing a bar by n bytes, or None when stderr is not a terminal."""
     if not sys.stderr.isatty():
         yield None

@@ -78,8 +78,13 @@ def register(app: typer.Typer) -> None:
 
     @app.command(rich_help_panel="Remote", cls=RemoteFlagCommand)
     def push(
-        tags: Annotated[list[str], typer.Argument(help="name, name:latest or name:version; repeatable.")],
-        remote: Annotated[str | None, typer.Option("--remote", metavar="[URL]", help=REMOTE_HELP, show_default=False)] = None,
+        tags: Annotated[
+            list[str], typer.Argument(help="name, name:latest or name:version; repeatable.")
+        ],
+        remote: Annotated[
+            str | None,
+            typer.Option("--remote", metavar="[URL]", help=REMOTE_HELP, show_default=False),
+        ] = None,
     ) -> None:
         """Upload versions to the remote store (files first, manifest last); prints each tag."""
         import torchshelf
@@ -96,8 +101,13 @@ def register(app: typer.Typer) -> None:
 
     @app.command(rich_help_panel="Remote", cls=RemoteFlagCommand)
     def pull(
-        tags: Annotated[list[str], typer.Argument(help="name, name:latest or name:version; repeatable.")],
-        remote: Annotated[str | None, typer.Option("--remote", metavar="[URL]", help=REMOTE_HELP, show_default=False)] = None,
+        tags: Annotated[
+            list[str], typer.Argument(help="name, name:latest or name:version; repeatable.")
+        ],
+        remote: Annotated[
+            str | None,
+            typer.Option("--remote", metavar="[URL]", help=REMOTE_HELP, show_default=False),
+        ] = None,
     ) -> None:
         """Download versions from the remote store, verifying every sha256; prints each tag."""
         from torchshelf.lifecycle import default_store
@@ -118,7 +128,9 @@ def _report(done: Any, direction: str, url: str) -> None:
         what = "already on" if direction == "to" else "already in the local store; same files as"
         stderr.print(f"{done.tag}: {what} {url}, nothing to do", highlight=False)
     else:
-        stderr.print(f"{done.status} {done.tag} {direction} {url} ({_human_rate(done)})", highlight=False)
+        stderr.print(
+            f"{done.status} {done.tag} {direction} {url} ({_human_rate(done)})", highlight=False
+        )
 
 
 __all__ = ["register", "RemoteFlagCommand", "optional_remote_value", "open_remote"]

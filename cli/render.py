@@ -41,7 +41,9 @@ def print_columns(headers: list[str], rows: list[list[str]]) -> None:
     last = len(headers) - 1
 
     def line(cells: list[str]) -> str:
-        return "  ".join(c if i == last else c.ljust(widths[i]) for i, c in enumerate(cells)).rstrip()
+        return "  ".join(
+            c if i == last else c.ljust(widths[i]) for i, c in enumerate(cells)
+        ).rstrip()
 
     head = line(headers)
     if sys.stdout.isatty():

@@ -74,27 +74,34 @@ def register(app: typer.Typer) -> None:
         max_batch_size: Annotated[
             int | None,
             typer.Option(
-                "--max-batch-size", min=1, help="Items per model call for batch apis (default: each api's own, 32).",
+                "--max-batch-size",
+                min=1,
+                help="Items per model call for batch apis (default: each api's own, 32).",
                 show_default=False,
             ),
         ] = None,
         max_latency_ms: Annotated[
             float | None,
             typer.Option(
-                "--max-latency-ms", min=0,
+                "--max-latency-ms",
+                min=0,
                 help="Longest a batch may wait to fill under load (a lone request never waits).",
                 show_default=False,
             ),
         ] = None,
         max_queue: Annotated[
-            int, typer.Option("--max-queue", min=1, help="Items queued per api before answering 503.")
+            int,
+            typer.Option("--max-queue", min=1, help="Items queued per api before answering 503."),
         ] = 1024,
         timeout: Annotated[
             float,
-            typer.Option("--timeout", min=0.001, help="Seconds a request may take before it is answered 503."),
+            typer.Option(
+                "--timeout", min=0.001, help="Seconds a request may take before it is answered 503."
+            ),
         ] = 30.0,
         max_body_mb: Annotated[
-            float, typer.Option("--max-body-mb", min=0.001, help="Largest request body (413 past it).")
+            float,
+            typer.Option("--max-body-mb", min=0.001, help="Largest request body (413 past it)."),
         ] = 64.0,
         api_token: Annotated[
             str | None,
@@ -110,7 +117,8 @@ def register(app: typer.Typer) -> None:
         threads: Annotated[
             int | None,
             typer.Option(
-                "--threads", min=1,
+                "--threads",
+                min=1,
                 help="Torch CPU threads (default: all cores but one, left for HTTP).",
                 show_default=False,
             ),
@@ -129,7 +137,9 @@ def register(app: typer.Typer) -> None:
             if not api_token and os.environ.get(ENV_API_TOKEN):
                 api_token, token_source = os.environ[ENV_API_TOKEN], ENV_API_TOKEN
             if metrics_auth and not api_token:
-                raise UsageError("--metrics-auth needs a token: pass --api-token or set " + ENV_API_TOKEN)
+                raise UsageError(
+                    "--metrics-auth needs a token: pass --api-token or set " + ENV_API_TOKEN
+                )
             if device is not None:
                 parse_device(device)  # a malformed string fails before torch is imported
             started = time.perf_counter()

@@ -104,7 +104,9 @@ def _custom_objects(items: list[str]) -> dict[str, Any]:
             try:
                 out[key] = json.loads(path.read_text())
             except ValueError as exc:
-                raise UsageError(f"--custom-object {key}: {path} is not valid JSON: {exc}") from None
+                raise UsageError(
+                    f"--custom-object {key}: {path} is not valid JSON: {exc}"
+                ) from None
         elif path.suffix == ".safetensors":
             from torchshelf.weights import read_safetensors
 
@@ -122,15 +124,54 @@ def register(app: typer.Typer) -> None:
     @app.command(rich_help_panel="Store")
     def save(
         name: Annotated[str, typer.Argument(help="Model name, e.g. classifier.")],
-        source: Annotated[str, typer.Argument(help="TorchScript file, .safetensors (with --class), or file.py:attr / module:attr.")],
-        version: Annotated[str | None, typer.Option("--version", help="Explicit version (default: time-ordered auto version).")] = None,
-        label: Annotated[list[str], typer.Option("--label", "-l", help="K=V label; repeatable.")] = [],  # noqa: B006
-        metadata: Annotated[list[str], typer.Option("--metadata", "-m", help="K=V metadata (V parsed as JSON when it can be); repeatable.")] = [],  # noqa: B006
-        metadata_file: Annotated[Path | None, typer.Option("--metadata-file", help="JSON object of metadata.")] = None,
-        custom_object: Annotated[list[str], typer.Option("--custom-object", help="K=FILE (.json, .safetensors, .txt or raw bytes); repeatable.")] = [],  # noqa: B006
-        signature: Annotated[list[str], typer.Option("--signature", help="METHOD[:batchable[,batch_dim=N][,shape=-1x64][,dtype=float32]]; repeatable.")] = [],  # noqa: B006
-        class_path: Annotated[str | None, typer.Option("--class", help="package.module:Class for a .safetensors source.")] = None,
-        init_json: Annotated[str | None, typer.Option("--init-json", help="Constructor kwargs for --class, as a JSON object.")] = None,
+        source: Annotated[
+            str,
+            typer.Argument(
+                help="TorchScript file, .safetensors (with --class), or file.py:attr / module:attr."
+            ),
+        ],
+        version: Annotated[
+            str | None,
+            typer.Option(
+                "--version", help="Explicit version (default: time-ordered auto version)."
+            ),
+        ] = None,
+        label: Annotated[
+            list[str], typer.Option("--label", "-l", help="K=V label; repeatable.")
+        ] = [],  # noqa: B006
+        metadata: Annotated[
+            list[str],
+            typer.Option(
+                "--metadata",
+                "-m",
+                help="K=V metadata (V parsed as JSON when it can be); repeatable.",
+            ),
+        ] = [],  # noqa: B006
+        metadata_file: Annotated[
+            Path | None, typer.Option("--metadata-file", help="JSON object of metadata.")
+        ] = None,
+        custom_object: Annotated[
+            list[str],
+            typer.Option(
+                "--custom-object",
+                help="K=FILE (.json, .safetensors, .txt or raw bytes); repeatable.",
+            ),
+        ] = [],  # noqa: B006
+        signature: Annotated[
+            list[str],
+            typer.Option(
+                "--signature",
+                help="METHOD[:batchable[,batch_dim=N][,shape=-1x64][,dtype=float32]]; repeatable.",
+            ),
+        ] = [],  # noqa: B006
+        class_path: Annotated[
+            str | None,
+            typer.Option("--class", help="package.module:Class for a .safetensors source."),
+        ] = None,
+        init_json: Annotated[
+            str | None,
+            typer.Option("--init-json", help="Constructor kwargs for --class, as a JSON object."),
+        ] = None,
     ) -> None:
         """Save a model into the store and print its tag (so TAG=$(shelf save ...) works)."""
         import torchshelf
@@ -152,18 +193,37 @@ def register(app: typer.Typer) -> None:
         total = sum(p.numel() * p.element_size() for p in model.state_dict().values())
         with byte_progress(f"saving {name}", total) as progress:
             tag = torchshelf.save_model(
-                name, model, signatures=sigs, labels=labels, metadata=meta,
-                custom_objects=objects, version=version, init_kwargs=init_kwargs, progress=progress,
+                name,
+                model,
+                signatures=sigs,
+                labels=labels,
+                metadata=meta,
+                custom_objects=objects,
+                version=version,
+                init_kwargs=init_kwargs,
+                progress=progress,
             )
         stdout.print(str(tag), highlight=False)
 
     @app.command("list", rich_help_panel="Store", cls=RemoteFlagCommand)
     def list_(
         name: Annotated[str | None, typer.Argument(help="Only this model name.")] = None,
-        label: Annotated[list[str], typer.Option("--label", "-l", help="Selector: K=V, K!=V, K, 'K in (a,b)'; repeatable, ANDed.")] = [],  # noqa: B006
-        latest: Annotated[bool, typer.Option("--latest", help="Only the newest version of each name.")] = False,
-        output: Annotated[Output, typer.Option("--output", "-o", help="table, json or tags.")] = Output.table,
-        remote: Annotated[str | None, typer.Option("--remote", metavar="[URL]", help=REMOTE_HELP, show_default=False)] = None,
+        label: Annotated[
+            list[str],
+            typer.Option(
+                "--label", "-l", help="Selector: K=V, K!=V, K, 'K in (a,b)'; repeatable, ANDed."
+            ),
+        ] = [],  # noqa: B006
+        latest: Annotated[
+            bool, typer.Option("--latest", help="Only the newest version of each name.")
+        ] = False,
+        output: Annotated[
+            Output, typer.Option("--output", "-o", help="table, json or tags.")
+        ] = Output.table,
+        remote: Annotated[
+            str | None,
+            typer.Option("--remote", metavar="[URL]", help=REMOTE_HELP, show_default=False),
+        ] = None,
     ) -> None:
         """List stored versions, newest first (with --remote: the versions on the remote)."""
         import torchshelf
@@ -192,8 +252,13 @@ def register(app: typer.Typer) -> None:
     @app.command(rich_help_panel="Store", cls=RemoteFlagCommand)
     def get(
         tag: Annotated[str, typer.Argument(help="name, name:latest or name:version.")],
-        output: Annotated[InfoOutput, typer.Option("--output", "-o", help="table or json.")] = InfoOutput.table,
-        remote: Annotated[str | None, typer.Option("--remote", metavar="[URL]", help=REMOTE_HELP, show_default=False)] = None,
+        output: Annotated[
+            InfoOutput, typer.Option("--output", "-o", help="table or json.")
+        ] = InfoOutput.table,
+        remote: Annotated[
+            str | None,
+            typer.Option("--remote", metavar="[URL]", help=REMOTE_HELP, show_default=False),
+        ] = None,
     ) -> None:
         """Show one version's manifest: labels, metadata, signatures, files."""
         import torchshelf
@@ -210,7 +275,15 @@ def register(app: typer.Typer) -> None:
         table = Table(show_header=False, box=None, pad_edge=False)
         table.add_column(style="bold")
         table.add_column()
-        for key in ("tag", "path", "creation_time", "format", "module_class", "torch_version", "trusted"):
+        for key in (
+            "tag",
+            "path",
+            "creation_time",
+            "format",
+            "module_class",
+            "torch_version",
+            "trusted",
+        ):
             table.add_row(key, str(info[key]))
         table.add_row("size", _human(info["size"]))
         for key in ("labels", "metadata", "signatures"):
@@ -223,9 +296,16 @@ def register(app: typer.Typer) -> None:
     @app.command(rich_help_panel="Store", cls=RemoteFlagCommand)
     def label(
         tag: Annotated[str, typer.Argument(help="name, name:latest or name:version.")],
-        labels: Annotated[list[str], typer.Argument(help="K=V labels to set.", show_default=False)] = [],  # noqa: B006
-        remove: Annotated[list[str], typer.Option("--remove", "-r", help="Label key to remove; repeatable.")] = [],  # noqa: B006
-        remote: Annotated[str | None, typer.Option("--remote", metavar="[URL]", help=REMOTE_HELP, show_default=False)] = None,
+        labels: Annotated[
+            list[str], typer.Argument(help="K=V labels to set.", show_default=False)
+        ] = [],  # noqa: B006
+        remove: Annotated[
+            list[str], typer.Option("--remove", "-r", help="Label key to remove; repeatable.")
+        ] = [],  # noqa: B006
+        remote: Annotated[
+            str | None,
+            typer.Option("--remote", metavar="[URL]", help=REMOTE_HELP, show_default=False),
+        ] = None,
     ) -> None:
         """Set or remove labels on one version (e.g. promote: stage=production)."""
         import torchshelf
@@ -238,12 +318,20 @@ def register(app: typer.Typer) -> None:
             model: Any = open_remote(remote).set_labels(tag, parse_assignments(labels), remove)
         else:
             model = torchshelf.models.set_labels(tag, parse_assignments(labels), remove)
-        stderr.print(f"{model.tag}: " + (",".join(f"{k}={v}" for k, v in sorted(model.labels.items())) or "(no labels)"), highlight=False)
+        stderr.print(
+            f"{model.tag}: "
+            + (",".join(f"{k}={v}" for k, v in sorted(model.labels.items())) or "(no labels)"),
+            highlight=False,
+        )
 
     @app.command(rich_help_panel="Store")
     def delete(
-        tags: Annotated[list[str], typer.Argument(help="name:version, or a bare name for all its versions.")],
-        yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+        tags: Annotated[
+            list[str], typer.Argument(help="name:version, or a bare name for all its versions.")
+        ],
+        yes: Annotated[
+            bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")
+        ] = False,
     ) -> None:
         """Delete versions (a bare name deletes every version of it)."""
         import torchshelf
@@ -276,7 +364,10 @@ def register(app: typer.Typer) -> None:
     @app.command("import", rich_help_panel="Store")
     def import_(
         file: Annotated[Path, typer.Argument(help="Archive made by `shelf export`.")],
-        trust: Annotated[bool, typer.Option("--trust", help="Trust its pickled parts (they run code when loaded).")] = False,
+        trust: Annotated[
+            bool,
+            typer.Option("--trust", help="Trust its pickled parts (they run code when loaded)."),
+        ] = False,
     ) -> None:
         """Import a version from an archive; prints its tag."""
         import torchshelf
@@ -287,11 +378,20 @@ def register(app: typer.Typer) -> None:
         with byte_progress(f"importing {file.name}", size) as progress:
             model = torchshelf.models.import_model(file, trust=trust, progress=progress)
         stdout.print(str(model.tag), highlight=False)
-        if not trust and model.manifest.structure.get("pickle") and not model.manifest.structure.get("class"):
-            stderr.print(f"note: {model.tag} is untrusted; its structure is a pickle, so loading it needs `shelf trust {model.tag}`", highlight=False)
+        if (
+            not trust
+            and model.manifest.structure.get("pickle")
+            and not model.manifest.structure.get("class")
+        ):
+            stderr.print(
+                f"note: {model.tag} is untrusted; its structure is a pickle, so loading it needs `shelf trust {model.tag}`",
+                highlight=False,
+            )
 
     @app.command(rich_help_panel="Store")
-    def trust(tag: Annotated[str, typer.Argument(help="name:version of an imported model.")]) -> None:
+    def trust(
+        tag: Annotated[str, typer.Argument(help="name:version of an imported model.")],
+    ) -> None:
         """Trust an imported version, allowing its pickled parts to be loaded."""
         import torchshelf
 
@@ -300,7 +400,9 @@ def register(app: typer.Typer) -> None:
 
     @app.command(rich_help_panel="Store")
     def verify(
-        tags: Annotated[list[str] | None, typer.Argument(help="Versions to check (default: all).")] = None,
+        tags: Annotated[
+            list[str] | None, typer.Argument(help="Versions to check (default: all).")
+        ] = None,
     ) -> None:
         """Re-hash every file against its manifest; exit 1 on any mismatch."""
         import torchshelf
@@ -320,8 +422,22 @@ def register(app: typer.Typer) -> None:
 
     @app.command(rich_help_panel="Store", cls=RemoteFlagCommand)
     def gc(
-        remote: Annotated[str | None, typer.Option("--remote", metavar="[URL]", help=REMOTE_HELP + " Removes leftovers of interrupted pushes there.", show_default=False)] = None,
-        older_than: Annotated[float, typer.Option("--older-than", help="With --remote: only leftovers idle this many hours (a push may still be running).")] = 24.0,
+        remote: Annotated[
+            str | None,
+            typer.Option(
+                "--remote",
+                metavar="[URL]",
+                help=REMOTE_HELP + " Removes leftovers of interrupted pushes there.",
+                show_default=False,
+            ),
+        ] = None,
+        older_than: Annotated[
+            float,
+            typer.Option(
+                "--older-than",
+                help="With --remote: only leftovers idle this many hours (a push may still be running).",
+            ),
+        ] = 24.0,
     ) -> None:
         """Remove leftovers of interrupted saves, imports and deletes; report what was freed."""
         import torchshelf
@@ -332,7 +448,10 @@ def register(app: typer.Typer) -> None:
             report = torchshelf.models.gc()
         for entry in report.removed:
             stdout.print(f"removed {entry}", highlight=False)
-        stdout.print(f"freed {_human(report.bytes_freed)} ({report.bytes_freed} bytes) in {len(report.removed)} entries", highlight=False)
+        stdout.print(
+            f"freed {_human(report.bytes_freed)} ({report.bytes_freed} bytes) in {len(report.removed)} entries",
+            highlight=False,
+        )
 
 
 __all__ = ["register", "fail"]

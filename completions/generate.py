@@ -21,7 +21,10 @@ def scripts() -> dict[str, str]:
 
     var = f"_{PROG.replace('-', '_').upper()}_COMPLETE"
     return {
-        f"{PROG}.{shell}": get_completion_script(prog_name=PROG, complete_var=var, shell=shell).rstrip("\n") + "\n"
+        f"{PROG}.{shell}": get_completion_script(
+            prog_name=PROG, complete_var=var, shell=shell
+        ).rstrip("\n")
+        + "\n"
         for shell in SHELLS
     }
 

@@ -44,7 +44,9 @@ class _Bounded:
     hand out more than `max_read` bytes at once. tarfile reads a pax or GNU long-name header in
     one call, sized by the archive itself; this is what keeps such a header from filling memory."""
 
-    def __init__(self, fh: IO[bytes], raw: IO[bytes], limit: int, max_read: int, path: Path) -> None:
+    def __init__(
+        self, fh: IO[bytes], raw: IO[bytes], limit: int, max_read: int, path: Path
+    ) -> None:
         self._fh = fh
         self._raw = raw
         self._limit = limit
@@ -52,7 +54,9 @@ class _Bounded:
         self._path = path
 
     def _refuse(self, what: str) -> ArchiveError:
-        return ArchiveError(f"{self._path}: refused: {what} (a decompression bomb, or raise {ENV_MAX_IMPORT})")
+        return ArchiveError(
+            f"{self._path}: refused: {what} (a decompression bomb, or raise {ENV_MAX_IMPORT})"
+        )
 
     def read(self, n: int = -1) -> bytes:
         if n is None or n < 0 or n > self._max_read:
@@ -130,7 +134,10 @@ def export_model(store: Store, tag: object, path: Path, progress: Progress | Non
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     prefix = f"{manifest.name}/{manifest.version}"
     try:
-        with open(tmp, "wb") as raw, tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        with (
+            open(tmp, "wb") as raw,
+            tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar,
+        ):
             tar.copybufsize = _COPY
             data = manifest.to_json()
             info = _member(f"{prefix}/{MANIFEST}", len(data))
@@ -142,7 +149,10 @@ def export_model(store: Store, tag: object, path: Path, progress: Progress | Non
                     reader = _HashingReader(fh, progress)
                     tar.addfile(_member(f"{prefix}/{rel}", rec["size"]), reader)  # type: ignore[arg-type]
                 if reader.sha.hexdigest() != rec["sha256"]:
-                    raise IntegrityError(f"{manifest.name}:{manifest.version}: file {rel} changed while exporting", rel)
+                    raise IntegrityError(
+                        f"{manifest.name}:{manifest.version}: file {rel} changed while exporting",
+                        rel,
+                    )
             raw.flush()
             os.fsync(raw.fileno())
         os.replace(tmp, path)
@@ -168,7 +178,9 @@ def _max_import_bytes() -> int:
         return DEFAULT_MAX_IMPORT
 
 
-def import_model(store: Store, path: Path, *, trust: bool = False, progress: Progress | None = None) -> Manifest:
+def import_model(
+    store: Store, path: Path, *, trust: bool = False, progress: Progress | None = None
+) -> Manifest:
     """Import a version exported by `export_model`; refuse anything unsafe. Returns its manifest."""
     path = Path(path)
     try:
@@ -192,7 +204,9 @@ def import_model(store: Store, path: Path, *, trust: bool = False, progress: Pro
             except ManifestError as exc:
                 raise ArchiveError(f"{path}: {exc}") from None
             if (manifest.name, manifest.version) != (name, version):
-                raise ArchiveError(f"{path}: member path {name}/{version} does not match its manifest")
+                raise ArchiveError(
+                    f"{path}: member path {name}/{version} does not match its manifest"
+                )
             total = manifest.size
             if total > _max_import_bytes():
                 raise ArchiveError(
@@ -210,16 +224,24 @@ def import_model(store: Store, path: Path, *, trust: bool = False, progress: Pro
             for member in members:
                 mname, mversion, mrel = _split_member(member)
                 if (mname, mversion) != (name, version):
-                    raise ArchiveError(f"{path}: member {member.name!r} is outside {name}/{version}")
+                    raise ArchiveError(
+                        f"{path}: member {member.name!r} is outside {name}/{version}"
+                    )
                 if not member.isreg():
-                    raise ArchiveError(f"{path}: member {member.name!r} is not a regular file (links and devices are refused)")
+                    raise ArchiveError(
+                        f"{path}: member {member.name!r} is not a regular file (links and devices are refused)"
+                    )
                 if mrel in seen or mrel == MANIFEST:
                     raise ArchiveError(f"{path}: duplicate member {member.name!r}")
                 rec = manifest.files.get(mrel)
                 if rec is None:
-                    raise ArchiveError(f"{path}: member {member.name!r} is not listed in the manifest")
+                    raise ArchiveError(
+                        f"{path}: member {member.name!r} is not listed in the manifest"
+                    )
                 if member.size != rec["size"]:
-                    raise ArchiveError(f"{path}: member {member.name!r} has {member.size} bytes, manifest says {rec['size']}")
+                    raise ArchiveError(
+                        f"{path}: member {member.name!r} has {member.size} bytes, manifest says {rec['size']}"
+                    )
                 seen.add(mrel)
                 target = staging / check_relpath(mrel)
                 target.parent.mkdir(parents=True, exist_ok=True)

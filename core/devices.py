@@ -68,7 +68,5 @@ def resolve_device(spec: str | torch.device | None) -> torch.device:
         return torch.device("cuda", torch.cuda.current_device())
     index = int(text.split(":")[1])
     if index >= torch.cuda.device_count():
-        raise DeviceError(
-            f"device {text!r} does not exist; available: {', '.join(have)}"
-        )
+        raise DeviceError(f"device {text!r} does not exist; available: {', '.join(have)}")
     return torch.device("cuda", index)

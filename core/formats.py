@@ -78,11 +78,19 @@ def _identity(t: torch.Tensor) -> tuple[Any, ...]:
     """Same memory, same view: two names with this key are one tensor (a tie)."""
     if t.device.type == "meta":
         return (id(t),)
-    return (t.device.type, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape),
-            tuple(t.stride()), t.dtype)
+    return (
+        t.device.type,
+        t.untyped_storage().data_ptr(),
+        t.storage_offset(),
+        tuple(t.shape),
+        tuple(t.stride()),
+        t.dtype,
+    )
 
 
-def split_ties(module: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str], dict[str, bool]]:
+def split_ties(
+    module: nn.Module,
+) -> tuple[dict[str, torch.Tensor], dict[str, str], dict[str, bool]]:
     """Canonical tensors by name, alias -> canonical name, and which names are parameters."""
     canonical: dict[tuple[Any, ...], str] = {}
     tensors: dict[str, torch.Tensor] = {}
@@ -134,7 +142,9 @@ def class_structure(model: nn.Module, init_kwargs: dict[str, Any] | None) -> dic
         raise FormatError("init_kwargs must be JSON-serialisable") from None
     if not _importable(cls):
         if explicit:
-            raise FormatError(f"{class_path(cls)} is not importable, so init_kwargs cannot rebuild it")
+            raise FormatError(
+                f"{class_path(cls)} is not importable, so init_kwargs cannot rebuild it"
+            )
         return None
     try:
         with torch.device("meta"):
@@ -161,7 +171,9 @@ def _cloudpickle() -> Any:
     return cloudpickle
 
 
-def dump_without_tensors(obj: Any, names: dict[int, str], extra_prefix: str) -> tuple[bytes, dict[str, torch.Tensor]]:
+def dump_without_tensors(
+    obj: Any, names: dict[int, str], extra_prefix: str
+) -> tuple[bytes, dict[str, torch.Tensor]]:
     """Pickle `obj` with every tensor replaced by a reference; return the bytes and new tensors.
 
     `names` maps id(tensor) -> its name in the weights file; tensors not in it are added under
@@ -237,7 +249,9 @@ def _set_tensor(root: nn.Module, name: str, value: torch.Tensor, is_param: bool)
         owner = getattr(owner, part)
     if is_param:
         owner._parameters[leaf] = (
-            value if isinstance(value, torch.nn.Parameter) else torch.nn.Parameter(value, requires_grad=value.is_floating_point())
+            value
+            if isinstance(value, torch.nn.Parameter)
+            else torch.nn.Parameter(value, requires_grad=value.is_floating_point())
         )
     else:
         owner._buffers[leaf] = value
@@ -255,7 +269,9 @@ def build_from_class(
     if not issubclass(cls, torch.nn.Module):
         # The manifest of an imported archive is untrusted: naming e.g. subprocess.Popen with
         # JSON kwargs must not run anything. Only an nn.Module's own __init__ may run.
-        raise FormatError(f"{structure['class']} is not a torch.nn.Module subclass; refusing to build it")
+        raise FormatError(
+            f"{structure['class']} is not a torch.nn.Module subclass; refusing to build it"
+        )
     with torch.device("meta"):
         model = cls(**structure.get("init_kwargs", {}))
     params = {n: p for n, _, p in _named_tensors(model)}
@@ -266,7 +282,9 @@ def build_from_class(
             value = placed[source]
         else:
             if source not in weights:
-                raise FormatError(f"stored weights have no tensor {source!r} for {structure['class']}")
+                raise FormatError(
+                    f"stored weights have no tensor {source!r} for {structure['class']}"
+                )
             value = weights[source]
             if is_param:
                 value = torch.nn.Parameter(value, requires_grad=value.is_floating_point())
@@ -292,7 +310,9 @@ def _jsonable(value: Any, depth: int = 0) -> bool:
     if isinstance(value, (list, tuple)):
         return all(_jsonable(v, depth + 1) for v in value)
     if isinstance(value, dict):
-        return all(isinstance(k, str) for k in value) and all(_jsonable(v, depth + 1) for v in value.values())
+        return all(isinstance(k, str) for k in value) and all(
+            _jsonable(v, depth + 1) for v in value.values()
+        )
     return False
 
 

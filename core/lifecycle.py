@@ -18,8 +18,23 @@ if TYPE_CHECKING:
     import torch
 
 _DTYPE_NAMES = {
-    "float32", "float", "float64", "double", "float16", "half", "bfloat16", "int64", "long",
-    "int32", "int", "int16", "short", "int8", "uint8", "bool", "complex64",
+    "float32",
+    "float",
+    "float64",
+    "double",
+    "float16",
+    "half",
+    "bfloat16",
+    "int64",
+    "long",
+    "int32",
+    "int",
+    "int16",
+    "short",
+    "int8",
+    "uint8",
+    "bool",
+    "complex64",
 }
 
 
@@ -32,7 +47,9 @@ def default_store(store: Store | str | os.PathLike[str] | None = None) -> Store:
 
 def _check_input_spec(method: str, spec: Any) -> dict[str, Any]:
     if not isinstance(spec, dict) or not isinstance(spec.get("shape"), (list, tuple)):
-        raise UsageError(f"signature {method!r}: input_spec must be {{'shape': [...], 'dtype': ...}}")
+        raise UsageError(
+            f"signature {method!r}: input_spec must be {{'shape': [...], 'dtype': ...}}"
+        )
     shape = list(spec["shape"])
     if not all(isinstance(d, int) and not isinstance(d, bool) and d >= -1 for d in shape):
         raise UsageError(f"signature {method!r}: input_spec shape must be ints >= -1 (-1 = free)")
@@ -171,7 +188,9 @@ def save_model(
     return Tag(manifest.name, manifest.version)
 
 
-def _save_custom_objects(staging: Path, objects: dict[str, Any], files: dict[str, Any]) -> dict[str, Any]:
+def _save_custom_objects(
+    staging: Path, objects: dict[str, Any], files: dict[str, Any]
+) -> dict[str, Any]:
     from .weights import write_safetensors
 
     out: dict[str, Any] = {}
@@ -237,8 +256,10 @@ def _load_checked(store: Store, manifest: Manifest, vdir: Path, device: torch.de
         try:
             model = formats.load_with_tensors(data, weights.__getitem__)
         except (ImportError, AttributeError) as exc:
-            raise FormatError(f"cannot rebuild {tag}: {exc}; is the module that defines "
-                              f"{manifest.module_class} installed?") from None
+            raise FormatError(
+                f"cannot rebuild {tag}: {exc}; is the module that defines "
+                f"{manifest.module_class} installed?"
+            ) from None
     elif structure.get("class"):
         weights = read_safetensors(vdir / formats.WEIGHTS, _st_device(device))
         model = formats.build_from_class(structure["class"], weights, structure.get("aliases", {}))
@@ -255,8 +276,9 @@ def _st_device(device: torch.device) -> str:
     return "cpu" if device.type == "cpu" else str(device)
 
 
-def load_model(tag: Any, device_id: str | None = None, *, store: Store | str | None = None,
-               remote: Any = None) -> Any:
+def load_model(
+    tag: Any, device_id: str | None = None, *, store: Store | str | None = None, remote: Any = None
+) -> Any:
     """Load a stored model in eval mode, weights straight onto `device_id`.
 
     `tag` is `name`, `name:latest`, `name:version`, a `Tag` or a `Model`. Changed files are

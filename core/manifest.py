@@ -96,14 +96,17 @@ def parse_manifest(data: bytes, where: str = MANIFEST) -> Manifest:
     except (ValueError, UnicodeDecodeError) as exc:
         raise ManifestError(
             f"{where} is not valid JSON ({exc}); the version is damaged: delete it and re-save "
-            "or re-import it", MANIFEST
+            "or re-import it",
+            MANIFEST,
         ) from None
     if not isinstance(raw, dict):
         raise ManifestError(f"{where} must hold a JSON object", MANIFEST)
     known = set(_REQUIRED) | set(_OPTIONAL_NULLABLE)
     unknown = sorted(set(raw) - known)
     if unknown:
-        raise ManifestError(f"{where} has unknown fields {unknown}: written by a newer torchshelf?", MANIFEST)
+        raise ManifestError(
+            f"{where} has unknown fields {unknown}: written by a newer torchshelf?", MANIFEST
+        )
     missing = sorted(set(_REQUIRED) - set(raw))
     if missing:
         raise ManifestError(f"{where} is missing fields {missing}", MANIFEST)
@@ -113,7 +116,9 @@ def parse_manifest(data: bytes, where: str = MANIFEST) -> Manifest:
     if raw.get("module_class") is not None and not isinstance(raw["module_class"], str):
         raise ManifestError(f"{where}: field 'module_class' must be a string or null", MANIFEST)
     if raw["schema"] > SCHEMA:
-        raise ManifestError(f"{where} has schema {raw['schema']}; upgrade torchshelf to read it", MANIFEST)
+        raise ManifestError(
+            f"{where} has schema {raw['schema']}; upgrade torchshelf to read it", MANIFEST
+        )
     if raw["format"] not in FORMATS:
         raise ManifestError(f"{where}: unknown format {raw['format']!r}", MANIFEST)
     for rel, rec in raw["files"].items():
@@ -131,7 +136,9 @@ def parse_manifest(data: bytes, where: str = MANIFEST) -> Manifest:
     try:
         datetime.fromisoformat(raw["creation_time"])
     except ValueError:
-        raise ManifestError(f"{where}: creation_time {raw['creation_time']!r} is not ISO-8601", MANIFEST) from None
+        raise ManifestError(
+            f"{where}: creation_time {raw['creation_time']!r} is not ISO-8601", MANIFEST
+        ) from None
     if not all(isinstance(v, dict) for v in raw["signatures"].values()):
         raise ManifestError(f"{where}: every signature must be a JSON object", MANIFEST)
     _check_references(raw, where)
@@ -158,10 +165,13 @@ def _check_references(raw: dict[str, Any], where: str) -> None:
         listed(structure["pickle"], "structure")
     cls = structure.get("class")
     if cls is not None and not (
-        isinstance(cls, dict) and isinstance(cls.get("class"), str)
+        isinstance(cls, dict)
+        and isinstance(cls.get("class"), str)
         and isinstance(cls.get("init_kwargs", {}), dict)
     ):
-        raise ManifestError(f"{where}: structure.class must be {{'class': str, 'init_kwargs': {{}}}}", MANIFEST)
+        raise ManifestError(
+            f"{where}: structure.class must be {{'class': str, 'init_kwargs': {{}}}}", MANIFEST
+        )
     aliases = structure.get("aliases", {})
     if not isinstance(aliases, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in aliases.items()

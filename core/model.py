@@ -72,7 +72,9 @@ class CustomObjects(Mapping[str, Any]):
         try:
             data = (vdir / rel).read_bytes()
         except FileNotFoundError:
-            raise IntegrityError(f"{self._manifest.name}:{self._manifest.version}: file {rel} is missing", rel) from None
+            raise IntegrityError(
+                f"{self._manifest.name}:{self._manifest.version}: file {rel} is missing", rel
+            ) from None
         if hashlib.sha256(data).hexdigest() != self._manifest.files[rel]["sha256"]:
             raise IntegrityError(
                 f"{self._manifest.name}:{self._manifest.version}: file {rel} does not match its "
@@ -92,8 +94,12 @@ class CustomObjects(Mapping[str, Any]):
         if rec["kind"] == "pickle" and not self._trusted:
             decode_custom_object("pickle", b"", {}, trusted=False, key=key, tag=tag)  # raises
         data = self._read_checked(rec["file"])
-        tensors = read_safetensors_bytes(self._read_checked(rec["tensors"])) if rec.get("tensors") else {}
-        value = decode_custom_object(rec["kind"], data, tensors, trusted=self._trusted, key=key, tag=tag)
+        tensors = (
+            read_safetensors_bytes(self._read_checked(rec["tensors"])) if rec.get("tensors") else {}
+        )
+        value = decode_custom_object(
+            rec["kind"], data, tensors, trusted=self._trusted, key=key, tag=tag
+        )
         self._cache[key] = value
         return value
 

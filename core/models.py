@@ -16,8 +16,17 @@ from .store import GcReport, Store
 from .tag import Tag
 
 __all__ = [
-    "list", "get", "delete", "set_labels", "export_model", "import_model", "verify", "trust", "gc",
-    "push", "pull",
+    "list",
+    "get",
+    "delete",
+    "set_labels",
+    "export_model",
+    "import_model",
+    "verify",
+    "trust",
+    "gc",
+    "push",
+    "pull",
 ]
 
 if TYPE_CHECKING:
@@ -48,22 +57,34 @@ def delete(tag: Any, *, store: StoreLike = None) -> builtins.list[Tag]:
     return default_store(store).delete(tag)
 
 
-def set_labels(tag: Any, labels: dict[str, str], remove: Iterable[str] = (), *, store: StoreLike = None) -> Model:
+def set_labels(
+    tag: Any, labels: dict[str, str], remove: Iterable[str] = (), *, store: StoreLike = None
+) -> Model:
     """Set (and remove) labels on one version; other labels are kept."""
     st = default_store(store)
     return Model(st, st.set_labels(tag, {str(k): str(v) for k, v in labels.items()}, remove))
 
 
-def export_model(tag: Any, path: str | os.PathLike[str], *, store: StoreLike = None,
-                 progress: Progress | None = None) -> Path:
+def export_model(
+    tag: Any,
+    path: str | os.PathLike[str],
+    *,
+    store: StoreLike = None,
+    progress: Progress | None = None,
+) -> Path:
     """Write one version to a `.shelf` tar archive at `path`."""
     from . import archive
 
     return archive.export_model(default_store(store), tag, Path(path), progress)
 
 
-def import_model(path: str | os.PathLike[str], trust: bool = False, *, store: StoreLike = None,
-                 progress: Progress | None = None) -> Model:
+def import_model(
+    path: str | os.PathLike[str],
+    trust: bool = False,
+    *,
+    store: StoreLike = None,
+    progress: Progress | None = None,
+) -> Model:
     """Import an archive; pickled parts stay locked until `trust=True` or `trust(tag)`."""
     from . import archive
 
@@ -71,7 +92,9 @@ def import_model(path: str | os.PathLike[str], trust: bool = False, *, store: St
     return Model(st, archive.import_model(st, Path(path), trust=trust, progress=progress))
 
 
-def verify(tags: Iterable[Any] = (), *, store: StoreLike = None) -> builtins.list[tuple[Tag, Exception | None]]:
+def verify(
+    tags: Iterable[Any] = (), *, store: StoreLike = None
+) -> builtins.list[tuple[Tag, Exception | None]]:
     """Re-hash every file of the given versions (all when none): `[(tag, error or None)]`."""
     return builtins.list(default_store(store).verify(tags))
 
@@ -87,8 +110,13 @@ def gc(*, store: StoreLike = None) -> GcReport:
     return default_store(store).gc()
 
 
-def push(tags: Any, *, remote: Remote | str | None = None, store: StoreLike = None,
-         progress: Progress | None = None) -> builtins.list[Transfer]:
+def push(
+    tags: Any,
+    *,
+    remote: Remote | str | None = None,
+    store: StoreLike = None,
+    progress: Progress | None = None,
+) -> builtins.list[Transfer]:
     """Upload versions to the remote store (default: the configured one).
 
     `tags` is one tag or a list; each is `name`, `name:latest` or `name:version`. A version
@@ -104,8 +132,13 @@ def push(tags: Any, *, remote: Remote | str | None = None, store: StoreLike = No
     return [rem.push(st, tag, progress) for tag in _tag_list(tags)]
 
 
-def pull(tags: Any, *, remote: Remote | str | None = None, store: StoreLike = None,
-         progress: Progress | None = None) -> builtins.list[Transfer]:
+def pull(
+    tags: Any,
+    *,
+    remote: Remote | str | None = None,
+    store: StoreLike = None,
+    progress: Progress | None = None,
+) -> builtins.list[Transfer]:
     """Download versions from the remote store; each appears locally only once fully verified.
 
     Pulled versions are trusted like locally saved ones (you chose the remote).

@@ -144,7 +144,7 @@ def parse_url(url: str) -> tuple[str, str]:
     """`s3://bucket/prefix` -> (bucket, prefix without slashes); anything else is a UsageError."""
     if not isinstance(url, str) or not url.startswith("s3://"):
         raise UsageError(f"remote {url!r} is not an s3://bucket[/prefix] URL")
-    bucket, _, prefix = url[len("s3://"):].partition("/")
+    bucket, _, prefix = url[len("s3://") :].partition("/")
     if not bucket:
         raise UsageError(f"remote {url!r} has no bucket: write it as s3://bucket[/prefix]")
     return bucket, prefix.strip("/")
@@ -168,7 +168,10 @@ def _client_error_code(exc: BaseException) -> str | None:
 
 def _is_precondition_failure(exc: BaseException) -> bool:
     return isinstance(exc, FileExistsError) or _client_error_code(exc) in (
-        "PreconditionFailed", "ConditionalRequestConflict", "412", "409",
+        "PreconditionFailed",
+        "ConditionalRequestConflict",
+        "412",
+        "409",
     )
 
 
@@ -208,7 +211,7 @@ class Remote:
         if not settings.get("url"):
             raise RemoteError(
                 "no remote configured: pass --remote s3://bucket/prefix, set TORCHSHELF_REMOTE, "
-                "or add [remote] url = \"s3://...\" to shelf.toml"
+                'or add [remote] url = "s3://..." to shelf.toml'
             )
         return cls(
             settings["url"],
@@ -265,7 +268,9 @@ class Remote:
         except (RemoteError, NotFound, AlreadyExists, IntegrityError, UsageError, InvalidName):
             raise
         except PermissionError as exc:
-            raise RemoteError(f"{self.url}: access denied ({exc}); check your AWS credentials") from None
+            raise RemoteError(
+                f"{self.url}: access denied ({exc}); check your AWS credentials"
+            ) from None
         except Exception as exc:
             name = type(exc).__name__
             if name in ("NoCredentialsError", "PartialCredentialsError"):
@@ -273,8 +278,13 @@ class Remote:
                     f"{self.url}: no AWS credentials found; set AWS_ACCESS_KEY_ID/"
                     "AWS_SECRET_ACCESS_KEY or AWS_PROFILE"
                 ) from None
-            if name in ("EndpointConnectionError", "ConnectTimeoutError", "ClientConnectorError",
-                        "ConnectionError", "ReadTimeoutError") or isinstance(exc, ConnectionError):
+            if name in (
+                "EndpointConnectionError",
+                "ConnectTimeoutError",
+                "ClientConnectorError",
+                "ConnectionError",
+                "ReadTimeoutError",
+            ) or isinstance(exc, ConnectionError):
                 where = self.endpoint_url or "the default S3 endpoint"
                 raise RemoteError(
                     f"{self.url}: cannot reach {where} ({exc}); check endpoint_url / AWS_ENDPOINT_URL"
@@ -345,7 +355,9 @@ class Remote:
 
         data, labels = self._run(both())
         if data is None:
-            raise NotFound(f"model {name}:{version} not found on {self.url}; see `shelf list --remote`")
+            raise NotFound(
+                f"model {name}:{version} not found on {self.url}; see `shelf list --remote`"
+            )
         return self._effective(name, version, data, labels)
 
     def _scan(self, name: str | None) -> builtins.list[Manifest]:
@@ -434,7 +446,9 @@ class Remote:
                 parts = key.split("/")[depth:]
                 if len(parts) >= 3:
                     files[(parts[0], parts[1])].add("/".join(parts[2:]))
-            return sorted(f"s3://{self._vkey(n, v)}" for (n, v), f in files.items() if MANIFEST not in f)
+            return sorted(
+                f"s3://{self._vkey(n, v)}" for (n, v), f in files.items() if MANIFEST not in f
+            )
 
         return self._run(scan())
 
@@ -462,14 +476,16 @@ class Remote:
                 objects = await self.fs._find(base, detail=True)
             except FileNotFoundError:
                 objects = {}
-            groups: dict[tuple[str, str], builtins.list[tuple[str, dict[str, Any]]]] = collections.defaultdict(list)
+            groups: dict[tuple[str, str], builtins.list[tuple[str, dict[str, Any]]]] = (
+                collections.defaultdict(list)
+            )
             for key, info in objects.items():
                 parts = key.split("/")[depth:]
                 if len(parts) >= 3:
                     groups[(parts[0], parts[1])].append((key, info))
             removed, freed, doomed = [], 0, []
             for (n, v), items in sorted(groups.items()):
-                if any(k.split("/")[depth + 2:] == [MANIFEST] for k, _ in items):
+                if any(k.split("/")[depth + 2 :] == [MANIFEST] for k, _ in items):
                     continue
                 if max(stamp(info.get("LastModified")) for _, info in items) > cutoff:
                     continue  # maybe a push still under way
@@ -479,11 +495,17 @@ class Remote:
             if doomed:
                 await self.fs._rm(doomed)
             prefix = base.split("/", 1)[1] + "/"
-            uploads = await self.fs._call_s3("list_multipart_uploads", Bucket=self.bucket, Prefix=prefix)
+            uploads = await self.fs._call_s3(
+                "list_multipart_uploads", Bucket=self.bucket, Prefix=prefix
+            )
             for up in uploads.get("Uploads", []):
                 if stamp(up["Initiated"]) <= cutoff:
-                    await self.fs._call_s3("abort_multipart_upload", Bucket=self.bucket,
-                                           Key=up["Key"], UploadId=up["UploadId"])
+                    await self.fs._call_s3(
+                        "abort_multipart_upload",
+                        Bucket=self.bucket,
+                        Key=up["Key"],
+                        UploadId=up["UploadId"],
+                    )
                     removed.append(f"s3://{self.bucket}/{up['Key']} (incomplete upload)")
             return removed, freed
 
@@ -492,7 +514,9 @@ class Remote:
 
     # --- labels -----------------------------------------------------------------------------
 
-    def set_labels(self, tag: object, labels: dict[str, str], remove: Iterable[str] = ()) -> RemoteModel:
+    def set_labels(
+        self, tag: object, labels: dict[str, str], remove: Iterable[str] = ()
+    ) -> RemoteModel:
         """Add/overwrite `labels` and drop `remove` keys, by compare-and-swap on `labels.json`."""
         for key, value in labels.items():
             if not isinstance(key, str) or not key or not isinstance(value, str):
@@ -504,7 +528,9 @@ class Remote:
 
         async def swap() -> Manifest | None:
             try:
-                head = await self.fs._call_s3("get_object", Bucket=self.bucket, Key=key.split("/", 1)[1])
+                head = await self.fs._call_s3(
+                    "get_object", Bucket=self.bucket, Key=key.split("/", 1)[1]
+                )
             except FileNotFoundError:
                 current, condition = None, {"mode": "create"}
             else:
@@ -559,7 +585,10 @@ class Remote:
                     return
                 try:
                     await self.fs._put_file(
-                        str(vdir / rel), key, mode="create", Metadata={SHA_META: rec["sha256"]},
+                        str(vdir / rel),
+                        key,
+                        mode="create",
+                        Metadata={SHA_META: rec["sha256"]},
                         callback=_callback(progress),
                     )
                 except OSError as exc:
@@ -574,7 +603,9 @@ class Remote:
 
         async def create_manifest() -> bool:
             try:
-                await self.fs._pipe_file(self._vkey(name, version, MANIFEST), local.to_json(), mode="create")
+                await self.fs._pipe_file(
+                    self._vkey(name, version, MANIFEST), local.to_json(), mode="create"
+                )
             except OSError as exc:
                 if _is_precondition_failure(exc):
                     return False
@@ -587,7 +618,9 @@ class Remote:
             return Transfer(Tag(name, version), "pushed", local.size, time.perf_counter() - started)
         existing = self._try_manifest(name, version)
         if existing is None:  # pragma: no cover - a manifest that vanished right after a 412
-            raise RemoteError(f"{self.url}: could not create the manifest of {name}:{version}; try again")
+            raise RemoteError(
+                f"{self.url}: could not create the manifest of {name}:{version}; try again"
+            )
         return self._compare_existing(local, existing, started)
 
     def _try_manifest(self, name: str, version: str) -> Manifest | None:
@@ -598,7 +631,9 @@ class Remote:
     def _compare_existing(self, local: Manifest, remote: Manifest, started: float) -> Transfer:
         if not _same_files(local, remote):
             raise self._conflict(local)
-        return Transfer(Tag(local.name, local.version), "unchanged", 0, time.perf_counter() - started)
+        return Transfer(
+            Tag(local.name, local.version), "unchanged", 0, time.perf_counter() - started
+        )
 
     def _conflict(self, local: Manifest) -> AlreadyExists:
         return AlreadyExists(
@@ -607,14 +642,21 @@ class Remote:
             "--version"
         )
 
-    async def _object_matches(self, key: str, rel: str, rec: dict[str, Any], local: Manifest) -> bool:
+    async def _object_matches(
+        self, key: str, rel: str, rec: dict[str, Any], local: Manifest
+    ) -> bool:
         """True when the object exists with this file's size and sha256; False when absent."""
         try:
-            head = await self.fs._call_s3("head_object", Bucket=self.bucket, Key=key.split("/", 1)[1])
+            head = await self.fs._call_s3(
+                "head_object", Bucket=self.bucket, Key=key.split("/", 1)[1]
+            )
         except FileNotFoundError:
             return False
         meta = {k.lower(): v for k, v in (head.get("Metadata") or {}).items()}
-        if int(head.get("ContentLength", -1)) == rec["size"] and meta.get(SHA_META) == rec["sha256"]:
+        if (
+            int(head.get("ContentLength", -1)) == rec["size"]
+            and meta.get(SHA_META) == rec["sha256"]
+        ):
             return True
         raise self._conflict(local)
 
@@ -636,19 +678,36 @@ class Remote:
         store.root.mkdir(parents=True, exist_ok=True)
         free = shutil.disk_usage(store.root).free
         if manifest.size > free:
-            raise RemoteError(f"{name}:{version} needs {manifest.size} bytes but {store.root} has {free} free")
+            raise RemoteError(
+                f"{name}:{version} needs {manifest.size} bytes but {store.root} has {free} free"
+            )
         staging = store.stage()
         try:
+
             async def get_all() -> None:
                 sem = asyncio.Semaphore(FILES_AT_ONCE)
-                await _all_or_nothing([
-                    self._get_one(self._vkey(name, version, check_relpath(rel)), staging / rel, rel,
-                                  rec, manifest, sem, progress)
-                    for rel, rec in manifest.files.items()
-                ])
+                await _all_or_nothing(
+                    [
+                        self._get_one(
+                            self._vkey(name, version, check_relpath(rel)),
+                            staging / rel,
+                            rel,
+                            rec,
+                            manifest,
+                            sem,
+                            progress,
+                        )
+                        for rel, rec in manifest.files.items()
+                    ]
+                )
 
             self._run(get_all())
-            origin = {"source": "remote", "remote": self.url, "pulled_at": now_iso(), "trusted": True}
+            origin = {
+                "source": "remote",
+                "remote": self.url,
+                "pulled_at": now_iso(),
+                "trusted": True,
+            }
             try:
                 store.commit(staging, manifest, auto_version=False, origin=origin)
             except AlreadyExists:  # a concurrent pull of the same version won the rename
@@ -662,15 +721,23 @@ class Remote:
                 store.discard(staging)
         return Transfer(Tag(name, version), "pulled", manifest.size, time.perf_counter() - started)
 
-    async def _get_one(self, key: str, path: Any, rel: str, rec: dict[str, Any], manifest: Manifest,
-                       sem: asyncio.Semaphore, progress: Progress | None) -> None:
+    async def _get_one(
+        self,
+        key: str,
+        path: Any,
+        rel: str,
+        rec: dict[str, Any],
+        manifest: Manifest,
+        sem: asyncio.Semaphore,
+        progress: Progress | None,
+    ) -> None:
         """Fetch one object with ranged GETs in order, hashing while writing; check the result."""
         tag = f"{manifest.name}:{manifest.version}"
         size = int(rec["size"])
         async with sem:
             data = b""
             if 0 < size <= RANGE_CHUNK:  # small: one GET; one byte more than expected is
-                try:                     # enough to tell a longer object, and never more
+                try:  # enough to tell a longer object, and never more
                     got = await self._cat_or_none(key, limit=size + 1)
                     actual = None if got is None else len(got)
                     data = got or b""
@@ -684,11 +751,15 @@ class Remote:
                 except FileNotFoundError:
                     actual = None
             if actual is None:
-                raise IntegrityError(f"{tag}: {rel} is missing on {self.url}; the remote copy is incomplete, re-push it", rel)
+                raise IntegrityError(
+                    f"{tag}: {rel} is missing on {self.url}; the remote copy is incomplete, re-push it",
+                    rel,
+                )
             if actual != size:
                 raise IntegrityError(
                     f"{tag}: {rel} on {self.url} has {actual} bytes, its manifest says "
-                    f"{size}; the remote copy is corrupt, re-push it from a machine that has it", rel,
+                    f"{size}; the remote copy is corrupt, re-push it from a machine that has it",
+                    rel,
                 )
             path.parent.mkdir(parents=True, exist_ok=True)
             writer = HashingWriter(path, progress)
@@ -701,7 +772,9 @@ class Remote:
                     start = next(starts, None)
                     if start is not None:
                         end = min(start + RANGE_CHUNK, size)
-                        pending.append(asyncio.ensure_future(self.fs._cat_file(key, start=start, end=end)))
+                        pending.append(
+                            asyncio.ensure_future(self.fs._cat_file(key, start=start, end=end))
+                        )
 
                 if size <= RANGE_CHUNK:
                     await loop.run_in_executor(None, writer.write, data)  # b"" when size is 0
@@ -723,7 +796,8 @@ class Remote:
         if record["size"] != size or record["sha256"] != rec["sha256"]:
             raise IntegrityError(
                 f"{tag}: {rel} on {self.url} does not match the sha256 in its manifest; the remote "
-                "copy is corrupt, re-push it from a machine that has it", rel,
+                "copy is corrupt, re-push it from a machine that has it",
+                rel,
             )
 
 
@@ -761,4 +835,3 @@ def open_remote(remote: Remote | str | bool | None = None) -> Remote:
     if isinstance(remote, Remote):
         return remote
     return Remote.from_config(remote if isinstance(remote, str) else None)
-

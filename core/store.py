@@ -131,7 +131,8 @@ class Store:
             return []
         with entries:
             return sorted(
-                e.name for e in entries
+                e.name
+                for e in entries
                 if e.is_dir() and not e.name.startswith(".") and NAME_RE.match(e.name)
             )
 
@@ -206,6 +207,7 @@ class Store:
         Lock-free first; a mismatch is re-checked under the name lock, because a label change
         replaces the two files one after the other.
         """
+
         def matches() -> bool:
             sums = read_manifest_sums(vdir)
             try:
@@ -237,8 +239,14 @@ class Store:
         path.mkdir()
         return path
 
-    def commit(self, staging: Path, manifest: Manifest, *, auto_version: bool,
-               origin: dict[str, Any] | None = None) -> Manifest:
+    def commit(
+        self,
+        staging: Path,
+        manifest: Manifest,
+        *,
+        auto_version: bool,
+        origin: dict[str, Any] | None = None,
+    ) -> Manifest:
         """Write the manifest, fsync, and rename `staging` into place as one complete version.
 
         With `auto_version`, a version that another process took meanwhile is replaced by a
@@ -305,7 +313,9 @@ class Store:
         write_manifest_sums(vdir, [new])
         fsync_dir(vdir)
 
-    def set_labels(self, tag: object, labels: dict[str, str], remove: Iterable[str] = ()) -> Manifest:
+    def set_labels(
+        self, tag: object, labels: dict[str, str], remove: Iterable[str] = ()
+    ) -> Manifest:
         """Add/overwrite `labels` and drop `remove` keys on one version, under the name lock."""
         target = self.resolve(tag)
         for key, value in labels.items():
@@ -347,7 +357,9 @@ class Store:
                     raise NotFound(f"model {name}:{version} not found; see `shelf list {name}`")
             else:
                 try:
-                    versions = [v for v in os.listdir(self.models_dir / name) if not v.startswith(".")]
+                    versions = [
+                        v for v in os.listdir(self.models_dir / name) if not v.startswith(".")
+                    ]
                 except FileNotFoundError:
                     raise NotFound(f"model {name!r} not found; see `shelf list`") from None
             self.trash_dir.mkdir(parents=True, exist_ok=True)
@@ -405,7 +417,9 @@ class Store:
             except FileNotFoundError:
                 continue
             for entry in entries:
-                if alive_check and self._staging_owner_alive(entry, stale_after=FOREIGN_STALE_SECONDS):
+                if alive_check and self._staging_owner_alive(
+                    entry, stale_after=FOREIGN_STALE_SECONDS
+                ):
                     continue
                 path = base / entry
                 size = _dir_size(path)
@@ -418,7 +432,11 @@ class Store:
             for version in self.version_names(name):
                 vdir = self.models_dir / name / version
                 try:
-                    strays = [f for f in vdir.iterdir() if f.name.startswith(".") and f.name.endswith(".tmp")]
+                    strays = [
+                        f
+                        for f in vdir.iterdir()
+                        if f.name.startswith(".") and f.name.endswith(".tmp")
+                    ]
                 except (FileNotFoundError, NotADirectoryError):
                     continue  # deleted meanwhile
                 for f in strays:
@@ -434,8 +452,11 @@ class Store:
     def version_names(self, name: str) -> list[str]:
         """Every version directory of `name`, readable or not (sorted; none if the name is unknown)."""
         try:
-            return sorted(v for v in os.listdir(self.models_dir / validate_name(name))
-                          if not v.startswith("."))
+            return sorted(
+                v
+                for v in os.listdir(self.models_dir / validate_name(name))
+                if not v.startswith(".")
+            )
         except (FileNotFoundError, NotADirectoryError):
             return []
 

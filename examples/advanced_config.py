@@ -54,7 +54,12 @@ def main() -> None:
             }
         },
         labels={"stage": "production", "framework": "pytorch", "task": "classification"},
-        metadata={"accuracy": 0.95, "f1_score": 0.92, "training_dataset": "toy-reviews", "epochs": 100},
+        metadata={
+            "accuracy": 0.95,
+            "f1_score": 0.92,
+            "training_dataset": "toy-reviews",
+            "epochs": 100,
+        },
         custom_objects={"tokenizer": tokenizer, "preprocessor": preprocessor, "vocab": vocab},
     )
     print(f"saved {tag}")
@@ -64,7 +69,9 @@ def main() -> None:
     print("metadata:  ", ref.metadata)
     print("signatures:", ref.signatures)
     kinds = {k: v["kind"] for k, v in ref.manifest.custom_objects.items()}
-    print("custom objects stored as:", kinds)  # tokenizer: pickle, preprocessor: tensors, vocab: json
+    print(
+        "custom objects stored as:", kinds
+    )  # tokenizer: pickle, preprocessor: tensors, vocab: json
 
     objects = ref.custom_objects  # each decoded (and hash-checked) on first access
     ids = torch.tensor([objects["tokenizer"].encode("great movie awful plot")])

@@ -35,8 +35,10 @@ def main() -> None:
     assert torch.equal(latest(x), model(x)) and torch.equal(exact(x), model(x))
 
     ref = torchshelf.get("simple_model:latest")  # reads the manifest only: no weights loaded
-    print(f"{ref.tag} at {ref.path}, saved {ref.creation_time:%Y-%m-%d %H:%M:%S} UTC, "
-          f"{ref.info.size} bytes, format {ref.info.format}")
+    print(
+        f"{ref.tag} at {ref.path}, saved {ref.creation_time:%Y-%m-%d %H:%M:%S} UTC, "
+        f"{ref.info.size} bytes, format {ref.info.format}"
+    )
     print("loaded outputs match the original")
 
 

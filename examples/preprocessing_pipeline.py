@@ -69,10 +69,15 @@ class TinyResNet(torch.nn.Module):
 
     def __init__(self, num_classes: int = len(CLASS_NAMES)) -> None:
         super().__init__()
-        self.stem = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, stride=2, padding=1), torch.nn.ReLU())
+        self.stem = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 16, 3, stride=2, padding=1), torch.nn.ReLU()
+        )
         self.block = torch.nn.Sequential(
-            torch.nn.Conv2d(16, 16, 3, padding=1), torch.nn.BatchNorm2d(16), torch.nn.ReLU(),
-            torch.nn.Conv2d(16, 16, 3, padding=1), torch.nn.BatchNorm2d(16),
+            torch.nn.Conv2d(16, 16, 3, padding=1),
+            torch.nn.BatchNorm2d(16),
+            torch.nn.ReLU(),
+            torch.nn.Conv2d(16, 16, 3, padding=1),
+            torch.nn.BatchNorm2d(16),
         )
         self.head = torch.nn.Linear(16, num_classes)
 
@@ -84,11 +89,13 @@ class TinyResNet(torch.nn.Module):
 
 def main() -> None:
     torch.manual_seed(0)
-    transform = Compose([
-        Resize((IMAGE_SIZE, IMAGE_SIZE)),
-        ToTensor(),
-        Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]),
-    ])
+    transform = Compose(
+        [
+            Resize((IMAGE_SIZE, IMAGE_SIZE)),
+            ToTensor(),
+            Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]),
+        ]
+    )
     resnet_model = TinyResNet().eval()
     tag = torchshelf.save_model(
         name="resnet_classifier",

@@ -16,14 +16,19 @@ import torch
 import torchshelf
 
 
-def save_versioned_model(model: torch.nn.Module, version: str, stage: str = "staging") -> torchshelf.Tag:
+def save_versioned_model(
+    model: torch.nn.Module, version: str, stage: str = "staging"
+) -> torchshelf.Tag:
     """Save with a semantic version as the version itself (and as a label, to filter on)."""
     return torchshelf.save_model(
         name="production_model",
         model=model,
         version=version,
         labels={"version": version, "stage": stage},
-        metadata={"created_at": datetime.now(timezone.utc).isoformat(), "pytorch_version": torch.__version__},
+        metadata={
+            "created_at": datetime.now(timezone.utc).isoformat(),
+            "pytorch_version": torch.__version__,
+        },
     )
 
 
@@ -31,7 +36,9 @@ def newest_production(name: str) -> torchshelf.Model:
     """The newest version labelled stage=production; NotFound if none is."""
     found = torchshelf.models.list(name, labels={"stage": "production"})
     if not found:
-        raise torchshelf.NotFound(f"no {name} version is labelled stage=production; promote one first")
+        raise torchshelf.NotFound(
+            f"no {name} version is labelled stage=production; promote one first"
+        )
     return found[0]  # newest first
 
 
@@ -49,8 +56,10 @@ def main() -> None:
     latest_prod = newest_production("production_model")
     model = torchshelf.load_model(latest_prod.tag)
     assert latest_prod.version == "1.1.0" and isinstance(model, torch.nn.Module)
-    print(f"serving {latest_prod.tag} (newest of {len(tags)} versions is "
-          f"{torchshelf.get('production_model:latest').version}, still in staging)")
+    print(
+        f"serving {latest_prod.tag} (newest of {len(tags)} versions is "
+        f"{torchshelf.get('production_model:latest').version}, still in staging)"
+    )
 
 
 if __name__ == "__main__":

@@ -21,7 +21,10 @@ from starlette.routing import Route
 
 registry = CollectorRegistry()
 batch_size = Histogram(
-    "torchshelf_batch_size", "items per call", ["api"], registry=registry,
+    "torchshelf_batch_size",
+    "items per call",
+    ["api"],
+    registry=registry,
     buckets=(1, 2, 4, 8, 16, 32, 64),
 )
 
@@ -31,7 +34,7 @@ async def predict(request: Request) -> Response:
         doc = json.loads(await request.body())
         inputs = doc["inputs"]
     except (ValueError, KeyError, TypeError):
-        return JSONResponse({"error": "body must be {\"inputs\": [...]}"}, status_code=400)
+        return JSONResponse({"error": 'body must be {"inputs": [...]}'}, status_code=400)
     batch_size.labels(api="predict").observe(len(inputs))
     return JSONResponse({"outputs": inputs})
 
@@ -54,9 +57,14 @@ async def hang(request: Request) -> Response:
 
 
 async def schema(request: Request) -> Response:
-    api = {"name": "predict", "path": "/predict", "batch": True, "batch_dim": 0,
-           "input_spec": {"shape": [-1, 2, 3], "dtype": "float32"},
-           "params": [{"name": "inputs", "kind": "tensor", "shape": [-1, 2, 3], "dtype": "float32"}]}
+    api = {
+        "name": "predict",
+        "path": "/predict",
+        "batch": True,
+        "batch_dim": 0,
+        "input_spec": {"shape": [-1, 2, 3], "dtype": "float32"},
+        "params": [{"name": "inputs", "kind": "tensor", "shape": [-1, 2, 3], "dtype": "float32"}],
+    }
     return JSONResponse({"kind": "model", "apis": [api]})
 
 

@@ -28,9 +28,14 @@ def child_env(store: Path | None = None, **extra: str) -> dict[str, str]:
     return env
 
 
-def run_shelf(*args: str, store: Path, input: str | None = None, timeout: float = 120,
-              cwd: Path | None = None, env: dict[str, str] | None = None,
-              ) -> subprocess.CompletedProcess[str]:
+def run_shelf(
+    *args: str,
+    store: Path,
+    input: str | None = None,
+    timeout: float = 120,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
     """Run the real CLI (`python -m torchshelf ...`) and return the finished process."""
     return subprocess.run(
         [sys.executable, "-m", "torchshelf", *map(str, args)],
@@ -43,12 +48,21 @@ def run_shelf(*args: str, store: Path, input: str | None = None, timeout: float 
     )
 
 
-def run_python(code: str, *, store: Path, timeout: float = 120, cwd: Path | None = None,
-               ) -> subprocess.CompletedProcess[str]:
+def run_python(
+    code: str,
+    *,
+    store: Path,
+    timeout: float = 120,
+    cwd: Path | None = None,
+) -> subprocess.CompletedProcess[str]:
     """Run `code` in a fresh interpreter against `store`; fails the test if it exits non-zero."""
     proc = subprocess.run(
-        [sys.executable, "-c", code], env=child_env(store), capture_output=True, text=True,
-        timeout=timeout, cwd=cwd,
+        [sys.executable, "-c", code],
+        env=child_env(store),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
     )
     assert proc.returncode == 0, f"child failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
     return proc
@@ -68,8 +82,12 @@ def store_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path
 def shelf(store_home: Path) -> Shelf:
     """`shelf("list", "--output", "json")` runs the CLI against `store_home`."""
 
-    def run(*args: str, input: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        return run_shelf(*args, store=store_home, input=input, timeout=timeout, cwd=store_home.parent)
+    def run(
+        *args: str, input: str | None = None, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        return run_shelf(
+            *args, store=store_home, input=input, timeout=timeout, cwd=store_home.parent
+        )
 
     return run
 
@@ -87,7 +105,6 @@ Member = tuple[tarfile.TarInfo, bytes]
 def read_members(archive: Path) -> list[Member]:
     """Every member of a tar with its data (b"" for non-files), in order."""
 
-
     out = []
     with tarfile.open(archive) as tar:
         for info in tar:
@@ -100,7 +117,6 @@ def write_tar(path: Path, members: list[Member], mode: str = "w") -> Path:
     """Write members as given (sizes taken from the data of regular files)."""
     import io
 
-
     with tarfile.open(path, mode, format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
         for info, data in members:
             if info.isreg():
@@ -112,7 +128,6 @@ def write_tar(path: Path, members: list[Member], mode: str = "w") -> Path:
 
 
 def file_member(name: str, data: bytes) -> Member:
-
 
     info = tarfile.TarInfo(name)
     info.size = len(data)

@@ -36,9 +36,14 @@ import torchshelf
 def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, torchshelf.Tag]:
     """One real archive of `mlp:v1` (weights, structure, JSON + tensor custom objects)."""
     base = tmp_path_factory.mktemp("export")
-    tag = torchshelf.save_model("mlp", zoo.MLP(), version="v1", labels={"stage": "dev"},
-                                custom_objects={"cfg": {"k": 1}, "mean": torch.ones(3)},
-                                store=base / "store")
+    tag = torchshelf.save_model(
+        "mlp",
+        zoo.MLP(),
+        version="v1",
+        labels={"stage": "dev"},
+        custom_objects={"cfg": {"k": 1}, "mean": torch.ones(3)},
+        store=base / "store",
+    )
     return torchshelf.models.export_model(tag, base / "mlp.shelf", store=base / "store"), tag
 
 
@@ -93,7 +98,9 @@ def test_compressed_archives_import(exported: tuple[Path, torchshelf.Tag], tmp_p
 Variant = Callable[[list[Member], Path], list[Member]]
 
 
-def _symlink(target: str, name: str = "mlp/v1/weights.safetensors", kind: bytes = tarfile.SYMTYPE) -> Member:
+def _symlink(
+    target: str, name: str = "mlp/v1/weights.safetensors", kind: bytes = tarfile.SYMTYPE
+) -> Member:
     info = tarfile.TarInfo(name)
     info.type = kind
     info.linkname = target
@@ -125,12 +132,24 @@ VARIANTS: dict[str, Variant] = {
     "leading dotdot": lambda m, out: [*m, file_member("../escape.txt", b"x")],
     "dotdot as manifest": lambda m, out: [file_member("../../manifest.json", m[0][1]), *m[1:]],
     "absolute path": lambda m, out: [*m, file_member(str(out / "escape.txt"), b"x")],
-    "absolute manifest": lambda m, out: [file_member(str(out / "mlp/v1/manifest.json"), m[0][1]), *m[1:]],
-    "symlink out": lambda m, out: _replace(m, "weights.safetensors", _symlink(str(out / "escape.txt"))),
-    "symlink relative": lambda m, out: _replace(m, "weights.safetensors", _symlink("../../../escape.txt")),
+    "absolute manifest": lambda m, out: [
+        file_member(str(out / "mlp/v1/manifest.json"), m[0][1]),
+        *m[1:],
+    ],
+    "symlink out": lambda m, out: _replace(
+        m, "weights.safetensors", _symlink(str(out / "escape.txt"))
+    ),
+    "symlink relative": lambda m, out: _replace(
+        m, "weights.safetensors", _symlink("../../../escape.txt")
+    ),
     "symlink then write through it": lambda m, out: [
-        *m[:1], _symlink(str(out), "mlp/v1/custom_objects"), *m[1:]],
-    "hardlink": lambda m, out: _replace(m, "weights.safetensors", _symlink("/etc/passwd", kind=tarfile.LNKTYPE)),
+        *m[:1],
+        _symlink(str(out), "mlp/v1/custom_objects"),
+        *m[1:],
+    ],
+    "hardlink": lambda m, out: _replace(
+        m, "weights.safetensors", _symlink("/etc/passwd", kind=tarfile.LNKTYPE)
+    ),
     "char device": lambda m, out: _replace(m, "weights.safetensors", _special(tarfile.CHRTYPE)),
     "block device": lambda m, out: _replace(m, "weights.safetensors", _special(tarfile.BLKTYPE)),
     "fifo": lambda m, out: _replace(m, "weights.safetensors", _special(tarfile.FIFOTYPE)),
@@ -144,16 +163,28 @@ VARIANTS: dict[str, Variant] = {
     "missing file": lambda m, out: [x for x in m if not x[0].name.endswith("weights.safetensors")],
     "data does not match its hash": lambda m, out: _flip_data(m, "weights.safetensors"),
     "manifest hash does not match": lambda m, out: rewrite_manifest(
-        m, lambda d: d["files"]["structure.pkl"].update(sha256="0" * 64)),
+        m, lambda d: d["files"]["structure.pkl"].update(sha256="0" * 64)
+    ),
     "size differs from manifest": lambda m, out: rewrite_manifest(
-        m, lambda d: d["files"]["structure.pkl"].update(size=d["files"]["structure.pkl"]["size"] + 1)),
-    "manifest names another version": lambda m, out: rewrite_manifest(m, lambda d: d.update(version="v2")),
+        m,
+        lambda d: d["files"]["structure.pkl"].update(size=d["files"]["structure.pkl"]["size"] + 1),
+    ),
+    "manifest names another version": lambda m, out: rewrite_manifest(
+        m, lambda d: d.update(version="v2")
+    ),
     "manifest unknown field": lambda m, out: rewrite_manifest(m, lambda d: d.update(evil=True)),
     "manifest missing field": lambda m, out: rewrite_manifest(m, lambda d: d.pop("files")),
-    "manifest invalid json": lambda m, out: [file_member("mlp/v1/manifest.json", b"{not json"), *m[1:]],
+    "manifest invalid json": lambda m, out: [
+        file_member("mlp/v1/manifest.json", b"{not json"),
+        *m[1:],
+    ],
     "manifest lists an escaping file": lambda m, out: rewrite_manifest(
-        m, lambda d: d["files"].update({"../../escape.txt": {"sha256": "0" * 64, "size": 1}})),
-    "invalid model name": lambda m, out: [(file_member("Bad Name/v1/manifest.json", m[0][1])), *m[1:]],
+        m, lambda d: d["files"].update({"../../escape.txt": {"sha256": "0" * 64, "size": 1}})
+    ),
+    "invalid model name": lambda m, out: [
+        (file_member("Bad Name/v1/manifest.json", m[0][1])),
+        *m[1:],
+    ],
     "empty archive": lambda m, out: [],
 }
 
@@ -185,9 +216,15 @@ def test_unsafe_or_inconsistent_archives_are_refused(
     assert not (out / "escape.txt").exists() and not (tmp_path / "escape.txt").exists()
 
 
-@pytest.mark.parametrize("variant", ["dotdot member", "symlink out", "data does not match its hash"])
+@pytest.mark.parametrize(
+    "variant", ["dotdot member", "symlink out", "data does not match its hash"]
+)
 def test_cli_import_of_an_unsafe_archive_exits_1(
-    exported: tuple[Path, torchshelf.Tag], store_home: Path, shelf: Shelf, tmp_path: Path, variant: str
+    exported: tuple[Path, torchshelf.Tag],
+    store_home: Path,
+    shelf: Shelf,
+    tmp_path: Path,
+    variant: str,
 ) -> None:
     out = tmp_path / "outside"
     out.mkdir()
@@ -200,8 +237,11 @@ def test_cli_import_of_an_unsafe_archive_exits_1(
 
 
 def test_not_an_archive_is_refused(tmp_path: Path, shelf: Shelf) -> None:
-    for name, data in [("random.shelf", os.urandom(4096)), ("empty.shelf", b""),
-                       ("fake.gz", b"\x1f\x8b" + os.urandom(100))]:
+    for name, data in [
+        ("random.shelf", os.urandom(4096)),
+        ("empty.shelf", b""),
+        ("fake.gz", b"\x1f\x8b" + os.urandom(100)),
+    ]:
         path = tmp_path / name
         path.write_bytes(data)
         with pytest.raises(torchshelf.ArchiveError):
@@ -210,7 +250,9 @@ def test_not_an_archive_is_refused(tmp_path: Path, shelf: Shelf) -> None:
     assert shelf("import", str(tmp_path / "missing.shelf")).returncode == 1
 
 
-def test_a_truncated_archive_is_refused(exported: tuple[Path, torchshelf.Tag], tmp_path: Path) -> None:
+def test_a_truncated_archive_is_refused(
+    exported: tuple[Path, torchshelf.Tag], tmp_path: Path
+) -> None:
     data = exported[0].read_bytes()
     for cut in (600, len(data) // 2, len(data) - 1100):
         archive = tmp_path / f"cut{cut}.shelf"
@@ -230,11 +272,21 @@ def _big_zero_archive(path: Path, size: int, mode: str, manifest_size: int | Non
     for _ in range(size >> 20):
         digest.update(chunk)
     manifest = {
-        "name": "bomb", "version": "v1", "creation_time": "2026-01-01T00:00:00+00:00",
-        "format": "safetensors", "torch_version": torch.__version__, "module_class": "zoo:MLP",
-        "files": {"weights.safetensors": {"sha256": digest.hexdigest(), "size": manifest_size or size}},
-        "labels": {}, "metadata": {}, "signatures": {}, "structure": {"class": {"class": "zoo:MLP"}},
-        "custom_objects": {}, "schema": 1,
+        "name": "bomb",
+        "version": "v1",
+        "creation_time": "2026-01-01T00:00:00+00:00",
+        "format": "safetensors",
+        "torch_version": torch.__version__,
+        "module_class": "zoo:MLP",
+        "files": {
+            "weights.safetensors": {"sha256": digest.hexdigest(), "size": manifest_size or size}
+        },
+        "labels": {},
+        "metadata": {},
+        "signatures": {},
+        "structure": {"class": {"class": "zoo:MLP"}},
+        "custom_objects": {},
+        "schema": 1,
     }
 
     class Zeros(io.RawIOBase):
@@ -261,8 +313,9 @@ def _big_zero_archive(path: Path, size: int, mode: str, manifest_size: int | Non
 
 
 @pytest.mark.parametrize("mode", ["w", "w:gz", "w:xz"])
-def test_an_archive_over_the_import_limit_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                    mode: str) -> None:
+def test_an_archive_over_the_import_limit_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
     archive = _big_zero_archive(tmp_path / "big.shelf", 64 << 20, mode)
     assert mode == "w" or archive.stat().st_size < 1 << 20  # a bomb: tiny on disk
     monkeypatch.setenv("TORCHSHELF_MAX_IMPORT_BYTES", str(8 << 20))
@@ -272,7 +325,9 @@ def test_an_archive_over_the_import_limit_is_refused(tmp_path: Path, monkeypatch
     assert torchshelf.models.import_model(archive, store=store).tag == torchshelf.Tag("bomb", "v1")
 
 
-def test_a_member_larger_than_its_manifest_says_is_refused_without_reading_it(tmp_path: Path) -> None:
+def test_a_member_larger_than_its_manifest_says_is_refused_without_reading_it(
+    tmp_path: Path,
+) -> None:
     archive = _big_zero_archive(tmp_path / "liar.shelf", 64 << 20, "w:gz", manifest_size=1024)
     store = tmp_path / "store"
     _assert_refused_cleanly(archive, tmp_path, store, _snapshot(tmp_path, store))
@@ -280,14 +335,20 @@ def test_a_member_larger_than_its_manifest_says_is_refused_without_reading_it(tm
 
 def test_cli_reports_the_import_limit(tmp_path: Path, store_home: Path) -> None:
     archive = _big_zero_archive(tmp_path / "big.shelf", 16 << 20, "w:gz")
-    env = {**os.environ, "TORCHSHELF_HOME": str(store_home), "TORCHSHELF_MAX_IMPORT_BYTES": str(1 << 20)}
+    env = {
+        **os.environ,
+        "TORCHSHELF_HOME": str(store_home),
+        "TORCHSHELF_MAX_IMPORT_BYTES": str(1 << 20),
+    }
     proc = run_shelf("import", str(archive), store=store_home, env=env)
     assert proc.returncode == 1
     assert "TORCHSHELF_MAX_IMPORT_BYTES" in proc.stderr
 
 
 @pytest.mark.parametrize("kind", ["pax header", "long name"])
-def test_a_gzip_bomb_in_a_tar_header_is_refused_without_filling_memory(tmp_path: Path, kind: str) -> None:
+def test_a_gzip_bomb_in_a_tar_header_is_refused_without_filling_memory(
+    tmp_path: Path, kind: str
+) -> None:
     """tarfile reads a pax header or GNU long name in one piece, sized by the archive itself."""
     size = 200 << 20
     raw = io.BytesIO()
@@ -328,12 +389,19 @@ def test_a_gzip_bomb_in_a_tar_header_is_refused_without_filling_memory(tmp_path:
     before = _snapshot(tmp_path, store)
     # In a fresh interpreter (import needs no torch), so its peak RSS is its own; VmHWM is per
     # address space (ru_maxrss would carry the forking pytest process's peak across exec).
-    code = ("import re, sys, torchshelf\n"
-            "try:\n    torchshelf.models.import_model(sys.argv[1], store=sys.argv[2])\n"
-            "except torchshelf.ArchiveError as e:\n    print('refused:', e)\n"
-            "print(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1))\n")
-    proc = subprocess.run([sys.executable, "-c", code, str(archive), str(store)],
-                          env=child_env(store), capture_output=True, text=True, timeout=120)
+    code = (
+        "import re, sys, torchshelf\n"
+        "try:\n    torchshelf.models.import_model(sys.argv[1], store=sys.argv[2])\n"
+        "except torchshelf.ArchiveError as e:\n    print('refused:', e)\n"
+        "print(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(archive), str(store)],
+        env=child_env(store),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     refused, peak_kib = proc.stdout.splitlines()
     assert refused.startswith("refused:"), proc.stdout

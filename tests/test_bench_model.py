@@ -62,8 +62,14 @@ def store(tmp_path_factory) -> dict[str, str]:
     os.environ.update(env)
     try:
         torch.manual_seed(0)
-        model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
-        sig = {"batchable": True, "batch_dim": 0, "input_spec": {"shape": [-1, 16], "dtype": "float32"}}
+        model = torch.nn.Sequential(
+            torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4)
+        )
+        sig = {
+            "batchable": True,
+            "batch_dim": 0,
+            "input_spec": {"shape": [-1, 16], "dtype": "float32"},
+        }
         torchshelf.save_model("tiny", model, signatures={"__call__": sig})
         torchshelf.save_model("nospec", model)
     finally:
@@ -109,7 +115,13 @@ def test_inputs_come_from_the_signature_or_the_flags():
     from torchshelf.bench.model import resolve_input_spec
     from torchshelf.errors import UsageError
 
-    sig = {"predict": {"batchable": True, "batch_dim": 1, "input_spec": {"shape": [5, -1, 7], "dtype": "int64"}}}
+    sig = {
+        "predict": {
+            "batchable": True,
+            "batch_dim": 1,
+            "input_spec": {"shape": [5, -1, 7], "dtype": "int64"},
+        }
+    }
     spec = resolve_input_spec(sig, None, None, method="predict")
     assert (spec.item_shape, spec.dtype, spec.batch_dim) == ((5, 7), "int64", 1)
     assert spec.batch_shape(8) == (5, 8, 7)

@@ -173,7 +173,9 @@ def test_the_client_is_cheap_next_to_the_server_it_drives(echo):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed (apt-get install wrk)")
+@pytest.mark.skipif(
+    shutil.which("wrk") is None, reason="wrk is not installed (apt-get install wrk)"
+)
 def test_calibration_against_wrk_on_the_same_echo_server(echo, tmp_path):
     """wrk (C, epoll) is the lower bound on client cost. On a shared 2-core machine the echo
     server is the limit for both, so the two rates should be close (0.7-1.0 measured here); runs
@@ -186,7 +188,9 @@ def test_calibration_against_wrk_on_the_same_echo_server(echo, tmp_path):
     for _ in range(3):
         theirs.append(_wrk_rate(url, body.data, tmp_path, 8))
         ours.append(bench_server(url, body, settings).results[0].requests_per_s)
-    print(f"echo server, 8 connections: torchshelf {max(ours):.0f} req/s, wrk {max(theirs):.0f} req/s")
+    print(
+        f"echo server, 8 connections: torchshelf {max(ours):.0f} req/s, wrk {max(theirs):.0f} req/s"
+    )
     assert max(ours) >= 0.4 * max(theirs)
 
 
@@ -210,7 +214,11 @@ def test_against_shelf_serve_batches_grow_past_one_under_concurrency(tmp_path):
             torch.nn.Linear(64, 256), torch.nn.ReLU(), torch.nn.Linear(256, 256), torch.nn.ReLU(),
             torch.nn.Linear(256, 10),
         )  # fmt: skip
-        sig = {"batchable": True, "batch_dim": 0, "input_spec": {"shape": [-1, 64], "dtype": "float32"}}
+        sig = {
+            "batchable": True,
+            "batch_dim": 0,
+            "input_spec": {"shape": [-1, 64], "dtype": "float32"},
+        }
         tag = torchshelf.save_model("benchsmall", model, signatures={"__call__": sig})
     finally:
         os.environ.pop("TORCHSHELF_HOME")

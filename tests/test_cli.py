@@ -68,20 +68,33 @@ def test_save_accepts_module_attr_file_attr_torchscript_and_safetensors(
     store_home: Path, shelf: Shelf, tmp_path: Path
 ) -> None:
     # package.module:factory
-    proc = shelf("save", "a", "zoo:make_mlp", "--label", "stage=dev", "--metadata", "acc=0.9",
-                 "--signature", "__call__:batchable,batch_dim=0,shape=-1x8")
+    proc = shelf(
+        "save",
+        "a",
+        "zoo:make_mlp",
+        "--label",
+        "stage=dev",
+        "--metadata",
+        "acc=0.9",
+        "--signature",
+        "__call__:batchable,batch_dim=0,shape=-1x8",
+    )
     assert proc.returncode == 0, proc.stderr
     tag = proc.stdout.strip()
     assert tag.startswith("a:") and "\n" not in tag  # the tag alone on stdout
     ref = torchshelf.get(tag)
     assert ref.labels == {"stage": "dev"} and ref.metadata == {"acc": 0.9}
-    assert ref.signatures["__call__"] == {"batchable": True, "batch_dim": 0,
-                                          "input_spec": {"shape": [-1, 8], "dtype": "float32"}}
+    assert ref.signatures["__call__"] == {
+        "batchable": True,
+        "batch_dim": 0,
+        "input_spec": {"shape": [-1, 8], "dtype": "float32"},
+    }
     assert type(torchshelf.load_model(tag)) is zoo.MLP
 
     # path/to/file.py:attr with a class defined in that file (stored by value)
     script = tmp_path / "mymodel.py"
-    script.write_text(textwrap.dedent("""
+    script.write_text(
+        textwrap.dedent("""
         import torch
         class Net(torch.nn.Module):
             def __init__(self):
@@ -91,7 +104,8 @@ def test_save_accepts_module_attr_file_attr_torchscript_and_safetensors(
                 return self.lin(x) * 2
         torch.manual_seed(3)
         model = Net()
-    """))
+    """)
+    )
     proc = shelf("save", "b", f"{script}:model")
     assert proc.returncode == 0, proc.stderr
     script.unlink()  # loading must not need the file any more
@@ -114,12 +128,22 @@ def test_save_accepts_module_attr_file_attr_torchscript_and_safetensors(
 
     source = zoo.MLP(width=32)
     save_file(source.state_dict(), str(tmp_path / "w.safetensors"))
-    proc = shelf("save", "d", str(tmp_path / "w.safetensors"), "--class", "zoo:MLP",
-                 "--init-json", '{"width": 32}')
+    proc = shelf(
+        "save",
+        "d",
+        str(tmp_path / "w.safetensors"),
+        "--class",
+        "zoo:MLP",
+        "--init-json",
+        '{"width": 32}',
+    )
     assert proc.returncode == 0, proc.stderr
     x = torch.randn(2, 8)
     assert torch.equal(torchshelf.load_model("d")(x), source.eval()(x))
-    assert torchshelf.get("d").manifest.structure["class"] == {"class": "zoo:MLP", "init_kwargs": {"width": 32}}
+    assert torchshelf.get("d").manifest.structure["class"] == {
+        "class": "zoo:MLP",
+        "init_kwargs": {"width": 32},
+    }
 
 
 @pytest.mark.parametrize(
@@ -151,7 +175,9 @@ def test_exit_codes_follow_the_contract(shelf: Shelf, args: list[str], code: int
 def three_versions(store_home: Path) -> list[torchshelf.Tag]:
     return [
         torchshelf.save_model("mlp", zoo.MLP(), labels={"stage": "dev"}),
-        torchshelf.save_model("mlp", zoo.MLP(), labels={"stage": "production"}, metadata={"acc": 1}),
+        torchshelf.save_model(
+            "mlp", zoo.MLP(), labels={"stage": "production"}, metadata={"acc": 1}
+        ),
         torchshelf.save_model("gpt", zoo.TinyGPT()),
     ]
 
@@ -177,7 +203,9 @@ def test_list_and_get_json_parse(three_versions: list[torchshelf.Tag], shelf: Sh
     assert shelf("list", "--label", "stage!=dev", "-l", "stage", "-o", "tags").stdout == f"{prod}\n"
 
 
-def test_table_output_lists_every_version(three_versions: list[torchshelf.Tag], shelf: Shelf) -> None:
+def test_table_output_lists_every_version(
+    three_versions: list[torchshelf.Tag], shelf: Shelf
+) -> None:
     proc = shelf("list")
     assert proc.returncode == 0
     lines = proc.stdout.splitlines()

@@ -22,9 +22,13 @@ FORK = multiprocessing.get_context("fork")  # real processes that start with tor
 @pytest.mark.slow
 def test_four_processes_saving_one_name_get_four_distinct_versions(store_home: Path) -> None:
     procs = [
-        subprocess.Popen([sys.executable, "-m", "torchshelf", "save", "same", "zoo:make_mlp"],
-                         env=child_env(store_home), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         text=True)
+        subprocess.Popen(
+            [sys.executable, "-m", "torchshelf", "save", "same", "zoo:make_mlp"],
+            env=child_env(store_home),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for _ in range(4)
     ]
     tags = []
@@ -61,10 +65,14 @@ def test_eight_savers_with_readers_and_a_deleter_lose_and_corrupt_nothing(tmp_pa
     go, stop = tmp_path / "go", tmp_path / "stop"
     logs = tmp_path / "logs"
     logs.mkdir()
-    procs = [FORK.Process(target=workers.saver, args=(store, i, per_saver, logs / f"saver{i}", go))
-             for i in range(savers)]
-    readers = [FORK.Process(target=workers.reader, args=(store, logs / f"reader{i}", go, stop))
-               for i in range(3)]
+    procs = [
+        FORK.Process(target=workers.saver, args=(store, i, per_saver, logs / f"saver{i}", go))
+        for i in range(savers)
+    ]
+    readers = [
+        FORK.Process(target=workers.reader, args=(store, logs / f"reader{i}", go, stop))
+        for i in range(3)
+    ]
     deleter = FORK.Process(target=workers.deleter, args=(store, logs / "deleter", go, stop, 20, 40))
     labeler = FORK.Process(target=workers.labeler, args=(store, logs / "labeler", go, stop))
     for p in [*procs, *readers, deleter, labeler]:
@@ -75,8 +83,13 @@ def test_eight_savers_with_readers_and_a_deleter_lose_and_corrupt_nothing(tmp_pa
     cli_runs = collections.Counter()
     while any(p.is_alive() for p in procs):
         for args in (["list", "conc", "-o", "json"], ["get", "conc", "-o", "json"]):
-            proc = subprocess.run([sys.executable, "-m", "torchshelf", *args], env=child_env(store),
-                                  capture_output=True, text=True, timeout=60)
+            proc = subprocess.run(
+                [sys.executable, "-m", "torchshelf", *args],
+                env=child_env(store),
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
             ok = proc.returncode == 0 or (proc.returncode == 1 and "not found" in proc.stderr)
             assert ok, proc.stderr
             cli_runs[proc.returncode] += 1
@@ -95,13 +108,17 @@ def test_eight_savers_with_readers_and_a_deleter_lose_and_corrupt_nothing(tmp_pa
     assert len(set(saved)) == len(saved), "two saves got the same version"
     remaining = {str(m.tag) for m in torchshelf.models.list("conc", store=store)}
     assert set(deleted) <= set(saved)
-    assert remaining == set(saved) - set(deleted), "a version was lost (or one appeared from nowhere)"
+    assert remaining == set(saved) - set(deleted), (
+        "a version was lost (or one appeared from nowhere)"
+    )
     assert not set(deleted) & remaining
 
     results = torchshelf.models.verify(["conc"], store=store)
     assert len(results) == len(remaining)
     assert [str(t) for t, e in results if e is not None] == []
-    newest = max(torchshelf.models.list("conc", store=store), key=lambda m: m.manifest.creation_time)
+    newest = max(
+        torchshelf.models.list("conc", store=store), key=lambda m: m.manifest.creation_time
+    )
     assert torchshelf.get("conc", store=store).tag == newest.tag
     # Each reader saw only valid results or a clean NotFound.
     # `latest` always exists once the first save is in (the deleter spares the newest 20), so a
@@ -119,10 +136,12 @@ def test_eight_savers_with_readers_and_a_deleter_lose_and_corrupt_nothing(tmp_pa
     relabels = workers.read_log(logs / "labeler")
     assert [e for e in relabels if e["result"] == "error"] == []
     assert not list((store / ".tmp").glob("*")) and not list((store / ".trash").glob("*"))
-    print(f"\nconcurrency: {len(saved)} versions saved, {len(deleted)} deleted on purpose, "
-          f"{len(remaining)} verified; reader ops {dict(outcomes)}; {len(relabels)} relabels; "
-          f"CLI runs {dict(cli_runs)}; "
-          f"{elapsed:.1f} s")
+    print(
+        f"\nconcurrency: {len(saved)} versions saved, {len(deleted)} deleted on purpose, "
+        f"{len(remaining)} verified; reader ops {dict(outcomes)}; {len(relabels)} relabels; "
+        f"CLI runs {dict(cli_runs)}; "
+        f"{elapsed:.1f} s"
+    )
 
 
 def test_a_version_deleted_while_it_loads_is_not_found_not_corrupt(

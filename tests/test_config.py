@@ -56,17 +56,21 @@ def test_broken_toml_is_a_clear_usage_error(project: Path) -> None:
 def test_cli_store_flag_wins_over_env(project: Path) -> None:
     env = {**os.environ, "TORCHSHELF_HOME": str(project / "from-env")}
     flag = project / "from-flag"
-    code = (
-        "import torch, torchshelf, sys; torchshelf.save_model('m', torch.nn.Linear(1, 1), store=sys.argv[1])"
-    )
+    code = "import torch, torchshelf, sys; torchshelf.save_model('m', torch.nn.Linear(1, 1), store=sys.argv[1])"
     subprocess.run([sys.executable, "-c", code, str(flag)], check=True, env=env)
     out = subprocess.run(
         [sys.executable, "-m", "torchshelf", "--store", str(flag), "list", "--output", "tags"],
-        capture_output=True, text=True, env=env, check=True,
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
     ).stdout
     assert out.startswith("m:")
     empty = subprocess.run(
         [sys.executable, "-m", "torchshelf", "list", "--output", "tags"],
-        capture_output=True, text=True, env=env, check=True,
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
     ).stdout
     assert empty == ""

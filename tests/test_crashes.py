@@ -40,11 +40,18 @@ def _visible_versions(store: Path) -> list[str]:
 
 
 def _leftovers(store: Path) -> list[str]:
-    return sorted(str(p.relative_to(store)) for base in (".tmp", ".trash") for p in (store / base).glob("*"))
+    return sorted(
+        str(p.relative_to(store)) for base in (".tmp", ".trash") for p in (store / base).glob("*")
+    )
 
 
-def _run_and_kill(target: Callable[..., None], args: tuple[Any, ...], ready: Path,
-                  trigger: Callable[[], bool] = lambda: True, delay: float = 0.0) -> bool:
+def _run_and_kill(
+    target: Callable[..., None],
+    args: tuple[Any, ...],
+    ready: Path,
+    trigger: Callable[[], bool] = lambda: True,
+    delay: float = 0.0,
+) -> bool:
     """Start `target` in a child; SIGKILL it `delay` s after `trigger()` first holds once it has
     started working. True if it was still running when killed."""
     ready.unlink(missing_ok=True)
@@ -119,12 +126,16 @@ def _timed(fn: Callable[[], object]) -> float:
     return time.monotonic() - start
 
 
-def _report(kind: str, killed: int, leftovers_seen: int, freed: tuple[int, int], complete: int) -> None:
+def _report(
+    kind: str, killed: int, leftovers_seen: int, freed: tuple[int, int], complete: int
+) -> None:
     # Leftovers of a killed save or import are also collected by the next save or import (its
     # writer is dead), so the final gc frees only what the last trials left.
-    print(f"\ncrash/{kind}: {TRIALS} trials, {killed} killed mid-operation, {leftovers_seen} left "
-          f"leftovers, 0 partial versions visible, {complete} complete versions verified, "
-          f"final gc freed {freed[0]} bytes in {freed[1]} entries")
+    print(
+        f"\ncrash/{kind}: {TRIALS} trials, {killed} killed mid-operation, {leftovers_seen} left "
+        f"leftovers, 0 partial versions visible, {complete} complete versions verified, "
+        f"final gc freed {freed[0]} bytes in {freed[1]} entries"
+    )
 
 
 @pytest.mark.slow
@@ -138,8 +149,12 @@ def test_sigkill_during_save_leaves_no_partial_version(tmp_path: Path, big_model
     complete = 0
     for _ in range(TRIALS):
         before = set(_leftovers(store))
-        killed += _run_and_kill(workers.save_big, (store, big_model), tmp_path / "ready",
-                                **_random_point(rng, store, total))
+        killed += _run_and_kill(
+            workers.save_big,
+            (store, big_model),
+            tmp_path / "ready",
+            **_random_point(rng, store, total),
+        )
         leftovers_seen += bool(set(_leftovers(store)) - before)
         versions = _assert_only_complete_versions(store)
         complete += len(versions)
@@ -151,20 +166,28 @@ def test_sigkill_during_save_leaves_no_partial_version(tmp_path: Path, big_model
 
 
 @pytest.mark.slow
-def test_sigkill_during_import_leaves_no_partial_version(tmp_path: Path, big_model: zoo.Big) -> None:
+def test_sigkill_during_import_leaves_no_partial_version(
+    tmp_path: Path, big_model: zoo.Big
+) -> None:
     source = tmp_path / "source"
     tag = torchshelf.save_model("big", big_model, store=source, version="v1")
     archive = torchshelf.models.export_model(tag, tmp_path / "big.shelf", store=source)
     shutil.rmtree(source)
     store = tmp_path / "store"
-    total = torchshelf.models.import_model(archive, store=store).manifest.files["weights.safetensors"]["size"]
+    total = torchshelf.models.import_model(archive, store=store).manifest.files[
+        "weights.safetensors"
+    ]["size"]
     rng = random.Random(5678)
     killed = leftovers_seen = complete = 0
     for _ in range(TRIALS):
         torchshelf.models.delete("big", store=store) if _visible_versions(store) else None
         before = set(_leftovers(store))
-        killed += _run_and_kill(workers.import_big, (store, archive), tmp_path / "ready",
-                                **_random_point(rng, store, total))
+        killed += _run_and_kill(
+            workers.import_big,
+            (store, archive),
+            tmp_path / "ready",
+            **_random_point(rng, store, total),
+        )
         leftovers_seen += bool(set(_leftovers(store)) - before)
         complete += len(_assert_only_complete_versions(store))
     freed = _gc(store)
@@ -189,10 +212,14 @@ def _clone_version(store: Path, template: Path, version: str) -> str:
 
 
 @pytest.mark.slow
-def test_sigkill_during_delete_leaves_no_partial_version(tmp_path: Path, big_model: zoo.Big) -> None:
+def test_sigkill_during_delete_leaves_no_partial_version(
+    tmp_path: Path, big_model: zoo.Big
+) -> None:
     store = tmp_path / "store"
     objects = {f"obj{i}": {"i": i} for i in range(100)}  # many files: a longer delete to interrupt
-    tag = torchshelf.save_model("big", big_model, store=store, version="keep", custom_objects=objects)
+    tag = torchshelf.save_model(
+        "big", big_model, store=store, version="keep", custom_objects=objects
+    )
     template = torchshelf.get(tag, store=store).path
     victim = _clone_version(store, template, "probe")
     assert torchshelf.models.verify([victim], store=store)[0][1] is None  # a faithful clone
@@ -204,8 +231,12 @@ def test_sigkill_during_delete_leaves_no_partial_version(tmp_path: Path, big_mod
         before = set(_leftovers(store))
         moved = store / "models" / "big" / f"t{trial}"
         point: dict[str, Any] = (
-            {"delay": rng.uniform(0, duration)} if rng.random() < 0.3  # any moment
-            else {"trigger": lambda moved=moved: not moved.exists(), "delay": rng.uniform(0, duration / 2)}  # mid-rmtree
+            {"delay": rng.uniform(0, duration)}
+            if rng.random() < 0.3  # any moment
+            else {
+                "trigger": lambda moved=moved: not moved.exists(),
+                "delay": rng.uniform(0, duration / 2),
+            }  # mid-rmtree
         )
         killed += _run_and_kill(workers.delete_big, (store, victim), tmp_path / "ready", **point)
         leftovers_seen += bool(set(_leftovers(store)) - before)
@@ -228,8 +259,12 @@ def test_a_cli_save_killed_part_way_leaves_no_visible_version(tmp_path: Path) ->
     store = tmp_path / "store"
     script = tmp_path / "bigmodel.py"
     script.write_text(f"import zoo\nmodel = zoo.Big(n={BIG['n']}, dim={BIG['dim']})\n")
-    proc = subprocess.Popen([sys.executable, "-m", "torchshelf", "save", "big", f"{script}:model"],
-                            env=child_env(store), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "torchshelf", "save", "big", f"{script}:model"],
+        env=child_env(store),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.monotonic() + 120
     try:
         while time.monotonic() < deadline and proc.poll() is None:

@@ -11,7 +11,14 @@ from torchshelf.devices import available_devices, parse_device, resolve_device
 
 @pytest.mark.parametrize(
     ("spec", "expected"),
-    [(None, "cpu"), ("cpu", "cpu"), ("CPU", "cpu"), ("cuda", "cuda"), ("cuda:1", "cuda:1"), ("mps", "mps")],
+    [
+        (None, "cpu"),
+        ("cpu", "cpu"),
+        ("CPU", "cpu"),
+        ("cuda", "cuda"),
+        ("cuda:1", "cuda:1"),
+        ("mps", "mps"),
+    ],
 )
 def test_device_strings_are_normalised(spec: str | None, expected: str) -> None:
     assert parse_device(spec) == expected
@@ -42,7 +49,9 @@ def test_load_model_refuses_a_missing_device_before_loading(tmp_path) -> None:
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_load_model_puts_weights_on_the_gpu(tmp_path) -> None:
-    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2)).eval()
+    model = torch.nn.Sequential(
+        torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2)
+    ).eval()
     tag = torchshelf.save_model("gpu", model, store=tmp_path)
     loaded = torchshelf.load_model(tag, device_id="cuda:0", store=tmp_path)
     assert all(p.device.type == "cuda" for p in loaded.parameters())

@@ -28,9 +28,13 @@ ARTIFACTS = ROOT / "test-artifacts"
 
 def _app() -> Starlette:
     async def openapi(request: object) -> JSONResponse:
-        return JSONResponse({"openapi": "3.1.0", "info": {"title": "t", "version": "1"}, "paths": {}})
+        return JSONResponse(
+            {"openapi": "3.1.0", "info": {"title": "t", "version": "1"}, "paths": {}}
+        )
 
-    return Starlette(routes=[Route("/openapi.json", openapi), *docs_routes("/openapi.json", title="t <x>")])
+    return Starlette(
+        routes=[Route("/openapi.json", openapi), *docs_routes("/openapi.json", title="t <x>")]
+    )
 
 
 def test_root_redirects_to_the_docs_page() -> None:
@@ -50,11 +54,15 @@ def test_docs_page_and_its_assets_are_served_from_the_installed_package() -> Non
             r = client.get(f"/docs/assets/{name}")
             assert r.status_code == 200 and r.headers["content-type"] == media, name
             assert r.content == (swagger_ui_dir() / name).read_bytes()  # type: ignore[operator]
-        assert client.get("/docs/assets/swagger-editor.js").status_code == 404  # only what the page needs
+        assert (
+            client.get("/docs/assets/swagger-editor.js").status_code == 404
+        )  # only what the page needs
         assert client.get("/docs/assets/..%2F__init__.py").status_code == 404
 
 
-def test_docs_page_without_the_package_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_docs_page_without_the_package_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     import torchshelf.serving.docs as docs
 
     monkeypatch.setattr(docs, "swagger_ui_dir", lambda: None)
@@ -86,8 +94,11 @@ def test_docs_page_in_a_real_browser_lists_every_api_and_runs_one(tmp_path: Path
         assert r.status_code in (302, 307) and r.headers["location"].endswith("/docs"), (
             "GET / does not redirect to /docs: are docs_routes() wired into core/serving/app.py?"
         )
-        apis = [path for path, ops in httpx.get(f"{srv.url}/openapi.json").json()["paths"].items()
-                if "post" in ops]
+        apis = [
+            path
+            for path, ops in httpx.get(f"{srv.url}/openapi.json").json()["paths"].items()
+            if "post" in ops
+        ]
         assert sorted(apis) == ["/classify", "/detect_objects", "/generate_image"]
         ARTIFACTS.mkdir(exist_ok=True)
         with sync_api.sync_playwright() as pw:
@@ -104,7 +115,9 @@ def test_docs_page_in_a_real_browser_lists_every_api_and_runs_one(tmp_path: Path
                 assert page.url == f"{srv.url}/docs"
                 page.wait_for_selector(".opblock-summary", timeout=30_000)
                 for path in apis:
-                    summary = page.locator(f'.opblock-post .opblock-summary-path[data-path="{path}"]')
+                    summary = page.locator(
+                        f'.opblock-post .opblock-summary-path[data-path="{path}"]'
+                    )
                     assert summary.count() == 1, f"{path} is not listed on /docs"
 
                 block = page.locator("#operations-default-generate_image")
@@ -116,7 +129,9 @@ def test_docs_page_in_a_real_browser_lists_every_api_and_runs_one(tmp_path: Path
                 response.wait_for(timeout=30_000)
                 page.screenshot(path=str(ARTIFACTS / "docs.png"), full_page=True)
                 assert response.locator(".response-col_status").inner_text().strip() == "200"
-                generated = json.loads(response.locator(".response-col_description pre").first.inner_text())
+                generated = json.loads(
+                    response.locator(".response-col_description pre").first.inner_text()
+                )
                 assert len(generated) == 3 and len(generated[0]) == 8 and len(generated[0][0]) == 8
                 assert not errors, errors
             finally:

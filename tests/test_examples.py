@@ -43,9 +43,15 @@ def _env(home: Path) -> dict[str, str]:
 def run_example(home: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     """Run `python examples/<args>` (or a shell script) and fail with its output if it fails."""
     first = str(EXAMPLES / args[0])
-    cmd = ["bash", first, *args[1:]] if first.endswith(".sh") else [sys.executable, first, *args[1:]]
-    proc = subprocess.run(cmd, env=_env(home), cwd=ROOT, capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, f"{' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    cmd = (
+        ["bash", first, *args[1:]] if first.endswith(".sh") else [sys.executable, first, *args[1:]]
+    )
+    proc = subprocess.run(
+        cmd, env=_env(home), cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )
+    assert proc.returncode == 0, (
+        f"{' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    )
     return proc
 
 
@@ -73,9 +79,21 @@ class Server:
 def serve(home: Path, target: str, *extra: str, ready_timeout: float = 90) -> Iterator[Server]:
     """Start `shelf serve TARGET`, wait for /readyz, yield, then SIGTERM and expect exit 0."""
     port = free_port()
-    cmd = [sys.executable, "-m", "torchshelf", "serve", target, "--port", str(port), "--threads", "1", *extra]
-    proc = subprocess.Popen(cmd, env=_env(home), cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "torchshelf",
+        "serve",
+        target,
+        "--port",
+        str(port),
+        "--threads",
+        "1",
+        *extra,
+    ]
+    proc = subprocess.Popen(
+        cmd, env=_env(home), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     url = f"http://127.0.0.1:{port}"
     server = Server(proc, url)
     try:
@@ -102,7 +120,9 @@ def serve(home: Path, target: str, *extra: str, ready_timeout: float = 90) -> It
                 proc.kill()
                 proc.wait()
         log = proc.stdout.read() if proc.stdout else ""  # type: ignore[union-attr]
-    assert proc.returncode == 0, f"shelf serve {target} exited {proc.returncode} after SIGTERM:\n{log}"
+    assert proc.returncode == 0, (
+        f"shelf serve {target} exited {proc.returncode} after SIGTERM:\n{log}"
+    )
 
 
 @pytest.fixture
@@ -111,8 +131,13 @@ def home(tmp_path: Path) -> Path:
 
 
 def list_tags(home: Path, *args: str) -> list[str]:
-    out = subprocess.run([sys.executable, "-m", "torchshelf", "list", *args, "--output", "tags"],
-                         env=_env(home), capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "torchshelf", "list", *args, "--output", "tags"],
+        env=_env(home),
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     return out.split()
 
 
@@ -126,13 +151,37 @@ def test_basic_save_and_load(home: Path) -> None:
     assert len(tags) == 2 and tags[0] == "simple_model:v1.2.0"  # newest first
 
 
-def test_advanced_configuration_stores_signatures_labels_metadata_and_custom_objects(home: Path) -> None:
+def test_advanced_configuration_stores_signatures_labels_metadata_and_custom_objects(
+    home: Path,
+) -> None:
     out = run_example(home, "advanced_config.py").stdout
-    assert "'preprocessor': 'tensors'" in out and "'tokenizer': 'pickle'" in out and "'vocab': 'json'" in out
-    info = json.loads(subprocess.run(
-        [sys.executable, "-m", "torchshelf", "get", "advanced_pytorch_model", "--output", "json"],
-        env=_env(home), capture_output=True, text=True, check=True).stdout)
-    assert info["labels"] == {"stage": "production", "framework": "pytorch", "task": "classification"}
+    assert (
+        "'preprocessor': 'tensors'" in out
+        and "'tokenizer': 'pickle'" in out
+        and "'vocab': 'json'" in out
+    )
+    info = json.loads(
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "torchshelf",
+                "get",
+                "advanced_pytorch_model",
+                "--output",
+                "json",
+            ],
+            env=_env(home),
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
+    assert info["labels"] == {
+        "stage": "production",
+        "framework": "pytorch",
+        "task": "classification",
+    }
     assert info["metadata"]["accuracy"] == 0.95
     assert info["signatures"]["__call__"]["batchable"] is True
     assert sorted(info["custom_objects"]) == ["preprocessor", "tokenizer", "vocab"]
@@ -142,11 +191,19 @@ def test_preprocessing_pipeline_is_a_custom_object_usable_without_its_source(hom
     out = run_example(home, "preprocessing_pipeline.py").stdout
     assert "input (1, 3, 64, 64) -> " in out
     # A fresh process that never saw the transform's classes can still use it (pickled by value).
-    code = ("import torchshelf; from PIL import Image\n"
-            "t = torchshelf.get('resnet_classifier').custom_objects['transform']\n"
-            "print(tuple(t(Image.new('RGB', (300, 200))).shape))")
-    proc = subprocess.run([sys.executable, "-c", code], env=_env(home), cwd="/", capture_output=True,
-                          text=True, check=True)
+    code = (
+        "import torchshelf; from PIL import Image\n"
+        "t = torchshelf.get('resnet_classifier').custom_objects['transform']\n"
+        "print(tuple(t(Image.new('RGB', (300, 200))).shape))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        env=_env(home),
+        cwd="/",
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert proc.stdout.strip() == "(3, 64, 64)"
 
 
@@ -168,7 +225,9 @@ def test_error_handling_script_catches_typed_errors(home: Path) -> None:
 def test_versioning_loads_the_newest_production_model(home: Path) -> None:
     out = run_example(home, "versioning.py").stdout
     assert "serving production_model:1.1.0" in out
-    assert list_tags(home, "production_model", "--label", "stage=production") == ["production_model:1.1.0"]
+    assert list_tags(home, "production_model", "--label", "stage=production") == [
+        "production_model:1.1.0"
+    ]
 
 
 # -- services -----------------------------------------------------------------------------------
@@ -198,7 +257,10 @@ def test_batch_service_gives_each_concurrent_caller_its_own_results(home: Path) 
         results: dict[int, Any] = {}
 
         def call(i: int) -> None:  # 12 clients, 2 items each, all at once
-            r = srv.post("batch_predict", {"input_tensors": [items[2 * i].tolist(), items[2 * i + 1].tolist()]})
+            r = srv.post(
+                "batch_predict",
+                {"input_tensors": [items[2 * i].tolist(), items[2 * i + 1].tolist()]},
+            )
             results[i] = (r.status_code, r.json())
 
         threads = [threading.Thread(target=call, args=(i,)) for i in range(12)]
@@ -242,7 +304,9 @@ def test_torchscript_service_serves_the_scripted_model(home: Path) -> None:
         assert all(-10 <= v <= 10 for row in out for v in row)
 
 
-def test_state_dict_service_rebuilds_the_model_from_its_config(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_state_dict_service_rebuilds_the_model_from_its_config(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     out = run_example(home, "state_dict/save.py").stdout
     assert "model_config stored as tensors" in out  # a state dict needs no pickle
     monkeypatch.syspath_prepend(str(EXAMPLES / "state_dict"))  # `architectures`, for the reference
@@ -281,7 +345,9 @@ def test_error_handling_service_reports_missing_model_and_wrong_shape(home: Path
     run_example(home, "error_handling/errors.py")  # saves robust_model
     with serve(home, service) as srv:
         r = srv.post("predict", {"input_data": [[0.0] * 5]})
-        assert r.status_code == 422 and "expected a (batch, 8) tensor, got [1, 5]" in r.json()["error"]
+        assert (
+            r.status_code == 422 and "expected a (batch, 8) tensor, got [1, 5]" in r.json()["error"]
+        )
         r = srv.post("predict", {"input_data": "not a tensor"})
         assert r.status_code == 422 and "input_data" in r.json()["error"]
         r = srv.post("predict", content=b"{not json")
@@ -314,7 +380,9 @@ def test_image_classifier_service_answers_an_upload_with_the_top_5(home: Path) -
         assert len({p["class_id"] for p in top}) == 5 and all(p["class_name"] for p in top)
         as_json = srv.post("classify_image", {"image": base64.b64encode(png).decode()})
         assert as_json.json() == r.json()
-        r = srv.post("classify_image", content=b"not an image", headers={"Content-Type": "image/png"})
+        r = srv.post(
+            "classify_image", content=b"not an image", headers={"Content-Type": "image/png"}
+        )
         assert r.status_code == 400 and "image" in r.json()["error"]
 
 
@@ -349,9 +417,17 @@ def test_ci_pipeline_script_runs_with_the_cli_only(tmp_path: Path) -> None:
     del env["TORCHSHELF_HOME"]  # the script picks its own build and deploy stores under WORK
     # The gate itself is exercised by bench's tests; here only its plumbing, on a noisy machine.
     env.update(WORK=str(work), PORT=str(free_port()), MAX_REGRESSION="1000%")
-    proc = subprocess.run(["bash", str(EXAMPLES / "ci_pipeline.sh")], env=env, cwd=tmp_path,
-                          capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, f"ci_pipeline.sh exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    proc = subprocess.run(
+        ["bash", str(EXAMPLES / "ci_pipeline.sh")],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert proc.returncode == 0, (
+        f"ci_pipeline.sh exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    )
     tag = proc.stdout.strip().splitlines()[-1].removeprefix("pipeline passed: ")
     assert tag.startswith("ci-classifier:")
     assert (work / "ci-classifier.shelf").is_file()

@@ -59,7 +59,9 @@ def _free_port() -> int:
 class Server:
     """A `shelf serve` child process; ready once /readyz answers 200 on 127.0.0.1."""
 
-    def __init__(self, *args: str, env: dict[str, str] | None = None, host: str | None = None) -> None:
+    def __init__(
+        self, *args: str, env: dict[str, str] | None = None, host: str | None = None
+    ) -> None:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         extra = ["--host", host] if host else []
@@ -100,7 +102,10 @@ class Server:
         return fields["VmRSS"], fields["VmHWM"]
 
     def alive(self) -> bool:
-        return self.proc.poll() is None and httpx.get(self.url + "/healthz", timeout=5).status_code == 200
+        return (
+            self.proc.poll() is None
+            and httpx.get(self.url + "/healthz", timeout=5).status_code == 200
+        )
 
     def stop(self) -> int:
         if self.proc.poll() is None:
@@ -189,7 +194,10 @@ finite = st.floats(-1e3, 1e3, allow_nan=False, allow_infinity=False, width=32)
 good_row = st.lists(finite, min_size=FEATURES, max_size=FEATURES)
 good_inputs = st.lists(good_row, min_size=1, max_size=4)
 not_a_number = st.one_of(
-    st.text(max_size=5), st.none(), st.booleans(), st.dictionaries(st.text(max_size=3), finite, max_size=2)
+    st.text(max_size=5),
+    st.none(),
+    st.booleans(),
+    st.dictionaries(st.text(max_size=3), finite, max_size=2),
 )
 
 
@@ -200,10 +208,16 @@ def broken_json(draw: st.DrawFn) -> Malformed:
     if how == "truncate":
         body = text[: draw(st.integers(1, len(text) - 1))]
     elif how == "garbage":
-        body = draw(st.binary(min_size=1, max_size=200).filter(lambda b: not b.strip().startswith(b"{")))
+        body = draw(
+            st.binary(min_size=1, max_size=200).filter(lambda b: not b.strip().startswith(b"{"))
+        )
     elif how == "flip":
         at = draw(st.integers(0, len(text) - 1))
-        body = text[:at] + draw(st.sampled_from([b"}", b"]", b",", b":", b"\x00", b"'"])) + text[at + 1 :]
+        body = (
+            text[:at]
+            + draw(st.sampled_from([b"}", b"]", b",", b":", b"\x00", b"'"]))
+            + text[at + 1 :]
+        )
     else:
         body = b""
     try:  # a mutation can happen to still be valid JSON: then it is a wrong-type body instead
@@ -224,7 +238,9 @@ def wrong_type(draw: st.DrawFn) -> Malformed:
         body = {draw(st.text(max_size=8).filter(lambda k: k != "inputs")): draw(good_inputs)}
     else:  # one cell of a good tensor replaced by a non-number
         rows = draw(good_inputs)
-        rows[draw(st.integers(0, len(rows) - 1))][draw(st.integers(0, FEATURES - 1))] = draw(not_a_number)
+        rows[draw(st.integers(0, len(rows) - 1))][draw(st.integers(0, FEATURES - 1))] = draw(
+            not_a_number
+        )
         body = {"inputs": rows}
     return Malformed("wrong type", _j(body))
 
@@ -234,7 +250,9 @@ def wrong_shape(draw: st.DrawFn) -> Malformed:
     how = draw(st.sampled_from(["width", "ragged", "rank", "empty"]))
     if how == "width":
         width = draw(st.integers(0, 20).filter(lambda w: w != FEATURES))
-        rows: Any = draw(st.lists(st.lists(finite, min_size=width, max_size=width), min_size=1, max_size=3))
+        rows: Any = draw(
+            st.lists(st.lists(finite, min_size=width, max_size=width), min_size=1, max_size=3)
+        )
     elif how == "ragged":
         rows = draw(good_inputs) + [draw(st.lists(finite, min_size=1, max_size=FEATURES - 1))]
     elif how == "rank":
@@ -249,7 +267,9 @@ def wrong_dtype(draw: st.DrawFn) -> Malformed:
     n = draw(st.integers(1, 3))
     how = draw(st.sampled_from(["safetensors", "bools", "strings"]))
     if how == "safetensors":
-        dtype = draw(st.sampled_from([torch.float64, torch.float16, torch.int64, torch.int32, torch.uint8]))
+        dtype = draw(
+            st.sampled_from([torch.float64, torch.float16, torch.int64, torch.int32, torch.uint8])
+        )
         body = st_save({"inputs": torch.zeros(n, FEATURES, dtype=dtype)})
         return Malformed("wrong dtype", body, "application/vnd.safetensors", frozenset({422}))
     if how == "bools":
@@ -293,9 +313,13 @@ def giant_body(draw: st.DrawFn) -> Malformed:
     how = draw(st.sampled_from(["json", "declared", "chunked"]))
     if how == "declared":  # a Content-Length past the limit is refused before reading the body
         headers = (("Content-Length", str(draw(st.integers(BODY_LIMIT + 1, 2**62)))),)
-        return Malformed("giant body", b"", statuses=frozenset({413}), headers=headers, raw="declared")
+        return Malformed(
+            "giant body", b"", statuses=frozenset({413}), headers=headers, raw="declared"
+        )
     body = b'{"inputs": [' + b"0.0," * (size // 4) + b"0.0]}"
-    return Malformed("giant body", body, statuses=frozenset({413}), raw="chunked" if how == "chunked" else "")
+    return Malformed(
+        "giant body", body, statuses=frozenset({413}), raw="chunked" if how == "chunked" else ""
+    )
 
 
 @st.composite
@@ -321,7 +345,13 @@ def slow_loris(draw: st.DrawFn) -> Malformed:
     cut = draw(st.integers(0, len(body) - 1))
     raw = draw(st.sampled_from(["stall", "close"]))
     # "stall" must be answered 408 once the body timeout passes; "close" has nobody to answer.
-    return Malformed("slow loris", body[:cut], statuses=frozenset({408}), headers=(("Content-Length", str(len(body))),), raw=raw)
+    return Malformed(
+        "slow loris",
+        body[:cut],
+        statuses=frozenset({408}),
+        headers=(("Content-Length", str(len(body))),),
+        raw=raw,
+    )
 
 
 MALFORMED_KINDS: list[st.SearchStrategy[Malformed]] = [
@@ -376,10 +406,13 @@ def _raw_request(port: int, m: Malformed, timeout: float) -> tuple[int | None, b
     if m.raw == "chunked":
         head.append("Transfer-Encoding: chunked")
         step = 64 * 1024
-        body = b"".join(
-            f"{len(body[i : i + step]):x}\r\n".encode() + body[i : i + step] + b"\r\n"
-            for i in range(0, len(body), step)
-        ) + b"0\r\n\r\n"
+        body = (
+            b"".join(
+                f"{len(body[i : i + step]):x}\r\n".encode() + body[i : i + step] + b"\r\n"
+                for i in range(0, len(body), step)
+            )
+            + b"0\r\n\r\n"
+        )
     else:
         head += [f"{k}: {v}" for k, v in m.headers]
         if not any(k.lower() == "content-length" for k, _ in m.headers):
@@ -445,7 +478,10 @@ def test_1000_malformed_requests_get_json_4xx_while_16_clients_get_correct_answe
         with httpx.Client(base_url=fuzz_server.url, timeout=30) as client:
             end = time.monotonic() + 120  # bounded even if the fuzz hangs
             while not done.is_set() and time.monotonic() < end:
-                rows = [[rng.uniform(-10, 10) for _ in range(FEATURES)] for _ in range(rng.randint(1, 4))]
+                rows = [
+                    [rng.uniform(-10, 10) for _ in range(FEATURES)]
+                    for _ in range(rng.randint(1, 4))
+                ]
                 r = client.post("/predict", json={"inputs": rows})
                 got = torch.tensor(r.json()["outputs"]) if r.status_code == 200 else None
                 with lock:
@@ -468,7 +504,9 @@ def test_1000_malformed_requests_get_json_4xx_while_16_clients_get_correct_answe
                         continue
                     ok = status in m.statuses and (status == 200 or _is_json_error(payload))
                     if not ok:
-                        tally.wrong.append(f"{m.kind} {m.body[:80]!r} -> {status} {payload[:200]!r}")
+                        tally.wrong.append(
+                            f"{m.kind} {m.body[:80]!r} -> {status} {payload[:200]!r}"
+                        )
 
     def watch_memory() -> None:
         while not done.is_set():
@@ -509,7 +547,9 @@ def test_1000_malformed_requests_get_json_4xx_while_16_clients_get_correct_answe
     print("\nserver fuzz:", json.dumps(figures), file=sys.stderr)
     assert tally.sent == 1000 and crashes == 0
     assert len(tally.by_kind) >= len(MALFORMED_KINDS), tally.by_kind
-    assert not tally.wrong, f"{len(tally.wrong)} malformed requests mis-answered:\n" + "\n".join(tally.wrong[:20])
+    assert not tally.wrong, f"{len(tally.wrong)} malformed requests mis-answered:\n" + "\n".join(
+        tally.wrong[:20]
+    )
     assert not tally.valid_wrong, tally.valid_wrong[:10]
     assert tally.valid_ok >= 16
     # Bounded: the fuzz (1000 requests, giant bodies included) grows the server by far less
@@ -521,12 +561,16 @@ def test_1000_malformed_requests_get_json_4xx_while_16_clients_get_correct_answe
 def test_a_partial_body_that_stalls_is_answered_408_and_the_server_keeps_serving(
     fuzz_server: Server,
 ) -> None:
-    stalled = Malformed("slow loris", b'{"inputs": [[0.1', headers=(("Content-Length", "400"),), raw="stall")
+    stalled = Malformed(
+        "slow loris", b'{"inputs": [[0.1', headers=(("Content-Length", "400"),), raw="stall"
+    )
     started = time.monotonic()
     status, payload = _raw_request(fuzz_server.port, stalled, timeout=BODY_TIMEOUT_S + 10)
     assert status == 408 and "did not arrive" in json.loads(payload)["error"]
     assert time.monotonic() - started < BODY_TIMEOUT_S + 5
-    closed = Malformed("slow loris", b'{"inputs": [[0.1', headers=(("Content-Length", "400"),), raw="close")
+    closed = Malformed(
+        "slow loris", b'{"inputs": [[0.1', headers=(("Content-Length", "400"),), raw="close"
+    )
     _raw_request(fuzz_server.port, closed, timeout=5)
     r = httpx.post(fuzz_server.url + "/predict", json={"inputs": [[0.0] * FEATURES]})
     assert r.status_code == 200, r.text
@@ -540,7 +584,9 @@ def test_schemathesis_finds_no_server_errors_or_schema_violations(
     fuzz_server: Server, tmp_path: Path
 ) -> None:
     pytest.importorskip("schemathesis")
-    cli = shutil.which("schemathesis", path=str(Path(sys.executable).parent)) or shutil.which("schemathesis")
+    cli = shutil.which("schemathesis", path=str(Path(sys.executable).parent)) or shutil.which(
+        "schemathesis"
+    )
     if cli is None:
         pytest.skip("the schemathesis command is not installed")
     cmd = [
@@ -564,7 +610,7 @@ def test_schemathesis_finds_no_server_errors_or_schema_violations(
 
 # -- overload and shutdown ----------------------------------------------------------------------
 
-SLOW_SOURCE = '''
+SLOW_SOURCE = """
 import time
 import torchshelf.serving as ts
 
@@ -575,7 +621,7 @@ class Slow:
     def wait(self, seconds: float, pad: str = "") -> dict:
         time.sleep(seconds)
         return {"slept": seconds, "pad": len(pad)}
-'''
+"""
 
 
 def _slow_server(tmp_path: Path, *args: str) -> Server:
@@ -588,7 +634,11 @@ _SSL = ssl.create_default_context()  # one for every client: building one costs 
 
 
 async def _flood(
-    url: str, count: int, body: dict[str, Any], stagger_s: float = 0.0, finished: list[Any] | None = None
+    url: str,
+    count: int,
+    body: dict[str, Any],
+    stagger_s: float = 0.0,
+    finished: list[Any] | None = None,
 ) -> list[Any]:
     """`count` requests at once, one connection each; a response or the exception it raised.
     Each outcome is also appended to `finished` as it arrives, for a watching thread."""
@@ -619,7 +669,9 @@ def test_load_past_the_queue_bound_gets_503_with_retry_after_and_memory_stays_bo
         peak = 0
         codes: list[int] = []
         for _ in range(3):
-            responses = asyncio.run(_flood(server.url + "/wait", 150, {"seconds": 0.05, "pad": pad}))
+            responses = asyncio.run(
+                _flood(server.url + "/wait", 150, {"seconds": 0.05, "pad": pad})
+            )
             assert all(isinstance(r, httpx.Response) for r in responses), responses
             codes += [r.status_code for r in responses]
             for r in responses:
@@ -628,7 +680,10 @@ def test_load_past_the_queue_bound_gets_503_with_retry_after_and_memory_stays_bo
                     assert set(r.json()) == {"error"}
             peak = max(peak, server.memory_kib()[1])
         assert set(codes) <= {200, 503}
-        assert codes.count(200) >= 4 and codes.count(503) >= 150, (codes.count(200), codes.count(503))
+        assert codes.count(200) >= 4 and codes.count(503) >= 150, (
+            codes.count(200),
+            codes.count(503),
+        )
         print(
             f"\noverload: {codes.count(200)} answered 200, {codes.count(503)} refused 503; "
             f"RSS {rss_before / 1024:.1f} MiB before, peak {peak / 1024:.1f} MiB",
@@ -681,8 +736,10 @@ def test_sigterm_under_load_answers_every_accepted_request_then_exits_0(tmp_path
     assert all(_refused_cleanly(e) for e in refused), refused
     ok = sum(r.status_code == 200 for r in answered)
     assert ok > 5, f"requests queued when SIGTERM came should have been answered ({ok} were)"
-    print(f"\nSIGTERM under load: {ok} answered 200, {len(answered) - ok} 503, {len(refused)} refused",
-          file=sys.stderr)
+    print(
+        f"\nSIGTERM under load: {ok} answered 200, {len(answered) - ok} 503, {len(refused)} refused",
+        file=sys.stderr,
+    )
 
 
 @pytest.mark.slow
@@ -721,26 +778,38 @@ def test_an_api_token_is_required_on_api_routes_but_not_on_health(
     server = Server(*args, env=env)
     try:
         url, body = server.url + "/predict", {"inputs": [[0.25] * FEATURES]}
-        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN},
-                        {"Authorization": f"Basic {TOKEN}"}, {"Authorization": f"Bearer {TOKEN}x"}):
+        for headers in (
+            {},
+            {"Authorization": "Bearer wrong"},
+            {"Authorization": TOKEN},
+            {"Authorization": f"Basic {TOKEN}"},
+            {"Authorization": f"Bearer {TOKEN}x"},
+        ):
             r = httpx.post(url, json=body, headers=headers)
             assert r.status_code == 401, (headers, r.status_code)
             assert r.headers["www-authenticate"] == "Bearer" and "token" in r.json()["error"]
         r = httpx.post(url, json=body, headers=AUTH)
         assert r.status_code == 200
-        assert torch.allclose(torch.tensor(r.json()["outputs"]), _expected(model, body["inputs"]), atol=1e-5)
+        assert torch.allclose(
+            torch.tensor(r.json()["outputs"]), _expected(model, body["inputs"]), atol=1e-5
+        )
         for path in ("/healthz", "/readyz", "/metrics"):
             assert httpx.get(server.url + path).status_code == 200, path
     finally:
         server.kill()
 
 
-def test_metrics_auth_puts_metrics_behind_the_token_too(store: tuple[str, str, torch.nn.Module]) -> None:
+def test_metrics_auth_puts_metrics_behind_the_token_too(
+    store: tuple[str, str, torch.nn.Module],
+) -> None:
     root, tag, _ = store
     server = Server(tag, "--api-token", TOKEN, "--metrics-auth", env={"TORCHSHELF_HOME": root})
     try:
         assert httpx.get(server.url + "/metrics").status_code == 401
-        assert httpx.get(server.url + "/metrics", headers={"Authorization": "Bearer no"}).status_code == 401
+        assert (
+            httpx.get(server.url + "/metrics", headers={"Authorization": "Bearer no"}).status_code
+            == 401
+        )
         assert httpx.get(server.url + "/metrics", headers=AUTH).status_code == 200
         assert httpx.get(server.url + "/healthz").status_code == 200
     finally:
@@ -761,7 +830,9 @@ def test_binding_all_interfaces_with_a_token_prints_no_warning(
     store: tuple[str, str, torch.nn.Module],
 ) -> None:
     root, tag, _ = store
-    server = Server(tag, host="0.0.0.0", env={"TORCHSHELF_HOME": root, "TORCHSHELF_API_TOKEN": TOKEN})
+    server = Server(
+        tag, host="0.0.0.0", env={"TORCHSHELF_HOME": root, "TORCHSHELF_API_TOKEN": TOKEN}
+    )
     server.kill()
     assert "without an API token" not in server.stderr()
 
@@ -771,8 +842,11 @@ def test_the_default_bind_is_loopback_only(store: tuple[str, str, torch.nn.Modul
     root, tag, _ = store
     server = Server(tag, env={"TORCHSHELF_HOME": root})
     try:
-        listening = [c for c in Path("/proc/net/tcp").read_text().splitlines()[1:]
-                     if c.split()[1].endswith(f":{server.port:04X}") and c.split()[3] == "0A"]
+        listening = [
+            c
+            for c in Path("/proc/net/tcp").read_text().splitlines()[1:]
+            if c.split()[1].endswith(f":{server.port:04X}") and c.split()[3] == "0A"
+        ]
         assert listening and all(c.split()[1].startswith("0100007F:") for c in listening), listening
     finally:
         server.kill()

@@ -20,7 +20,8 @@ from torchshelf import manifest as manifest_mod
 def _save_everything(name: str = "mlp") -> torchshelf.Model:
     """A version with every kind of file: weights, structure, and each kind of custom object."""
     tag = torchshelf.save_model(
-        name, zoo.MLP(),
+        name,
+        zoo.MLP(),
         custom_objects={"cfg": {"a": 1}, "mean": torch.ones(3), "blob": b"\x00\x01raw bytes"},
     )
     return torchshelf.get(tag)
@@ -47,7 +48,9 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("template") / "store"
     torchshelf.save_model("mlp", zoo.MLP(), store=root)
     torchshelf.save_model(
-        "mlp", zoo.MLP(), store=root,
+        "mlp",
+        zoo.MLP(),
+        store=root,
         custom_objects={"cfg": {"a": 1}, "mean": torch.ones(3), "blob": b"\x00\x01raw bytes"},
     )
     return root
@@ -61,7 +64,11 @@ def two_versions(template: Path, store_home: Path) -> tuple[torchshelf.Tag, torc
     return good.tag, everything
 
 
-DAMAGE: dict[str, Callable[[Path], None]] = {"flip": _flip, "truncate": _truncate, "delete": _delete}
+DAMAGE: dict[str, Callable[[Path], None]] = {
+    "flip": _flip,
+    "truncate": _truncate,
+    "delete": _delete,
+}
 FILES = [
     "weights.safetensors",
     "structure.pkl",
@@ -73,7 +80,7 @@ FILES = [
 
 
 def test_a_saved_version_has_the_files_these_tests_damage(
-    two_versions: tuple[torchshelf.Tag, torchshelf.Model]
+    two_versions: tuple[torchshelf.Tag, torchshelf.Model],
 ) -> None:
     assert set(two_versions[1].manifest.files) == set(FILES)
 
@@ -133,7 +140,9 @@ def test_a_damaged_pickled_custom_object_is_refused_before_unpickling(store_home
         torchshelf.get(tag).custom_objects["tok"]
 
 
-def test_load_does_not_rehash_unchanged_files(store_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_load_does_not_rehash_unchanged_files(
+    store_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     ref = _save_everything()
     hashed: list[str] = []
     real = manifest_mod.hash_file
@@ -146,7 +155,9 @@ def test_load_does_not_rehash_unchanged_files(store_home: Path, monkeypatch: pyt
     torchshelf.load_model(ref.tag)
     torchshelf.load_model(ref.tag)
     assert hashed == [], "a freshly saved version was re-hashed on load"
-    (ref.path / "weights.safetensors").touch()  # same bytes, new signature: hashed once, then cached
+    (
+        ref.path / "weights.safetensors"
+    ).touch()  # same bytes, new signature: hashed once, then cached
     torchshelf.load_model(ref.tag)
     torchshelf.load_model(ref.tag)
     assert hashed == ["weights.safetensors"]
@@ -173,16 +184,27 @@ MANIFEST_DAMAGE: dict[str, Callable[[torchshelf.Model], None]] = {
     "missing field": lambda ref: _rewrite_manifest(ref, lambda m: m.pop("files")),
     "wrong type": lambda ref: _rewrite_manifest(ref, lambda m: m.update(labels=["x"])),
     "bad file record": lambda ref: _rewrite_manifest(
-        ref, lambda m: m["files"].update({"weights.safetensors": {"sha256": "00", "size": 1}})),
+        ref, lambda m: m["files"].update({"weights.safetensors": {"sha256": "00", "size": 1}})
+    ),
     "escaping file name": lambda ref: _rewrite_manifest(
-        ref, lambda m: m["files"].update({"../../x": {"sha256": "0" * 64, "size": 1}})),
+        ref, lambda m: m["files"].update({"../../x": {"sha256": "0" * 64, "size": 1}})
+    ),
     "custom object outside files": lambda ref: _rewrite_manifest(
-        ref, lambda m: m["custom_objects"].update({"x": {"kind": "json", "file": "../../etc/passwd"}})),
+        ref,
+        lambda m: m["custom_objects"].update({"x": {"kind": "json", "file": "../../etc/passwd"}}),
+    ),
     "structure pickle outside files": lambda ref: _rewrite_manifest(
-        ref, lambda m: m["structure"].update(pickle="../../elsewhere.pkl")),
-    "creation time not ISO": lambda ref: _rewrite_manifest(ref, lambda m: m.update(creation_time="yesterday")),
-    "signature not an object": lambda ref: _rewrite_manifest(ref, lambda m: m.update(signatures={"f": 1})),
-    "names another version": lambda ref: _rewrite_manifest(ref, lambda m: m.update(version="other")),
+        ref, lambda m: m["structure"].update(pickle="../../elsewhere.pkl")
+    ),
+    "creation time not ISO": lambda ref: _rewrite_manifest(
+        ref, lambda m: m.update(creation_time="yesterday")
+    ),
+    "signature not an object": lambda ref: _rewrite_manifest(
+        ref, lambda m: m.update(signatures={"f": 1})
+    ),
+    "names another version": lambda ref: _rewrite_manifest(
+        ref, lambda m: m.update(version="other")
+    ),
 }
 
 
@@ -204,7 +226,6 @@ def test_a_broken_manifest_is_a_clear_error_and_the_store_keeps_working(
     assert results[good] is None
     assert isinstance(results[ref.tag], torchshelf.ManifestError)
     assert dict(torchshelf.models.verify(["mlp"]))[good] is None  # a bare name checks the rest
-
 
 
 @pytest.mark.parametrize("damage", ["invalid json", "unknown field", "missing field"])
@@ -254,7 +275,7 @@ def test_one_changed_byte_in_the_manifest_is_caught_naming_it(
 
 
 def test_a_label_change_interrupted_between_its_two_writes_still_checks(
-    two_versions: tuple[torchshelf.Tag, torchshelf.Model]
+    two_versions: tuple[torchshelf.Tag, torchshelf.Model],
 ) -> None:
     _, ref = two_versions
     sums = ref.path / ".manifest.sha256"
@@ -268,7 +289,7 @@ def test_a_label_change_interrupted_between_its_two_writes_still_checks(
 
 
 def test_a_version_without_a_manifest_sum_still_loads(
-    two_versions: tuple[torchshelf.Tag, torchshelf.Model]
+    two_versions: tuple[torchshelf.Tag, torchshelf.Model],
 ) -> None:
     """Versions copied by hand (or written before the sum existed) have nothing to check against."""
     _, ref = two_versions

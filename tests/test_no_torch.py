@@ -12,11 +12,17 @@ from conftest import child_env, run_shelf
 import torchshelf
 
 
-def _imported_modules(args: list[str], store: Path, **env: str) -> tuple[set[str], subprocess.CompletedProcess[str]]:
+def _imported_modules(
+    args: list[str], store: Path, **env: str
+) -> tuple[set[str], subprocess.CompletedProcess[str]]:
     """Run the CLI under `-X importtime` and return the top-level modules it imported."""
     proc = subprocess.run(
         [sys.executable, "-X", "importtime", "-m", "torchshelf", *args],
-        env=child_env(store, **env), capture_output=True, text=True, timeout=60, cwd=store.parent,
+        env=child_env(store, **env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=store.parent,
     )
     modules = set()
     for line in proc.stderr.splitlines():
@@ -51,7 +57,9 @@ def populated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     ],
     ids=lambda a: " ".join(a),
 )
-def test_everyday_commands_do_not_import_torch(populated: tuple[Path, str], args: list[str]) -> None:
+def test_everyday_commands_do_not_import_torch(
+    populated: tuple[Path, str], args: list[str]
+) -> None:
     store, tag = populated
     args = [tag if a == "TAG" else a for a in args]
     modules, proc = _imported_modules(args, store)
@@ -68,8 +76,9 @@ def test_everyday_commands_do_not_import_torch(populated: tuple[Path, str], args
         ("fish", {"_TYPER_COMPLETE_ARGS": "shelf l", "_TYPER_COMPLETE_FISH_ACTION": "get-args"}),
     ],
 )
-def test_shell_completion_does_not_import_torch(populated: tuple[Path, str], shell: str,
-                                                env: dict[str, str]) -> None:
+def test_shell_completion_does_not_import_torch(
+    populated: tuple[Path, str], shell: str, env: dict[str, str]
+) -> None:
     store, _ = populated
     modules, proc = _imported_modules([], store, _SHELF_COMPLETE=f"complete_{shell}", **env)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -80,12 +89,15 @@ def test_shell_completion_does_not_import_torch(populated: tuple[Path, str], she
 def test_bash_completion_offers_commands(populated: tuple[Path, str]) -> None:
     store, _ = populated
     env = child_env(store, _SHELF_COMPLETE="complete_bash", COMP_WORDS="shelf ver", COMP_CWORD="1")
-    proc = subprocess.run([sys.executable, "-m", "torchshelf"], env=env, capture_output=True,
-                          text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "torchshelf"], env=env, capture_output=True, text=True, timeout=60
+    )
     assert proc.stdout.split() == ["verify"]
 
 
-def test_the_check_itself_sees_torch_when_save_imports_it(populated: tuple[Path, str], tmp_path: Path) -> None:
+def test_the_check_itself_sees_torch_when_save_imports_it(
+    populated: tuple[Path, str], tmp_path: Path
+) -> None:
     store, _ = populated
     modules, proc = _imported_modules(["save", "other", "zoo:make_mlp"], store)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -19,7 +19,10 @@ def test_quickstart_script_runs_end_to_end(tmp_path: Path) -> None:
     assert shutil.which("shelf", path=env["PATH"]), "the `shelf` console script is not installed"
     result = subprocess.run(
         ["bash", str(ROOT / "examples" / "quickstart.sh")],
-        env=env, capture_output=True, text=True, timeout=300,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "outputs match the original bit for bit" in result.stdout

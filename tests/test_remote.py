@@ -79,16 +79,25 @@ def url(bucket: str) -> str:
 @pytest.fixture
 def env(tmp_path: Path, endpoint: str, url: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     """Environment of a machine whose store is tmp/a and whose remote is `url`."""
-    values = {**AWS_ENV, "AWS_ENDPOINT_URL": endpoint, "TORCHSHELF_REMOTE": url,
-              "TORCHSHELF_HOME": str(tmp_path / "a")}
+    values = {
+        **AWS_ENV,
+        "AWS_ENDPOINT_URL": endpoint,
+        "TORCHSHELF_REMOTE": url,
+        "TORCHSHELF_HOME": str(tmp_path / "a"),
+    }
     for k, v in values.items():
         monkeypatch.setenv(k, v)
     monkeypatch.chdir(tmp_path)
     return {**os.environ, **values}
 
 
-def make_version(store: Store, name: str, version: str, files: dict[str, bytes],
-                 labels: dict[str, str] | None = None) -> Manifest:
+def make_version(
+    store: Store,
+    name: str,
+    version: str,
+    files: dict[str, bytes],
+    labels: dict[str, str] | None = None,
+) -> Manifest:
     """A committed version holding exactly `files` (the bytes matter here, not torch)."""
     staging = store.stage()
     records = {}
@@ -96,23 +105,45 @@ def make_version(store: Store, name: str, version: str, files: dict[str, bytes],
         (staging / rel).parent.mkdir(parents=True, exist_ok=True)
         (staging / rel).write_bytes(data)
         records[rel] = hash_file(staging / rel)
-    manifest = Manifest(name=name, version=version, creation_time=now_iso(), format="safetensors",
-                        torch_version="0", module_class=None, files=records, labels=dict(labels or {}))
+    manifest = Manifest(
+        name=name,
+        version=version,
+        creation_time=now_iso(),
+        format="safetensors",
+        torch_version="0",
+        module_class=None,
+        files=records,
+        labels=dict(labels or {}),
+    )
     return store.commit(staging, manifest, auto_version=False)
 
 
 def files_of(size: int = 4096) -> dict[str, bytes]:
-    return {"weights.safetensors": os.urandom(size), "structure.pkl": os.urandom(64),
-            "custom_objects/0.json": b'{"vocab": 3}', "custom_objects/1.json": b""}
+    return {
+        "weights.safetensors": os.urandom(size),
+        "structure.pkl": os.urandom(64),
+        "custom_objects/0.json": b'{"vocab": 3}',
+        "custom_objects/1.json": b"",
+    }
 
 
-def shelf(*args: str, env: dict[str, str], home: Path | None = None, check: bool = True,
-          timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def shelf(
+    *args: str,
+    env: dict[str, str],
+    home: Path | None = None,
+    check: bool = True,
+    timeout: float = 120,
+) -> subprocess.CompletedProcess[str]:
     run_env = dict(env)
     if home is not None:
         run_env["TORCHSHELF_HOME"] = str(home)
-    result = subprocess.run([sys.executable, "-m", "torchshelf", *args], env=run_env,
-                            capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run(
+        [sys.executable, "-m", "torchshelf", *args],
+        env=run_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     if check:
         assert result.returncode == 0, result.stderr
     return result
@@ -125,7 +156,9 @@ def remote_keys(s3: Any, bucket: str) -> list[str]:
 # --- push, pull, list, get, label -----------------------------------------------------------
 
 
-def test_push_then_pull_round_trips_every_byte_and_trusts_the_copy(tmp_path: Path, env: dict[str, str], url: str) -> None:
+def test_push_then_pull_round_trips_every_byte_and_trusts_the_copy(
+    tmp_path: Path, env: dict[str, str], url: str
+) -> None:
     a, b = Store(tmp_path / "a"), Store(tmp_path / "b")
     files = files_of(3 << 20)
     make_version(a, "clf", "1", files, labels={"stage": "dev"})
@@ -145,7 +178,9 @@ def test_push_then_pull_round_trips_every_byte_and_trusts_the_copy(tmp_path: Pat
 
 
 @pytest.mark.slow
-def test_cli_push_list_by_label_get_label_and_pull(tmp_path: Path, env: dict[str, str], url: str) -> None:
+def test_cli_push_list_by_label_get_label_and_pull(
+    tmp_path: Path, env: dict[str, str], url: str
+) -> None:
     make_version(Store(tmp_path / "a"), "clf", "1", files_of(), labels={"stage": "dev"})
     make_version(Store(tmp_path / "a"), "clf", "2", files_of(), labels={"stage": "dev"})
 
@@ -154,12 +189,17 @@ def test_cli_push_list_by_label_get_label_and_pull(tmp_path: Path, env: dict[str
     listed = json.loads(shelf("list", "--remote", "--output", "json", env=env).stdout)
     assert [m["tag"] for m in listed] == ["clf:2", "clf:1"]
     assert listed[0]["path"] == f"{url}/models/clf/2"
-    assert shelf("list", "--remote", url, "clf", "--latest", "-o", "tags", env=env).stdout == "clf:2\n"
+    assert (
+        shelf("list", "--remote", url, "clf", "--latest", "-o", "tags", env=env).stdout == "clf:2\n"
+    )
     # a bare --remote followed by a name: the name is the NAME argument, not a URL
     assert shelf("list", "--remote", "clf", "-o", "tags", env=env).stdout == "clf:2\nclf:1\n"
 
     shelf("label", "clf:1", "stage=production", "--remote", env=env)
-    assert shelf("list", "--remote", "-l", "stage=production", "-o", "tags", env=env).stdout == "clf:1\n"
+    assert (
+        shelf("list", "--remote", "-l", "stage=production", "-o", "tags", env=env).stdout
+        == "clf:1\n"
+    )
     got = json.loads(shelf("get", "--remote", "clf:1", "-o", "json", env=env).stdout)
     assert got["labels"] == {"stage": "production"}
     assert "stage" in shelf("get", "clf", "--remote", env=env).stdout
@@ -167,14 +207,20 @@ def test_cli_push_list_by_label_get_label_and_pull(tmp_path: Path, env: dict[str
     assert Store(tmp_path / "a").read_manifest("clf", "1").labels == {"stage": "dev"}
 
     # machine B: CI pulls whatever is in production
-    tag = shelf("list", "--remote", "-l", "stage=production", "--latest", "-o", "tags", env=env).stdout.strip()
+    tag = shelf(
+        "list", "--remote", "-l", "stage=production", "--latest", "-o", "tags", env=env
+    ).stdout.strip()
     out = shelf("pull", tag, env=env, home=tmp_path / "b")
     assert out.stdout == "clf:1\n"
     local = json.loads(shelf("list", "-o", "json", env=env, home=tmp_path / "b").stdout)
-    assert [(m["tag"], m["labels"], m["trusted"]) for m in local] == [("clf:1", {"stage": "production"}, True)]
+    assert [(m["tag"], m["labels"], m["trusted"]) for m in local] == [
+        ("clf:1", {"stage": "production"}, True)
+    ]
 
 
-def test_pull_of_a_specific_version_and_of_latest(tmp_path: Path, env: dict[str, str], url: str) -> None:
+def test_pull_of_a_specific_version_and_of_latest(
+    tmp_path: Path, env: dict[str, str], url: str
+) -> None:
     a, b = Store(tmp_path / "a"), Store(tmp_path / "b")
     for v in ("1", "2", "3"):
         make_version(a, "clf", v, files_of())
@@ -191,7 +237,9 @@ def test_pull_of_a_specific_version_and_of_latest(tmp_path: Path, env: dict[str,
     assert shelf("pull", "clf:9", env=env, home=tmp_path / "b", check=False).returncode == 1
 
 
-def test_pushing_the_same_version_twice_is_a_no_op(tmp_path: Path, env: dict[str, str], url: str, s3: Any, bucket: str) -> None:
+def test_pushing_the_same_version_twice_is_a_no_op(
+    tmp_path: Path, env: dict[str, str], url: str, s3: Any, bucket: str
+) -> None:
     make_version(Store(tmp_path / "a"), "clf", "1", files_of())
     shelf("push", "clf:1", env=env)
     before = {o["Key"]: o["LastModified"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]}
@@ -204,7 +252,9 @@ def test_pushing_the_same_version_twice_is_a_no_op(tmp_path: Path, env: dict[str
     assert Remote(url).push(Store(tmp_path / "a"), "clf:1").status == "unchanged"
 
 
-def test_a_conflicting_push_is_refused_and_the_remote_keeps_the_first(tmp_path: Path, env: dict[str, str], url: str) -> None:
+def test_a_conflicting_push_is_refused_and_the_remote_keeps_the_first(
+    tmp_path: Path, env: dict[str, str], url: str
+) -> None:
     first = files_of()
     make_version(Store(tmp_path / "a"), "clf", "1", first)
     make_version(Store(tmp_path / "b"), "clf", "1", files_of())
@@ -218,10 +268,14 @@ def test_a_conflicting_push_is_refused_and_the_remote_keeps_the_first(tmp_path: 
         Remote(url).push(Store(tmp_path / "b"), "clf:1")
     c = Store(tmp_path / "c")
     Remote(url).pull(c, "clf:1")
-    assert (c.version_dir("clf", "1") / "weights.safetensors").read_bytes() == first["weights.safetensors"]
+    assert (c.version_dir("clf", "1") / "weights.safetensors").read_bytes() == first[
+        "weights.safetensors"
+    ]
 
 
-def test_pull_refuses_a_version_that_exists_locally_with_other_files(tmp_path: Path, env: dict[str, str], url: str) -> None:
+def test_pull_refuses_a_version_that_exists_locally_with_other_files(
+    tmp_path: Path, env: dict[str, str], url: str
+) -> None:
     make_version(Store(tmp_path / "a"), "clf", "1", files_of())
     make_version(Store(tmp_path / "b"), "clf", "1", files_of())
     Remote(url).push(Store(tmp_path / "a"), "clf:1")
@@ -240,12 +294,18 @@ def test_an_interrupted_push_is_invisible_and_a_retry_completes_it(
     # 160 MiB: over s3fs's 2 x 50 MiB threshold, so the weights go up as a multipart upload
     big = {"weights.safetensors": os.urandom(160 << 20), "structure.pkl": b"x" * 100}
     make_version(Store(tmp_path / "a"), "big", "1", big)
-    proc = subprocess.Popen([sys.executable, "-m", "torchshelf", "push", "big:1"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "torchshelf", "push", "big:1"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.monotonic() + 60
+
     def mid_transfer() -> bool:  # the small file is complete and the big one is going up in parts
-        return ("team/models/big/1/structure.pkl" in remote_keys(s3, bucket)
-                and bool(s3.list_multipart_uploads(Bucket=bucket).get("Uploads")))
+        return "team/models/big/1/structure.pkl" in remote_keys(s3, bucket) and bool(
+            s3.list_multipart_uploads(Bucket=bucket).get("Uploads")
+        )
 
     while not mid_transfer():
         assert proc.poll() is None, proc.communicate()
@@ -272,13 +332,21 @@ def test_an_interrupted_push_is_invisible_and_a_retry_completes_it(
     assert [str(m.tag) for m in remote.list()] == ["big:1"]
     assert remote.leftovers() == []
     remote.pull(Store(tmp_path / "b"), "big:1")
-    assert (tmp_path / "b" / "models" / "big" / "1" / "weights.safetensors").read_bytes() == big["weights.safetensors"]
+    assert (tmp_path / "b" / "models" / "big" / "1" / "weights.safetensors").read_bytes() == big[
+        "weights.safetensors"
+    ]
 
 
 @pytest.mark.parametrize("ranged", [False, True], ids=["one GET", "ranged GETs"])
 @pytest.mark.parametrize("damage", ["same size", "truncated", "longer"])
 def test_pull_refuses_a_corrupted_remote_object(
-    tmp_path: Path, env: dict[str, str], url: str, s3: Any, bucket: str, damage: str, ranged: bool,
+    tmp_path: Path,
+    env: dict[str, str],
+    url: str,
+    s3: Any,
+    bucket: str,
+    damage: str,
+    ranged: bool,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     if ranged:  # large files are fetched in ordered ranges: make 1 MiB count as large
@@ -306,8 +374,9 @@ def test_pull_refuses_a_corrupted_remote_object(
     assert refused.returncode == 1 and "corrupt" in refused.stderr
 
 
-def test_missing_remote_configuration_and_bad_urls_say_what_to_do(tmp_path: Path, env: dict[str, str],
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_remote_configuration_and_bad_urls_say_what_to_do(
+    tmp_path: Path, env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     no_remote = {k: v for k, v in env.items() if k != "TORCHSHELF_REMOTE"}
     out = shelf("list", "--remote", env=no_remote, check=False)
     assert out.returncode == 1 and "TORCHSHELF_REMOTE" in out.stderr
@@ -317,16 +386,22 @@ def test_missing_remote_configuration_and_bad_urls_say_what_to_do(tmp_path: Path
     assert missing.returncode == 1 and "does not exist" in missing.stderr
 
 
-def test_without_s3fs_the_error_names_the_extra(env: dict[str, str], url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_without_s3fs_the_error_names_the_extra(
+    env: dict[str, str], url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setitem(sys.modules, "s3fs", None)
     with pytest.raises(RemoteError, match=r"torchshelf\[s3\]"):
         Remote(url).list()
 
 
-def test_remote_config_from_shelf_toml(tmp_path: Path, env: dict[str, str], url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_remote_config_from_shelf_toml(
+    tmp_path: Path, env: dict[str, str], url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("TORCHSHELF_REMOTE")
     monkeypatch.delenv("AWS_ENDPOINT_URL")
-    (tmp_path / "shelf.toml").write_text(f'[remote]\nurl = "{url}"\nendpoint_url = "{env["AWS_ENDPOINT_URL"]}"\n')
+    (tmp_path / "shelf.toml").write_text(
+        f'[remote]\nurl = "{url}"\nendpoint_url = "{env["AWS_ENDPOINT_URL"]}"\n'
+    )
     make_version(Store(tmp_path / "a"), "clf", "1", files_of())
     import torchshelf
 
@@ -338,12 +413,22 @@ def test_remote_config_from_shelf_toml(tmp_path: Path, env: dict[str, str], url:
 
 
 @pytest.mark.slow
-def test_two_processes_push_different_versions_of_one_name_at_once(tmp_path: Path, env: dict[str, str], url: str) -> None:
+def test_two_processes_push_different_versions_of_one_name_at_once(
+    tmp_path: Path, env: dict[str, str], url: str
+) -> None:
     a = Store(tmp_path / "a")
     make_version(a, "clf", "1", files_of(8 << 20))
     make_version(a, "clf", "2", files_of(8 << 20))
-    procs = [subprocess.Popen([sys.executable, "-m", "torchshelf", "push", f"clf:{v}"], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for v in ("1", "2")]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "torchshelf", "push", f"clf:{v}"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for v in ("1", "2")
+    ]
     results = [p.communicate(timeout=120) + (p.returncode,) for p in procs]
     assert [r[2] for r in results] == [0, 0], results
 
@@ -355,14 +440,26 @@ def test_two_processes_push_different_versions_of_one_name_at_once(tmp_path: Pat
 
 
 @pytest.mark.slow
-def test_two_writers_of_one_version_cannot_both_win(tmp_path: Path, env: dict[str, str], url: str) -> None:
+def test_two_writers_of_one_version_cannot_both_win(
+    tmp_path: Path, env: dict[str, str], url: str
+) -> None:
     contents = {}
     for who in ("a", "b"):
-        contents[who] = {**files_of(), **{f"custom_objects/{i}.json": os.urandom(256) for i in range(8)}}
+        contents[who] = {
+            **files_of(),
+            **{f"custom_objects/{i}.json": os.urandom(256) for i in range(8)},
+        }
         make_version(Store(tmp_path / who), "clf", "1", contents[who])
-    procs = [subprocess.Popen([sys.executable, "-m", "torchshelf", "push", "clf:1"],
-                              env={**env, "TORCHSHELF_HOME": str(tmp_path / who)},
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for who in ("a", "b")]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "torchshelf", "push", "clf:1"],
+            env={**env, "TORCHSHELF_HOME": str(tmp_path / who)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for who in ("a", "b")
+    ]
     codes = []
     for p in procs:
         _, err = p.communicate(timeout=120)
@@ -383,7 +480,9 @@ def test_two_writers_of_one_version_cannot_both_win(tmp_path: Path, env: dict[st
 
 
 @pytest.mark.slow
-def test_concurrent_label_changes_are_not_lost(tmp_path: Path, env: dict[str, str], url: str) -> None:
+def test_concurrent_label_changes_are_not_lost(
+    tmp_path: Path, env: dict[str, str], url: str
+) -> None:
     make_version(Store(tmp_path / "a"), "clf", "1", files_of(), labels={"owner": "ml"})
     Remote(url).push(Store(tmp_path / "a"), "clf:1")
 
@@ -404,7 +503,9 @@ def test_concurrent_label_changes_are_not_lost(tmp_path: Path, env: dict[str, st
 # --- load_model(remote=...) ---------------------------------------------------------------------
 
 
-def test_load_model_pulls_into_the_local_cache_on_first_use(tmp_path: Path, env: dict[str, str], url: str) -> None:
+def test_load_model_pulls_into_the_local_cache_on_first_use(
+    tmp_path: Path, env: dict[str, str], url: str
+) -> None:
     torch = pytest.importorskip("torch")
     import torchshelf
 
@@ -432,7 +533,9 @@ def test_optional_remote_value_parsing() -> None:
     assert norm(["--remote=s3://b", "--", "--remote"]) == ["--remote=s3://b", "--", "--remote"]
 
 
-def test_gc_remote_removes_only_old_leftovers(tmp_path: Path, env: dict[str, str], url: str, s3: Any, bucket: str) -> None:
+def test_gc_remote_removes_only_old_leftovers(
+    tmp_path: Path, env: dict[str, str], url: str, s3: Any, bucket: str
+) -> None:
     make_version(Store(tmp_path / "a"), "clf", "1", files_of())
     remote = Remote(url)
     remote.push(Store(tmp_path / "a"), "clf:1")
@@ -442,7 +545,9 @@ def test_gc_remote_removes_only_old_leftovers(tmp_path: Path, env: dict[str, str
     # Younger than a day: may be a push under way, so it stays. (moto dates every multipart
     # upload 2010-11-10, so the incomplete upload counts as old even here.)
     first = remote.gc()
-    assert first.removed == (f"s3://{bucket}/team/models/clf/3/weights.safetensors (incomplete upload)",)
+    assert first.removed == (
+        f"s3://{bucket}/team/models/clf/3/weights.safetensors (incomplete upload)",
+    )
     assert remote.leftovers() == [f"{url}/models/clf/2"]
     report = remote.gc(older_than=0)
 

@@ -30,8 +30,15 @@ def test_importable_class_round_trips_bit_identical(store_home: Path) -> None:
 
 def test_torch_nn_transformer_round_trips_bit_identical(store_home: Path) -> None:
     torch.manual_seed(0)
-    model = torch.nn.Transformer(d_model=16, nhead=2, num_encoder_layers=1, num_decoder_layers=1,
-                                 dim_feedforward=32, dropout=0.0, batch_first=True).eval()
+    model = torch.nn.Transformer(
+        d_model=16,
+        nhead=2,
+        num_encoder_layers=1,
+        num_decoder_layers=1,
+        dim_feedforward=32,
+        dropout=0.0,
+        batch_first=True,
+    ).eval()
     src, tgt = torch.randn(2, 7, 16), torch.randn(2, 5, 16)
     tag = torchshelf.save_model("transformer", model)
     loaded = torchshelf.load_model(tag)
@@ -91,10 +98,12 @@ def test_scriptmodule_round_trips_as_torchscript(store_home: Path) -> None:
     assert torch.equal(loaded(x), eager(x))
 
 
-def test_class_defined_in_a_users_main_script_loads_in_another_process(store_home: Path,
-                                                                       tmp_path: Path) -> None:
+def test_class_defined_in_a_users_main_script_loads_in_another_process(
+    store_home: Path, tmp_path: Path
+) -> None:
     script = tmp_path / "train.py"
-    script.write_text(textwrap.dedent("""
+    script.write_text(
+        textwrap.dedent("""
         import torch, torchshelf
 
         class Net(torch.nn.Module):
@@ -113,19 +122,27 @@ def test_class_defined_in_a_users_main_script_loads_in_another_process(store_hom
             tag = torchshelf.save_model("scripted-user", net)
             torch.save(net(x).detach(), "expected.pt")
             print(tag)
-    """))
+    """)
+    )
     import subprocess
     import sys
 
     from conftest import child_env
 
-    saved = subprocess.run([sys.executable, str(script)], env=child_env(store_home), cwd=tmp_path,
-                           capture_output=True, text=True, timeout=120)
+    saved = subprocess.run(
+        [sys.executable, str(script)],
+        env=child_env(store_home),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert saved.returncode == 0, saved.stderr
     tag = saved.stdout.strip()
     other = tmp_path / "elsewhere"
     other.mkdir()
-    loaded = run_python(textwrap.dedent(f"""
+    loaded = run_python(
+        textwrap.dedent(f"""
         import torch, torchshelf
         model = torchshelf.load_model({tag!r})
         x = torch.arange(12.0).reshape(2, 6)
@@ -133,7 +150,10 @@ def test_class_defined_in_a_users_main_script_loads_in_another_process(store_hom
         assert torch.equal(model(x), expected), (model(x), expected)
         assert not model.training
         print(type(model).__name__)
-    """), store=store_home, cwd=other)
+    """),
+        store=store_home,
+        cwd=other,
+    )
     assert loaded.stdout.strip() == "Net"
 
 
@@ -146,12 +166,18 @@ def test_weights_never_enter_the_structure_pickle(store_home: Path) -> None:
 
 
 def test_labels_metadata_and_signatures_round_trip(store_home: Path) -> None:
-    sigs = {"predict": {"batchable": True, "batch_dim": 0,
-                        "input_spec": {"shape": [-1, 8], "dtype": "float32"}},
-            "__call__": {"batchable": False}}
+    sigs = {
+        "predict": {
+            "batchable": True,
+            "batch_dim": 0,
+            "input_spec": {"shape": [-1, 8], "dtype": "float32"},
+        },
+        "__call__": {"batchable": False},
+    }
     meta = {"accuracy": 0.93, "epochs": 3, "notes": ["a", "b"], "nested": {"k": None}}
-    tag = torchshelf.save_model("mlp", zoo.MLP(), labels={"stage": "dev", "team": "vision"},
-                                metadata=meta, signatures=sigs)
+    tag = torchshelf.save_model(
+        "mlp", zoo.MLP(), labels={"stage": "dev", "team": "vision"}, metadata=meta, signatures=sigs
+    )
     ref = torchshelf.get(tag)
     assert ref.labels == {"stage": "dev", "team": "vision"}
     assert ref.metadata == meta
@@ -159,8 +185,18 @@ def test_labels_metadata_and_signatures_round_trip(store_home: Path) -> None:
     assert ref.signatures["__call__"] == {"batchable": False, "batch_dim": 0}
     assert ref.info.labels == ref.labels and ref.info.tag == tag
     raw = json.loads((ref.path / "manifest.json").read_text())
-    for key in ("name", "version", "creation_time", "format", "labels", "metadata", "signatures",
-                "torch_version", "module_class", "files"):
+    for key in (
+        "name",
+        "version",
+        "creation_time",
+        "format",
+        "labels",
+        "metadata",
+        "signatures",
+        "torch_version",
+        "module_class",
+        "files",
+    ):
         assert key in raw
     assert raw["torch_version"] == torch.__version__
     assert ref.creation_time.tzinfo is not None
@@ -196,8 +232,13 @@ def test_custom_objects_round_trip_json_tensor_nested_and_pickled(store_home: Pa
     tag = torchshelf.save_model("mlp", zoo.MLP(), custom_objects=objects)
     ref = torchshelf.get(tag)
     kinds = {k: v["kind"] for k, v in ref.manifest.custom_objects.items()}
-    assert kinds == {"config": "json", "mean": "tensors", "stats": "tensors",
-                     "tokenizer": "pickle", "text": "json"}
+    assert kinds == {
+        "config": "json",
+        "mean": "tensors",
+        "stats": "tensors",
+        "tokenizer": "pickle",
+        "text": "json",
+    }
     for rec in ref.manifest.custom_objects.values():
         assert rec["file"] in ref.manifest.files  # listed with its sha256
     fresh = torchshelf.get(tag).custom_objects

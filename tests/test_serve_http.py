@@ -100,7 +100,7 @@ SERVICE_SOURCE = textwrap.dedent(
 )
 
 SLOW_SOURCE = textwrap.dedent(
-    '''
+    """
     import time
     from pathlib import Path
 
@@ -115,7 +115,7 @@ SLOW_SOURCE = textwrap.dedent(
                 Path(mark).touch()  # tells the test the call is running
             time.sleep(seconds)
             return {"slept": seconds}
-    '''
+    """
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -148,7 +148,9 @@ class Server:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited {self.proc.returncode}: {self.proc.stderr.read()}")
+                raise RuntimeError(
+                    f"server exited {self.proc.returncode}: {self.proc.stderr.read()}"
+                )
             try:
                 if httpx.get(self.url + "/readyz", timeout=1).status_code == 200:
                     return
@@ -233,7 +235,12 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, 
 @pytest.fixture(scope="module")
 def model_server(store: tuple[str, str, torch.nn.Module]) -> Iterator[Server]:
     root, tag, _ = store
-    server = Server(tag, "--max-body-mb", "0.05", env={"TORCHSHELF_HOME": root, "TORCHSHELF_API_TOKEN": "s3cret"})
+    server = Server(
+        tag,
+        "--max-body-mb",
+        "0.05",
+        env={"TORCHSHELF_HOME": root, "TORCHSHELF_API_TOKEN": "s3cret"},
+    )
     yield server
     server.stop()
 
@@ -247,7 +254,9 @@ def _ssl_context() -> ssl.SSLContext:
     return ssl.create_default_context()
 
 
-async def _concurrently(url: str, bodies: list[Any], headers: dict[str, str] | None = None) -> list[httpx.Response]:
+async def _concurrently(
+    url: str, bodies: list[Any], headers: dict[str, str] | None = None
+) -> list[httpx.Response]:
     """One client with one connection per body, all sent at once."""
 
     async def one(body: Any) -> httpx.Response:
@@ -290,13 +299,17 @@ def test_async_image_and_on_demand_loading_apis_work(
     assert httpx.post(url + "/shout", json={"text": "hi"}).json() == "HI"
     buf = io.BytesIO()
     Image.new("RGB", (7, 5)).save(buf, format="PNG")
-    r = httpx.post(url + "/image_size", content=buf.getvalue(), headers={"Content-Type": "image/png"})
+    r = httpx.post(
+        url + "/image_size", content=buf.getvalue(), headers={"Content-Type": "image/png"}
+    )
     assert r.status_code == 200, r.text
     assert r.json() == {"size": [7, 5], "mode": "RGB"}
     r = httpx.post(url + "/image_size", content=b"not a png", headers={"Content-Type": "image/png"})
     assert r.status_code == 400 and "image" in r.json()["error"]
     x = torch.randn(2, 8)
-    r = httpx.post(url + "/predict_with_model", json={"model_name": "mlp", "input_data": x.tolist()})
+    r = httpx.post(
+        url + "/predict_with_model", json={"model_name": "mlp", "input_data": x.tolist()}
+    )
     assert r.status_code == 200, r.text
     assert r.json()["model_used"] == "mlp"
     assert torch.allclose(torch.tensor(r.json()["prediction"]), store[2](x).detach(), atol=1e-5)
@@ -310,9 +323,7 @@ def test_64_concurrent_callers_each_get_their_own_rows_and_calls_are_batched(
     before_count = _metric(url, "torchshelf_batch_size_count", api="classify")
     before_items = _metric(url, "torchshelf_batch_size_sum", api="classify")
     xs = [torch.randn(1 + i % 3, 8) for i in range(64)]
-    responses = asyncio.run(
-        _concurrently(url + "/classify", [{"items": x.tolist()} for x in xs])
-    )
+    responses = asyncio.run(_concurrently(url + "/classify", [{"items": x.tolist()} for x in xs]))
     for x, r in zip(xs, responses, strict=True):
         assert r.status_code == 200, r.text
         got = r.json()
@@ -487,7 +498,9 @@ def test_api_routes_need_the_token_but_health_does_not(model_server: Server) -> 
     url = model_server.url
     assert httpx.post(url + "/predict", json={"inputs": [[0.0] * 8]}).status_code == 401
     bad = {"Authorization": "Bearer nope"}
-    assert httpx.post(url + "/predict", json={"inputs": [[0.0] * 8]}, headers=bad).status_code == 401
+    assert (
+        httpx.post(url + "/predict", json={"inputs": [[0.0] * 8]}, headers=bad).status_code == 401
+    )
     assert httpx.get(url + "/healthz").status_code == 200
     assert httpx.get(url + "/readyz").status_code == 200
     assert httpx.get(url + "/metrics").status_code == 200
@@ -523,12 +536,16 @@ def test_the_client_round_trips_tensors_to_a_stored_model(
     assert info.value.status == 401
 
 
-def test_a_missing_device_fails_cleanly_before_binding(store: tuple[str, str, torch.nn.Module]) -> None:
+def test_a_missing_device_fails_cleanly_before_binding(
+    store: tuple[str, str, torch.nn.Module],
+) -> None:
     if torch.cuda.device_count() > 3:
         pytest.skip("this machine has a cuda:3")
     root, tag, _ = store
     port = _free_port()
-    proc = _shelf("serve", tag, "--device", "cuda:3", "--port", str(port), env={"TORCHSHELF_HOME": root})
+    proc = _shelf(
+        "serve", tag, "--device", "cuda:3", "--port", str(port), env={"TORCHSHELF_HOME": root}
+    )
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 2
     assert "cuda:3" in err and "available" in err and "cpu" in err

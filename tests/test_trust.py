@@ -44,10 +44,12 @@ def imported(tmp_path: Path, store_home: Path) -> dict[str, object]:
     markers = {"structure": tmp_path / "structure-ran", "object": tmp_path / "object-ran"}
     torch.manual_seed(0)
     local = _local_model(markers["structure"]).eval()
-    pickled = torchshelf.save_model("local", local, custom_objects={"tok": Trap(markers["object"])},
-                                    store=origin)
-    importable = torchshelf.save_model("mlp", zoo.MLP(), custom_objects={"tok": Trap(markers["object"])},
-                                       store=origin)
+    pickled = torchshelf.save_model(
+        "local", local, custom_objects={"tok": Trap(markers["object"])}, store=origin
+    )
+    importable = torchshelf.save_model(
+        "mlp", zoo.MLP(), custom_objects={"tok": Trap(markers["object"])}, store=origin
+    )
     scripted = torchshelf.save_model("ts", torch.jit.script(zoo.MLP()), store=origin)
     assert not any(m.exists() for m in markers.values()), "saving must not unpickle"
     tags = {}
@@ -57,7 +59,9 @@ def imported(tmp_path: Path, store_home: Path) -> dict[str, object]:
     return {"tags": tags, "markers": markers, "local": local, "origin": origin}
 
 
-def test_an_imported_pickle_structure_is_untrusted_until_shelf_trust(imported: dict, shelf: Shelf) -> None:
+def test_an_imported_pickle_structure_is_untrusted_until_shelf_trust(
+    imported: dict, shelf: Shelf
+) -> None:
     tag, markers = imported["tags"]["pickled"], imported["markers"]
     ref = torchshelf.get(tag)
     assert not ref.trusted and not ref.info.trusted
@@ -80,7 +84,9 @@ def test_an_imported_pickle_structure_is_untrusted_until_shelf_trust(imported: d
     assert torchshelf.models.verify([tag]) == [(tag, None)]
 
 
-def test_an_importable_class_model_loads_untrusted_but_its_pickles_stay_locked(imported: dict) -> None:
+def test_an_importable_class_model_loads_untrusted_but_its_pickles_stay_locked(
+    imported: dict,
+) -> None:
     tag, markers = imported["tags"]["importable"], imported["markers"]
     model = torchshelf.load_model(tag)
     assert type(model) is zoo.MLP
@@ -104,8 +110,9 @@ def test_import_with_trust_loads_at_once(imported: dict, tmp_path: Path) -> None
     assert isinstance(ref.load_model(), torch.nn.Module)
 
 
-def test_cli_import_notes_that_a_pickle_structure_needs_trust(imported: dict, tmp_path: Path,
-                                                             shelf: Shelf) -> None:
+def test_cli_import_notes_that_a_pickle_structure_needs_trust(
+    imported: dict, tmp_path: Path, shelf: Shelf
+) -> None:
     tag = imported["tags"]["pickled"]
     archive = torchshelf.models.export_model(tag, tmp_path / "cli.shelf")
     torchshelf.models.delete(tag)
@@ -138,8 +145,13 @@ def test_an_imported_manifest_cannot_name_an_arbitrary_class_to_build(
     """The class form runs only an nn.Module's __init__, never any class the manifest names."""
     marker = tmp_path / "popen-ran"
     good = torchshelf.models.export_model(imported["tags"]["importable"], tmp_path / "good.shelf")
-    evil_class = {**evil_class, "init_kwargs": {
-        k: [str(marker) if a == "MARKER" else a for a in v] for k, v in evil_class["init_kwargs"].items()}}
+    evil_class = {
+        **evil_class,
+        "init_kwargs": {
+            k: [str(marker) if a == "MARKER" else a for a in v]
+            for k, v in evil_class["init_kwargs"].items()
+        },
+    }
 
     def edit(m: dict) -> None:
         m["version"] = "evil"

@@ -47,8 +47,12 @@ def _wait(go: Path) -> None:
 def saver(store: Path, worker: int, count: int, log: Path, go: Path) -> None:
     _wait(go)
     for n in range(count):
-        tag = torchshelf.save_model("conc", marked_model(worker, n), store=store,
-                                    labels={"worker": str(worker), "n": str(n)})
+        tag = torchshelf.save_model(
+            "conc",
+            marked_model(worker, n),
+            store=store,
+            labels={"worker": str(worker), "n": str(n)},
+        )
         _log(log, tag=str(tag))
 
 
@@ -87,8 +91,13 @@ def reader(store: Path, log: Path, go: Path, stop: Path) -> None:
         except torchshelf.NotFound as exc:
             _log(log, op=op, result="notfound", started=started, error=str(exc))
         except Exception as exc:
-            _log(log, op=op, result="error", error=f"{type(exc).__name__}: {exc}",
-                 trace=traceback.format_exc())
+            _log(
+                log,
+                op=op,
+                result="error",
+                error=f"{type(exc).__name__}: {exc}",
+                trace=traceback.format_exc(),
+            )
 
 
 def labeler(store: Path, log: Path, go: Path, stop: Path) -> None:
@@ -103,7 +112,9 @@ def labeler(store: Path, log: Path, go: Path, stop: Path) -> None:
             continue
         n += 1
         try:
-            torchshelf.models.set_labels(rng.choice(refs[:10]).tag, {"touched": str(n)}, store=store)
+            torchshelf.models.set_labels(
+                rng.choice(refs[:10]).tag, {"touched": str(n)}, store=store
+            )
             _log(log, result="ok")
         except torchshelf.NotFound:
             _log(log, result="notfound")

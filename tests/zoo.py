@@ -37,8 +37,9 @@ class Block(nn.Module):
 class TinyGPT(nn.Module):
     """A GPT-style decoder whose output projection shares the embedding matrix."""
 
-    def __init__(self, vocab: int = 64, dim: int = 32, heads: int = 4, layers: int = 2,
-                 context: int = 16) -> None:
+    def __init__(
+        self, vocab: int = 64, dim: int = 32, heads: int = 4, layers: int = 2, context: int = 16
+    ) -> None:
         super().__init__()
         self.emb = nn.Embedding(vocab, dim)
         self.pos = nn.Parameter(torch.zeros(context, dim))

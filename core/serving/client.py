@@ -130,7 +130,9 @@ class Client:
 
     def _http(self) -> httpx.Client:
         if self._sync is None:
-            self._sync = httpx.Client(base_url=self.url, headers=self._headers, timeout=self._timeout)
+            self._sync = httpx.Client(
+                base_url=self.url, headers=self._headers, timeout=self._timeout
+            )
         return self._sync
 
     def _ahttp(self) -> httpx.AsyncClient:
@@ -140,7 +142,9 @@ class Client:
             )
         return self._async
 
-    def _call_sync(self, info: dict[str, Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    def _call_sync(
+        self, info: dict[str, Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
         content, headers = self._encode(info, args, kwargs)
         return self._decode(info, self._http().post(info["path"], content=content, headers=headers))
 

@@ -230,14 +230,18 @@ def _tensor_from_list(name: str, value: Any, spec: TensorSpec | None) -> Any:
     import torch
 
     if not isinstance(value, (list, int, float)):
-        raise InputError(f"{name}: expected a tensor as a nested list of numbers, got {type(value).__name__}")
+        raise InputError(
+            f"{name}: expected a tensor as a nested list of numbers, got {type(value).__name__}"
+        )
     np_name, torch_name = _DTYPES[spec.dtype] if spec and spec.dtype else (None, None)
     try:
         if np_name is not None and np_name.startswith(("float", "complex")):
             arr = np.asarray(value)
             # Numbers only: numpy would read "1.5" and true as floats, and raise TypeError on {}.
             if arr.dtype.kind not in "iuf" and not (arr.dtype.kind == "O" and _all_numbers(value)):
-                raise InputError(f"{name}: expected a nested list of numbers for dtype {spec.dtype}")  # type: ignore[union-attr]
+                raise InputError(
+                    f"{name}: expected a nested list of numbers for dtype {spec.dtype}"
+                )  # type: ignore[union-attr]
             arr = arr.astype(np_name, copy=False)
             # JSON has no NaN/inf, so a non-finite value was a null or out of the dtype's range.
             if not np.isfinite(arr).all():
@@ -302,7 +306,9 @@ def refuse_booleans(params: list[Param], data: dict[str, Any]) -> None:
             if isinstance(v, list):
                 stack.extend(v)
             elif isinstance(v, bool):
-                raise InputError(f"{p.name}: expected numbers for dtype {p.spec.dtype}, got a boolean")  # type: ignore[union-attr]
+                raise InputError(
+                    f"{p.name}: expected numbers for dtype {p.spec.dtype}, got a boolean"
+                )  # type: ignore[union-attr]
 
 
 def _decode_image(name: str, value: Any) -> Any:
@@ -335,7 +341,11 @@ _SCALARS: dict[str, tuple[type, ...]] = {
 
 def _decode_value(name: str, kind: str, value: Any, spec: TensorSpec | None) -> Any:
     if kind == "tensor":
-        if hasattr(value, "dtype") and hasattr(value, "shape") and not isinstance(value, np.ndarray):
+        if (
+            hasattr(value, "dtype")
+            and hasattr(value, "shape")
+            and not isinstance(value, np.ndarray)
+        ):
             if spec is not None:
                 spec.check(name, value)
             return value
@@ -469,7 +479,11 @@ def encode_safetensors(tensors: dict[str, Any], metadata: dict[str, str] | None 
         blob = raw.numpy().tobytes()
         if sys.byteorder != "little" and raw.element_size() > 1:  # pragma: no cover
             blob = raw.numpy().byteswap().tobytes()
-        header[name] = {"dtype": code, "shape": list(t.shape), "data_offsets": [offset, offset + len(blob)]}
+        header[name] = {
+            "dtype": code,
+            "shape": list(t.shape),
+            "data_offsets": [offset, offset + len(blob)],
+        }
         blobs.append(blob)
         offset += len(blob)
     if metadata:

@@ -96,13 +96,19 @@ class _Collector:
     def collect(self) -> Iterator[Metric]:
         m = self.m
         requests = CounterMetricFamily(
-            "torchshelf_requests", "Requests answered, by api and HTTP status.", labels=["api", "status"]
+            "torchshelf_requests",
+            "Requests answered, by api and HTTP status.",
+            labels=["api", "status"],
         )
         for (api, status), n in sorted(m.counts.items()):
             requests.add_metric([api, str(status)], n)
         yield requests
         for name, doc, hists in (
-            ("torchshelf_request_duration_seconds", "Time from a request's arrival to its answer.", m.latency),
+            (
+                "torchshelf_request_duration_seconds",
+                "Time from a request's arrival to its answer.",
+                m.latency,
+            ),
             ("torchshelf_batch_size", "Items per model call.", m.batch_size),
             ("torchshelf_queue_wait_seconds", "Time a request waited in the queue.", m.wait),
             ("torchshelf_compute_seconds", "Time of one model call (a whole batch).", m.compute),
@@ -111,7 +117,9 @@ class _Collector:
             for api, hist in hists.items():
                 family.add_metric([api], hist.cumulative(), sum_value=hist.total)
             yield family
-        depth = GaugeMetricFamily("torchshelf_queue_depth", "Items waiting for the worker.", labels=["api"])
+        depth = GaugeMetricFamily(
+            "torchshelf_queue_depth", "Items waiting for the worker.", labels=["api"]
+        )
         for api, rows in m.depth.items():
             depth.add_metric([api], rows)
         yield depth

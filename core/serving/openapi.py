@@ -159,7 +159,10 @@ def openapi_document(served: Served, options: ServeOptions) -> dict[str, Any]:
             "operationId": ep.name,
             "summary": (ep.doc.splitlines()[0] if ep.doc else f"Call {ep.name}"),
             "requestBody": _request_body(ep),
-            "responses": {"200": {"description": "the result", "content": ok}, **_errors(sorted(codes))},
+            "responses": {
+                "200": {"description": "the result", "content": ok},
+                **_errors(sorted(codes)),
+            },
             "x-torchshelf": {
                 "batch": ep.batch,
                 "max_batch_size": ep.max_batch_size,
@@ -231,7 +234,9 @@ def schema_document(served: Served, options: ServeOptions) -> dict[str, Any]:
                         "kind": p.kind,
                         "item_kind": p.item_kind,
                         "required": p.required,
-                        "shape": list(p.spec.shape) if p.spec and p.spec.shape is not None else None,
+                        "shape": list(p.spec.shape)
+                        if p.spec and p.spec.shape is not None
+                        else None,
                         "dtype": p.spec.dtype if p.spec else None,
                     }
                     for p in ep.params

@@ -197,7 +197,7 @@ def _serve_model(tag: str, device: str | None) -> Served:
                 batch_dim=int(sig.get("batch_dim", 0)),
                 wrap_outputs=True,
                 input_spec=sig.get("input_spec"),
-                doc=f"Run `{method}` of {ref.tag} on `inputs`; answers {{\"outputs\": ...}}.",
+                doc=f'Run `{method}` of {ref.tag} on `inputs`; answers {{"outputs": ...}}.',
             )
         )
     methods = {("predict" if m == "__call__" else m): m for m in ref.signatures}

@@ -1,8 +1,8 @@
 """The basic service: one model, its custom objects, one api.
 
-    python examples/basic_service/save.py
-    shelf serve examples/basic_service/service.py:PyTorchClassifier --port 3000
-    curl -s localhost:3000/predict -d '{"input_tensor": [[0.1, 0.2, 0.3, 0.4]]}'
+python examples/basic_service/save.py
+shelf serve examples/basic_service/service.py:PyTorchClassifier --port 3000
+curl -s localhost:3000/predict -d '{"input_tensor": [[0.1, 0.2, 0.3, 0.4]]}'
 """
 
 from __future__ import annotations

@@ -32,6 +32,9 @@ class BatchPyTorchService:
             batch_output = self.model(batch_tensor)
             batch_probabilities = torch.softmax(batch_output, dim=1)
         return [
-            {"prediction": batch_output[i].tolist(), "confidence": batch_probabilities[i].max().item()}
+            {
+                "prediction": batch_output[i].tolist(),
+                "confidence": batch_probabilities[i].max().item(),
+            }
             for i in range(len(input_tensors))
         ]

@@ -25,7 +25,9 @@ class DynamicPyTorchService:
     def load_model_on_demand(self, model_name: str) -> torch.nn.Module:
         """The cached model, else the newest stored version (NotFound / InvalidName otherwise)."""
         if model_name not in self.models:
-            self.models[model_name] = torchshelf.load_model(f"{model_name}:latest", device_id=self.device)
+            self.models[model_name] = torchshelf.load_model(
+                f"{model_name}:latest", device_id=self.device
+            )
         return self.models[model_name]
 
     @torchshelf.api
@@ -37,4 +39,8 @@ class DynamicPyTorchService:
             raise ValueError(str(exc)) from None  # the caller's mistake: answered 422
         with torch.no_grad():
             output = model(input_data.to(self.device))
-        return {"model_used": model_name, "prediction": output.tolist(), "loaded": sorted(self.models)}
+        return {
+            "model_used": model_name,
+            "prediction": output.tolist(),
+            "loaded": sorted(self.models),
+        }

@@ -38,7 +38,11 @@ class ImageClassifier:
             top5_prob, top5_idx = torch.topk(probabilities, 5)
         return {
             "top_predictions": [
-                {"class_id": int(idx), "class_name": self.class_names[int(idx)], "confidence": float(prob)}
+                {
+                    "class_id": int(idx),
+                    "class_name": self.class_names[int(idx)],
+                    "confidence": float(prob),
+                }
                 for idx, prob in zip(top5_idx[0], top5_prob[0], strict=True)
             ]
         }

@@ -1,8 +1,8 @@
 """The multi-model service: three stored models behind three apis of one server.
 
-    python examples/multi_model_service/save.py
-    shelf serve examples/multi_model_service/service.py:MultiPyTorchService
-    POST /classify {"image": <3x8x8>}   POST /detect_objects {"image": ...}   POST /generate_image {"noise": <1x16>}
+python examples/multi_model_service/save.py
+shelf serve examples/multi_model_service/service.py:MultiPyTorchService
+POST /classify {"image": <3x8x8>}   POST /detect_objects {"image": ...}   POST /generate_image {"noise": <1x16>}
 """
 
 from __future__ import annotations

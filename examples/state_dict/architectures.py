@@ -13,7 +13,9 @@ class MLP(nn.Module):
 
     def __init__(self, in_features: int, hidden: int, num_classes: int) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
+        self.net = nn.Sequential(
+            nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, num_classes)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -27,5 +29,7 @@ def create_model_from_config(config: dict[str, Any]) -> nn.Module:
     try:
         cls = ARCHITECTURES[config["architecture"]]
     except KeyError:
-        raise ValueError(f"unknown architecture {config.get('architecture')!r}; known: {sorted(ARCHITECTURES)}") from None
+        raise ValueError(
+            f"unknown architecture {config.get('architecture')!r}; known: {sorted(ARCHITECTURES)}"
+        ) from None
     return cls(**config["hyperparameters"])

@@ -23,7 +23,9 @@ def save_with_state_dict() -> torchshelf.Tag:
         "hyperparameters": hyperparameters,
         "num_classes": hyperparameters["num_classes"],
     }
-    return torchshelf.save_model("model_with_state", model, custom_objects={"model_config": model_state})
+    return torchshelf.save_model(
+        "model_with_state", model, custom_objects={"model_config": model_state}
+    )
 
 
 if __name__ == "__main__":

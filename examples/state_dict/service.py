@@ -1,8 +1,8 @@
 """Rebuild a model from a stored config + state dict inside a service.
 
-    python examples/state_dict/save.py
-    shelf serve examples/state_dict/service.py:StateDictService
-    curl -s localhost:3000/predict -d '{"input_data": [[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]]}'
+python examples/state_dict/save.py
+shelf serve examples/state_dict/service.py:StateDictService
+curl -s localhost:3000/predict -d '{"input_data": [[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]]}'
 """
 
 from __future__ import annotations

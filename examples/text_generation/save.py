@@ -36,12 +36,16 @@ def train_tokenizer() -> PreTrainedTokenizerFast:
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=400, special_tokens=["<|endoftext|>"], show_progress=False,
+        vocab_size=400,
+        special_tokens=["<|endoftext|>"],
+        show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     tok.train_from_iterator(CORPUS, trainer=trainer)
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>",
+        tokenizer_object=tok,
+        eos_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
         model_input_names=["input_ids", "attention_mask"],
     )
 
@@ -50,8 +54,13 @@ def build_model(tokenizer: PreTrainedTokenizerFast) -> GPT2LMHeadModel:
     """A 2-layer, 64-wide GPT-2 with random weights (train it as you would any GPT-2)."""
     torch.manual_seed(0)
     config = GPT2Config(
-        vocab_size=len(tokenizer), n_positions=MAX_POSITIONS, n_embd=64, n_layer=2, n_head=2,
-        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
+        vocab_size=len(tokenizer),
+        n_positions=MAX_POSITIONS,
+        n_embd=64,
+        n_layer=2,
+        n_head=2,
+        bos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
     return GPT2LMHeadModel(config).eval()
@@ -64,7 +73,12 @@ def main() -> None:
         "gpt_model",
         model,
         custom_objects={"tokenizer": tokenizer},
-        metadata={"n_layer": 2, "n_embd": 64, "vocab_size": len(tokenizer), "max_positions": MAX_POSITIONS},
+        metadata={
+            "n_layer": 2,
+            "n_embd": 64,
+            "vocab_size": len(tokenizer),
+            "max_positions": MAX_POSITIONS,
+        },
     )
     print(tag)
 

@@ -1,8 +1,8 @@
 """A text generation service: `generate_text(prompt, max_length)` on a stored GPT-2.
 
-    python examples/text_generation/save.py
-    shelf serve examples/text_generation/service.py:TextGenerator --port 3000
-    curl -s localhost:3000/generate_text -d '{"prompt": "The server", "max_length": 40}'
+python examples/text_generation/save.py
+shelf serve examples/text_generation/service.py:TextGenerator --port 3000
+curl -s localhost:3000/generate_text -d '{"prompt": "The server", "max_length": 40}'
 """
 
 from __future__ import annotations
@@ -26,10 +26,14 @@ class TextGenerator:
     def generate_text(self, prompt: str, max_length: int = 100) -> dict:
         """Up to `max_length` tokens (prompt included) sampled at temperature 0.8."""
         if not 1 <= max_length <= self.max_positions:
-            raise ValueError(f"max_length must be between 1 and {self.max_positions}, got {max_length}")
+            raise ValueError(
+                f"max_length must be between 1 and {self.max_positions}, got {max_length}"
+            )
         inputs = self.tokenizer(prompt, return_tensors="pt")
         if inputs["input_ids"].shape[1] >= max_length:
-            raise ValueError(f"the prompt is {inputs['input_ids'].shape[1]} tokens; raise max_length above that")
+            raise ValueError(
+                f"the prompt is {inputs['input_ids'].shape[1]} tokens; raise max_length above that"
+            )
         device = next(self.model.parameters()).device
         with torch.no_grad():
             output_ids = self.model.generate(
