@@ -130,8 +130,8 @@ def _kind_of(hint: Any) -> tuple[str, str | None]:
     if origin is typing.Annotated:
         return _kind_of(typing.get_args(hint)[0])
     if origin in (list, tuple, typing.Sequence) or hint in (list, tuple):
-        args = typing.get_args(hint)
-        return "list", (_kind_of(args[0])[0] if args else None)
+        item_args = typing.get_args(hint)
+        return "list", (_kind_of(item_args[0])[0] if item_args else None)
     if origin is dict or hint is dict:
         return "dict", None
     if hint in (str, int, float, bool):
@@ -299,8 +299,8 @@ def refuse_booleans(params: list[Param], data: dict[str, Any]) -> None:
                 stack.extend(v)
             elif isinstance(v, bool):
                 raise InputError(
-                    f"{p.name}: expected numbers for dtype {p.spec.dtype}, got a boolean"
-                )  # type: ignore[union-attr]
+                    f"{p.name}: expected numbers for dtype {p.spec.dtype}, got a boolean"  # type: ignore[union-attr]
+                )
 
 
 def _decode_image(name: str, value: Any) -> Any:
@@ -348,7 +348,7 @@ def _decode_value(name: str, kind: str, value: Any, spec: TensorSpec | None) -> 
         ok = _SCALARS[kind]
         if not isinstance(value, ok) or (kind in ("int", "float") and isinstance(value, bool)):
             raise InputError(f"{name}: expected {kind}, got {type(value).__name__}")
-        return float(value) if kind == "float" else value
+        return float(value) if kind == "float" else value  # type: ignore[arg-type]
     if kind == "list" and not isinstance(value, list):
         raise InputError(f"{name}: expected a list, got {type(value).__name__}")
     return value
