@@ -18,15 +18,16 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Sequence
 from types import FrameType
 
 import uvicorn
 
-from .app import ServeOptions, build_app
+from .app import HandlerFactory, ServeApp, build_app
+from .options import ServeOptions
 from .target import Served
 
-__all__ = ["run_server"]
+__all__ = ["resolve_targets", "run_server", "serve", "uvicorn_config"]
 
 
 class _Server(uvicorn.Server):
@@ -73,19 +74,35 @@ def _http_choice() -> str:
 
 
 def run_server(
-    served: Served,
+    targets: Served | Sequence[Served],
     options: ServeOptions,
     on_ready: Callable[[], None] | None = None,
+    protocols: Sequence[HandlerFactory] = (),
 ) -> int:
-    """Serve until SIGTERM/SIGINT; returns the exit code (0 after a clean drain, 1 if the
-    model failed to load)."""
+    """Serve until SIGTERM/SIGINT; returns the exit code (0 after a clean drain, 1 if a model
+    failed to load at start)."""
     # The worker thread re-takes the GIL after every torch op; while the loop is busy parsing
     # requests it would wait up to the default 5 ms switch interval each time (a convoy that
     # can double a forward pass). 1 ms bounds that wait at a negligible switching cost.
     sys.setswitchinterval(min(sys.getswitchinterval(), 0.001))
-    app = build_app(served, options)
-    app.state.on_ready = on_ready
-    config = uvicorn.Config(
+    holder: list[_Server] = []
+
+    def stop(_: str) -> None:
+        holder[0].should_exit = True
+
+    app = build_app(targets, options, protocols=protocols, on_ready=on_ready, on_failure=stop)
+    server = _Server(uvicorn_config(app, options))
+    holder.append(server)
+    server.on_exit = app.begin_drain
+    server.run()
+    if app.failed:
+        return 1
+    return 0 if server.started else 1
+
+
+def uvicorn_config(app: ServeApp, options: ServeOptions) -> uvicorn.Config:
+    """uvicorn's settings for `app` (uvloop and httptools when installed)."""
+    return uvicorn.Config(
         app,
         host=options.host,
         port=options.port,
@@ -99,19 +116,47 @@ def run_server(
         timeout_graceful_shutdown=int(options.timeout) + 5,
         backlog=4096,
     )
-    server = _Server(config)
-    state = app.state.serve_state
 
-    def stop(_: str) -> None:
-        server.should_exit = True
 
-    state.on_failure = stop
+def resolve_targets(targets: Sequence[str], device: str | None = None) -> list[Served]:
+    """Resolve every TARGET (tags and services) on `device` (checked here: it must exist);
+    everything that can be wrong with the command fails here, before the server binds."""
+    from ..devices import parse_device, resolve_device
+    from ..errors import UsageError
+    from .target import resolve_target
 
-    def draining() -> None:
-        state.draining = True
+    if not targets:
+        raise UsageError("give at least one TARGET to serve")
+    if device is not None:
+        parse_device(device)  # a malformed string fails before anything heavy is imported
+        device = str(resolve_device(device))
+    served = []
+    for target in targets:
+        one = resolve_target(target, device)
+        if device is None and one.device != "cpu":
+            one.device = str(resolve_device(one.device))
+        served.append(one)
+    names = [s.name for s in served]
+    for name in names:
+        if names.count(name) > 1:
+            raise UsageError(
+                f"{name!r} is named by more than one TARGET; serve each model name once"
+            )
+    return served
 
-    server.on_exit = draining
-    server.run()
-    if state.failed:
-        return 1
-    return 0 if server.started else 1
+
+def serve(
+    targets: Sequence[str],
+    options: ServeOptions,
+    *,
+    device: str | None = None,
+    on_resolved: Callable[[list[Served]], None] | None = None,
+    on_ready: Callable[[], None] | None = None,
+    protocols: Sequence[HandlerFactory] = (),
+) -> int:
+    """`shelf serve TARGET...`: resolve the targets, tell `on_resolved` (the banner), then run
+    the server until it is stopped; returns the exit code."""
+    served = resolve_targets(targets, device)
+    if on_resolved is not None:
+        on_resolved(served)
+    return run_server(served, options, on_ready=on_ready, protocols=protocols)
