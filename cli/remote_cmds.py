@@ -113,7 +113,7 @@ def register(app: typer.Typer) -> None:
         rem, store = open_remote(remote), default_store()
         for tag in tags:
             target = rem.get(tag)
-            with byte_progress(f"pulling {target.tag}", target.manifest.size) as progress:
+            with byte_progress(f"pulling {target.tag}", target.size) as progress:
                 done = rem.pull(store, target.tag, progress)
             _report(done, "from", rem.url)
 

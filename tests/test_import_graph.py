@@ -39,7 +39,9 @@ def import_graph() -> dict[str, set[str]]:
             if id(node) in skip:
                 continue
             if isinstance(node, ast.ImportFrom):
-                base = here.split(".")[: len(here.split(".")) - node.level + 1] if node.level else []
+                base = (
+                    here.split(".")[: len(here.split(".")) - node.level + 1] if node.level else []
+                )
                 target = ".".join([*base, *([node.module] if node.module else [])])
                 found = [target] if node.module else []
                 found += [f"{target}.{a.name}" for a in node.names]
