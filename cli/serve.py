@@ -15,7 +15,7 @@ import typer
 from .render import fail, stderr
 
 
-def _banner(served: list[Any], options: Any, token_source: str | None) -> None:
+def _banner(served: list[Any], options: Any, token_source: str | None, workers: int = 1) -> None:
     from rich.panel import Panel
     from rich.table import Table
 
@@ -30,6 +30,10 @@ def _banner(served: list[Any], options: Any, token_source: str | None) -> None:
             grid.add_row("resources", ", ".join(f"{k}={v}" for k, v in one.resources.items()))
     url = f"http://{options.host}:{options.port}"
     grid.add_row("url", url)
+    if workers > 1:
+        grid.add_row(
+            "workers", f"{workers} processes on one socket (a supervisor replaces dead ones)"
+        )
     grid.add_row("auth", f"bearer token ({token_source})" if options.api_token else "none")
     grid.add_row(
         "limits",
@@ -144,6 +148,14 @@ def register(app: typer.Typer) -> None:
                 show_default=False,
             ),
         ] = None,
+        workers: Annotated[
+            int,
+            typer.Option(
+                "--workers",
+                min=1,
+                help="Server processes on one port, each with every replica; dead ones are replaced.",
+            ),
+        ] = 1,
     ) -> None:
         """Serve stored models or @torchshelf.service classes over HTTP, batching requests."""
         from torchshelf.config import ENV_API_TOKEN
@@ -179,12 +191,13 @@ def register(app: typer.Typer) -> None:
                     f"--api-token or set {ENV_API_TOKEN}",
                     highlight=False,
                 )
-            _banner(served, options, token_source)
+            _banner(served, options, token_source, workers)
 
         def ready() -> None:
             stderr.print(
                 f"[green]ready[/] in {time.perf_counter() - started:.1f} s "
-                f"(loaded and warmed up on {', '.join(devices)})",
+                f"(loaded and warmed up on {', '.join(devices)}"
+                + (f" in each of {workers} workers)" if workers > 1 else ")"),
                 highlight=False,
             )
 
@@ -193,9 +206,16 @@ def register(app: typer.Typer) -> None:
                 raise UsageError(
                     "--metrics-auth needs a token: pass --api-token or set " + ENV_API_TOKEN
                 )
-            from torchshelf.serving.server import serve as run
+            from torchshelf.serving.launch import serve as run
 
-            code = run(targets, options, device=device, on_resolved=resolved, on_ready=ready)
+            code = run(
+                targets,
+                options,
+                device=device,
+                workers=workers,
+                on_resolved=resolved,
+                on_ready=ready,
+            )
         except ShelfError as exc:
             fail(exc)
         raise typer.Exit(code)

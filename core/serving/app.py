@@ -15,8 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -33,10 +32,12 @@ from .metrics import ServeMetrics
 from .native import NativeHandler
 from .openapi import openapi_document, schema_document, title_of
 from .options import ServeOptions
+from .protocol import HandlerFactory, ProtocolHandler, ServeContext
 from .registry import ModelRegistry
 from .target import Served
 
 __all__ = [
+    "HandlerFactory",
     "ProtocolHandler",
     "ServeApp",
     "ServeContext",
@@ -44,47 +45,6 @@ __all__ = [
     "build_app",
     "default_threads",
 ]
-
-
-@dataclass(frozen=True)
-class ServeContext:
-    """What a protocol handler is built from."""
-
-    registry: ModelRegistry
-    options: ServeOptions
-    metrics: ServeMetrics
-    auth: Authorizer
-
-
-class ProtocolHandler(Protocol):
-    """One protocol's routes. `post_routes()` are exact POST paths served as raw ASGI (the hot
-    path); `routes()` are starlette routes for the rest (GETs, path parameters);
-    `openapi_paths()` documents them in /openapi.json and /docs."""
-
-    def post_routes(self) -> dict[str, AsgiApp]: ...
-
-    def routes(self) -> list[BaseRoute]: ...
-
-    def openapi_paths(self) -> dict[str, Any]: ...
-
-
-HandlerFactory = Callable[[ServeContext], ProtocolHandler]
-
-
-class _Native:
-    """`NativeHandler` as a `ProtocolHandler` (its documentation is the core of /openapi.json)."""
-
-    def __init__(self, ctx: ServeContext) -> None:
-        self.handler = NativeHandler(ctx.registry, ctx.options, ctx.metrics, ctx.auth)
-
-    def post_routes(self) -> dict[str, AsgiApp]:
-        return self.handler.post_routes()
-
-    def routes(self) -> list[BaseRoute]:
-        return []
-
-    def openapi_paths(self) -> dict[str, Any]:
-        return {}
 
 
 class ServeApp:
@@ -112,7 +72,8 @@ class ServeApp:
         registry.observer = self.metrics
         self.auth = Authorizer(options.api_token)
         ctx = ServeContext(registry, options, self.metrics, self.auth)
-        self.handlers: list[ProtocolHandler] = [_Native(ctx), *(make(ctx) for make in protocols)]
+        factories: list[HandlerFactory] = [NativeHandler, *protocols]
+        self.handlers: list[ProtocolHandler] = [make(ctx) for make in factories]
         self.post: dict[str, AsgiApp] = {}
         for handler in self.handlers:
             self.post.update(handler.post_routes())

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from starlette.routing import BaseRoute
 from starlette.types import Receive, Scope, Send
 
 from .asgi import (
@@ -35,6 +36,7 @@ from .codecs import (
 )
 from .metrics import ServeMetrics
 from .options import ServeOptions
+from .protocol import ServeContext
 from .registry import ModelRegistry, ModelSlot
 from .target import Endpoint
 
@@ -44,25 +46,26 @@ _ST_BYTES = SAFETENSORS.encode()
 
 
 class NativeHandler:
-    """The native routes of every served model: exact POST paths, for the app's fast path."""
+    """The native routes of every served model: exact POST paths, for the app's fast path.
+    (Their OpenAPI paths are the core of the document openapi.py writes.)"""
 
-    def __init__(
-        self,
-        registry: ModelRegistry,
-        options: ServeOptions,
-        metrics: ServeMetrics,
-        auth: Authorizer,
-    ) -> None:
-        self.registry = registry
-        self.routes: dict[str, AsgiApp] = {}
-        for slot in registry.slots.values():
+    def __init__(self, ctx: ServeContext) -> None:
+        self.registry = ctx.registry
+        self.post: dict[str, AsgiApp] = {}
+        for slot in ctx.registry.slots.values():
             for ep in slot.endpoints:
-                route = NativeRoute(registry, slot, ep, options, metrics, auth)
-                self.routes[slot.path(ep.name)] = route
+                route = NativeRoute(ctx.registry, slot, ep, ctx.options, ctx.metrics, ctx.auth)
+                self.post[slot.path(ep.name)] = route
 
     def post_routes(self) -> dict[str, AsgiApp]:
         """Exact path -> raw ASGI handler, for every api of every served model."""
-        return dict(self.routes)
+        return dict(self.post)
+
+    def routes(self) -> list[BaseRoute]:
+        return []
+
+    def openapi_paths(self) -> dict[str, Any]:
+        return {}
 
 
 class NativeRoute:

@@ -16,18 +16,20 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Callable, Generator, Sequence
 from types import FrameType
+from typing import Any
 
 import uvicorn
 
-from .app import HandlerFactory, ServeApp, build_app
+from .app import HandlerFactory, build_app
 from .options import ServeOptions
 from .target import Served
 
-__all__ = ["resolve_targets", "run_server", "serve", "uvicorn_config"]
+__all__ = ["run_server", "uvicorn_config"]
 
 
 class _Server(uvicorn.Server):
@@ -78,9 +80,13 @@ def run_server(
     options: ServeOptions,
     on_ready: Callable[[], None] | None = None,
     protocols: Sequence[HandlerFactory] = (),
+    *,
+    sockets: list[socket.socket] | None = None,
+    wrap_app: Callable[[Any], Any] | None = None,
 ) -> int:
     """Serve until SIGTERM/SIGINT; returns the exit code (0 after a clean drain, 1 if a model
-    failed to load at start)."""
+    failed to load at start). `sockets`: listen on these (a `--workers` worker gets the
+    supervisor's) instead of binding host:port; `wrap_app` wraps the ASGI app (workers.py)."""
     # The worker thread re-takes the GIL after every torch op; while the loop is busy parsing
     # requests it would wait up to the default 5 ms switch interval each time (a convoy that
     # can double a forward pass). 1 ms bounds that wait at a negligible switching cost.
@@ -91,16 +97,16 @@ def run_server(
         holder[0].should_exit = True
 
     app = build_app(targets, options, protocols=protocols, on_ready=on_ready, on_failure=stop)
-    server = _Server(uvicorn_config(app, options))
+    server = _Server(uvicorn_config(app if wrap_app is None else wrap_app(app), options))
     holder.append(server)
     server.on_exit = app.begin_drain
-    server.run()
+    server.run(sockets=sockets)
     if app.failed:
         return 1
     return 0 if server.started else 1
 
 
-def uvicorn_config(app: ServeApp, options: ServeOptions) -> uvicorn.Config:
+def uvicorn_config(app: Any, options: ServeOptions) -> uvicorn.Config:
     """uvicorn's settings for `app` (uvloop and httptools when installed)."""
     return uvicorn.Config(
         app,
@@ -116,47 +122,3 @@ def uvicorn_config(app: ServeApp, options: ServeOptions) -> uvicorn.Config:
         timeout_graceful_shutdown=int(options.timeout) + 5,
         backlog=4096,
     )
-
-
-def resolve_targets(targets: Sequence[str], device: str | None = None) -> list[Served]:
-    """Resolve every TARGET (tags and services) on `device` (checked here: it must exist);
-    everything that can be wrong with the command fails here, before the server binds."""
-    from ..devices import parse_device, resolve_device
-    from ..errors import UsageError
-    from .target import resolve_target
-
-    if not targets:
-        raise UsageError("give at least one TARGET to serve")
-    if device is not None:
-        parse_device(device)  # a malformed string fails before anything heavy is imported
-        device = str(resolve_device(device))
-    served = []
-    for target in targets:
-        one = resolve_target(target, device)
-        if device is None and one.device != "cpu":
-            one.device = str(resolve_device(one.device))
-        served.append(one)
-    names = [s.name for s in served]
-    for name in names:
-        if names.count(name) > 1:
-            raise UsageError(
-                f"{name!r} is named by more than one TARGET; serve each model name once"
-            )
-    return served
-
-
-def serve(
-    targets: Sequence[str],
-    options: ServeOptions,
-    *,
-    device: str | None = None,
-    on_resolved: Callable[[list[Served]], None] | None = None,
-    on_ready: Callable[[], None] | None = None,
-    protocols: Sequence[HandlerFactory] = (),
-) -> int:
-    """`shelf serve TARGET...`: resolve the targets, tell `on_resolved` (the banner), then run
-    the server until it is stopped; returns the exit code."""
-    served = resolve_targets(targets, device)
-    if on_resolved is not None:
-        on_resolved(served)
-    return run_server(served, options, on_ready=on_ready, protocols=protocols)
