@@ -53,14 +53,15 @@ import builtins
 import collections
 import contextlib
 import json
-import shutil
 import time
 from collections.abc import Awaitable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import config, selectors
+from .diskspace import ensure_free, is_disk_full, store_full, translate_full
 from .errors import (
     AlreadyExists,
     IntegrityError,
@@ -272,6 +273,8 @@ class Remote:
                 f"{self.url}: access denied ({exc}); check your AWS credentials"
             ) from None
         except Exception as exc:
+            if is_disk_full(exc):
+                raise  # the local disk, not the remote: the caller names the store
             name = type(exc).__name__
             if name in ("NoCredentialsError", "PartialCredentialsError"):
                 raise RemoteError(
@@ -675,13 +678,11 @@ class Remote:
                     f"delete the local copy (`shelf delete {name}:{version}`) to pull it"
                 )
             return Transfer(Tag(name, version), "unchanged", 0, time.perf_counter() - started)
-        store.root.mkdir(parents=True, exist_ok=True)
-        free = shutil.disk_usage(store.root).free
-        if manifest.size > free:
-            raise RemoteError(
-                f"{name}:{version} needs {manifest.size} bytes but {store.root} has {free} free"
-            )
-        staging = store.stage()
+        what = f"pulling {name}:{version}"
+        ensure_free(store.root, manifest.size, what)
+        with translate_full(store.root, what, manifest.size):
+            stage_dir = store.stage()
+        staging: Path | None = stage_dir
         try:
 
             async def get_all() -> None:
@@ -690,7 +691,7 @@ class Remote:
                     [
                         self._get_one(
                             self._vkey(name, version, check_relpath(rel)),
-                            staging / rel,
+                            stage_dir / rel,
                             rel,
                             rec,
                             manifest,
@@ -716,6 +717,12 @@ class Remote:
                     raise
                 return Transfer(Tag(name, version), "unchanged", 0, time.perf_counter() - started)
             staging = None
+        except BaseException as exc:
+            if staging is not None and is_disk_full(exc):
+                store.discard(staging)  # first, so the message reports the real free space
+                staging = None
+                raise store_full(store.root, what, manifest.size) from None
+            raise
         finally:
             if staging is not None:
                 store.discard(staging)
