@@ -57,7 +57,6 @@ import time
 from collections.abc import Awaitable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import config, selectors
@@ -681,8 +680,8 @@ class Remote:
         what = f"pulling {name}:{version}"
         ensure_free(store.root, manifest.size, what)
         with translate_full(store.root, what, manifest.size):
-            stage_dir = store.stage()
-        staging: Path | None = stage_dir
+            staging = store.stage()
+        committed = False
         try:
 
             async def get_all() -> None:
@@ -691,7 +690,7 @@ class Remote:
                     [
                         self._get_one(
                             self._vkey(name, version, check_relpath(rel)),
-                            stage_dir / rel,
+                            staging / rel,
                             rel,
                             rec,
                             manifest,
@@ -716,15 +715,15 @@ class Remote:
                 if not _same_files(staging_done, manifest):
                     raise
                 return Transfer(Tag(name, version), "unchanged", 0, time.perf_counter() - started)
-            staging = None
+            committed = True
         except BaseException as exc:
-            if staging is not None and is_disk_full(exc):
+            if not committed and is_disk_full(exc):
                 store.discard(staging)  # first, so the message reports the real free space
-                staging = None
+                committed = True  # nothing left for the finally below to discard
                 raise store_full(store.root, what, manifest.size) from None
             raise
         finally:
-            if staging is not None:
+            if not committed:
                 store.discard(staging)
         return Transfer(Tag(name, version), "pulled", manifest.size, time.perf_counter() - started)
 
@@ -830,9 +829,11 @@ def _callback(progress: Progress | None) -> Any:
     if progress is None:
         return NoOpCallback()
 
+    forward = progress
+
     class _Forward(Callback):
         def relative_update(self, inc: int = 1) -> None:
-            progress(inc)
+            forward(inc)
 
     return _Forward()
 
