@@ -36,6 +36,8 @@ class ModelStore(Protocol):
         self, name: str | None = None, labels: Labels = None, *, latest: bool = False
     ) -> builtins.list[ModelInfo]: ...
 
+    def read_manifest(self, name: str, version: str) -> Manifest: ...
+
     def resolve(self, tag: object) -> Manifest: ...
 
     def get(self, tag: object) -> ModelInfo: ...
@@ -55,9 +57,16 @@ def check_labels(labels: dict[str, str]) -> dict[str, str]:
     return labels
 
 
+MIN_PREFIX = 4  # as git: shorter abbreviations never resolve (`m:v1` must not find `m:v10`)
+
+
 def pick_prefix(name: str, prefix: str, versions: Iterable[str], where: str = "") -> str:
-    """The one version of `name` that starts with `prefix` (git's rule for short hashes)."""
-    found = sorted(v for v in versions if v.startswith(prefix))
+    """The one version of `name` that starts with `prefix` (git's rule for short hashes).
+
+    Called only after an exact match failed. Prefixes shorter than `MIN_PREFIX` match nothing,
+    so a pinned short version that was deleted is `NotFound`, not a longer namesake.
+    """
+    found = sorted(v for v in versions if v.startswith(prefix)) if len(prefix) >= MIN_PREFIX else []
     if len(found) == 1:
         return found[0]
     if not found:

@@ -218,22 +218,23 @@ def test_listing_during_another_process_saving_and_deleting_is_never_wrong(
 
 
 def test_a_unique_version_prefix_resolves_as_in_git(store_home: Path) -> None:
-    a = torchshelf.save_model("p", zoo.MLP(), version="abc123").version
-    torchshelf.save_model("p", zoo.MLP(), version="abd456")
-    torchshelf.save_model("p", zoo.MLP(), version="ab")
-    assert torchshelf.get("p:abc").version == a
-    assert torchshelf.get("p:ab").version == "ab", "an exact match wins over a prefix"
-    assert torchshelf.load_model("p:abc1") is not None
-    with pytest.raises(torchshelf.AmbiguousTag) as info:
-        torchshelf.get("p:a")
-    assert {str(t) for t in info.value.candidates} == {"p:abc123", "p:abd456", "p:ab"}
-    assert "p:abc123" in str(info.value) and "p:abd456" in str(info.value)
+    for version in ("abcd123", "abcd456", "abcx", "abcx9", "v10"):
+        torchshelf.save_model("p", zoo.MLP(), version=version)
+    assert torchshelf.get("p:abcd1").version == "abcd123"
+    assert torchshelf.get("p:abcx").version == "abcx", "an exact match wins over a prefix"
+    assert torchshelf.load_model("p:abcd45") is not None
     with pytest.raises(torchshelf.NotFound):
-        torchshelf.get("p:zz")
-    out = run_shelf("get", "p:a", store=store_home)
-    assert out.returncode == 2 and "ambiguous" in out.stderr and "p:abd456" in out.stderr
-    out = run_shelf("get", "p:abd", "-o", "json", store=store_home)
-    assert out.returncode == 0 and json.loads(out.stdout)["version"] == "abd456"
+        torchshelf.get("p:v1")  # shorter than 4 characters: never a prefix (v1 is not v10)
+    with pytest.raises(torchshelf.AmbiguousTag) as info:
+        torchshelf.get("p:abcd")
+    assert [str(t) for t in info.value.candidates] == ["p:abcd123", "p:abcd456"]
+    assert "p:abcd123" in str(info.value) and "p:abcd456" in str(info.value)
+    with pytest.raises(torchshelf.NotFound):
+        torchshelf.get("p:zzzz")
+    out = run_shelf("get", "p:abcd", store=store_home)
+    assert out.returncode == 2 and "ambiguous" in out.stderr and "p:abcd456" in out.stderr
+    out = run_shelf("get", "p:abcd4", "-o", "json", store=store_home)
+    assert out.returncode == 0 and json.loads(out.stdout)["version"] == "abcd456"
 
 
 def test_a_read_only_store_still_lists(store_home: Path, three: list[str]) -> None:
