@@ -216,7 +216,9 @@ def test_queues_take_turns_so_one_backlog_does_not_starve_another() -> None:
     asyncio.run(main())
 
 
-def test_a_queue_measured_below_inline_max_runs_on_the_loop_and_a_slow_one_never_does() -> None:
+def test_a_queue_measured_cheaper_than_the_handoff_runs_on_the_loop_and_a_slow_one_never_does() -> (
+    None
+):
     async def main() -> None:
         threads: dict[str, list[str]] = {"tiny": [], "slow": []}
 

@@ -17,9 +17,10 @@ Policy, in the order it is applied when the worker is free:
 - a full batch (`max_batch_size` rows; a request carrying k rows counts as k) goes at once;
 - queues take turns: the one served longest ago goes first, so one queue's backlog (one model,
   or one api) never starves another's;
-- a batch whose queue's measured compute time is below `inline_max_s` runs on the event loop
-  itself: for a tiny model the handoff to the worker thread costs more than the forward pass. A
-  queue starts on the worker, so a big model is measured there and never blocks the loop.
+- a batch whose queue's measured compute time is below the measured cost of the handoff to the
+  worker thread (and below `inline_max_s`) runs on the event loop itself: for a tiny model the
+  handoff costs more than the forward pass. A queue starts on the worker, so a big model is
+  measured there and never blocks the loop; `inline_max_s=0` turns this off.
 
 If a batch raises, it is split in halves and re-run until the failing requests are isolated, so
 the others still get their answers and each bad item gets its own error.
@@ -149,6 +150,7 @@ class Batcher:
         self._timeout = default_timeout
         self._fill_wait = fill_wait
         self._inline_max_s = inline_max_s
+        self._handoff_ewma = 0.0  # seconds a worker batch took beyond its compute, 0 until seen
         self._turns = 0
         self._after_batch: list[Callable[[], None]] = []
         self._busy = False
@@ -365,7 +367,7 @@ class Batcher:
         waits = [now - r.enqueued for r in batch]
         payloads = [r.payload for r in batch]
         assert self._loop is not None
-        if q.compute_ewma and q.compute_ewma < self._inline_max_s:
+        if q.compute_ewma and q.compute_ewma < min(self._inline_max_s, self._handoff_ewma):
             # Cheaper here than a thread handoff; the next batch waits for the loop's next turn,
             # so a backlog of tiny batches never holds the loop for long.
             outcomes, compute_s = _run_isolating(spec.run, payloads)
@@ -378,8 +380,9 @@ class Batcher:
                 self._idle.set()
             return
         self._busy = True
+        started = time.perf_counter()
         task = self._loop.run_in_executor(self._executor, _run_isolating, spec.run, payloads)
-        task.add_done_callback(lambda t: self._finish(q, batch, rows, waits, t))
+        task.add_done_callback(lambda t: self._finish(q, batch, rows, waits, t, started))
 
     def _finish(
         self,
@@ -388,12 +391,18 @@ class Batcher:
         rows: int,
         waits: list[float],
         task: asyncio.Future[tuple[list[tuple[bool, Any]], float]],
+        started: float = 0.0,
     ) -> None:
         self._busy = False
         try:
             outcomes, compute_s = task.result()
         except BaseException as exc:  # the executor itself failed (e.g. shut down)
             outcomes, compute_s = [(False, exc)] * len(batch), 0.0
+        else:
+            # Two thread switches and a wake-up of the loop: what running inline would save.
+            handoff = max(0.0, time.perf_counter() - started - compute_s)
+            h = self._handoff_ewma
+            self._handoff_ewma = handoff if not h else 0.8 * h + 0.2 * handoff
         self._complete(q, batch, rows, waits, outcomes, compute_s)
         if self._after_batch:
             callbacks, self._after_batch = self._after_batch, []
