@@ -266,3 +266,21 @@ def test_after_running_waits_for_the_batch_in_flight() -> None:
         batcher.close()
 
     asyncio.run(main())
+
+
+def test_a_lone_cheap_request_arriving_after_a_pause_is_answered_inside_submit() -> None:
+    async def main() -> None:
+        batcher = Batcher([QueueSpec("q", lambda xs: [x + 1 for x in xs])], inline_max_s=0.01)
+        for i in range(3):  # measured: first on the worker, then inline
+            assert await batcher.submit("q", i) == i + 1
+            await asyncio.sleep(0.01)
+        fut = batcher.submit("q", 41)  # the 4th request: not a probe
+        assert fut.done() and fut.result() == 42  # no loop turn needed
+        # A burst: within 8 requests one takes the deferred path, the rest of the burst joins
+        # its batch, and from then on the burst is batched instead of run one by one.
+        futs = [batcher.submit("q", i) for i in range(32)]
+        assert not futs[-1].done()
+        assert await asyncio.gather(*futs) == list(range(1, 33))
+        batcher.close()
+
+    asyncio.run(main())

@@ -20,7 +20,10 @@ Policy, in the order it is applied when the worker is free:
 - a batch whose queue's measured compute time is below the measured cost of the handoff to the
   worker thread (and below `inline_max_s`) runs on the event loop itself: for a tiny model the
   handoff costs more than the forward pass. A queue starts on the worker, so a big model is
-  measured there and never blocks the loop; `inline_max_s=0` turns this off.
+  measured there and never blocks the loop; `inline_max_s=0` turns this off. When, moreover,
+  nothing is queued or running and the recent batches held one request each, such a request
+  runs inside `submit` itself, saving the loop turn of a deferred dispatch (every 8th request
+  still takes that turn, to notice when requests become concurrent again).
 
 If a batch raises, it is split in halves and re-run until the failing requests are isolated, so
 the others still get their answers and each bad item gets its own error.
@@ -118,6 +121,8 @@ class _Queue:
     gap_ewma: float = 0.0  # seconds between arrivals
     last_arrival: float = 0.0
     turn: int = 0  # when this queue was last dispatched (a counter), for taking turns
+    rows_ewma: float = 0.0  # rows per batch that the deferred dispatch formed
+    arrivals: int = 0
 
 
 class Batcher:
@@ -220,9 +225,19 @@ class Batcher:
             gap = now - q.last_arrival
             q.gap_ewma = gap if not q.gap_ewma else 0.8 * q.gap_ewma + 0.2 * gap
         q.last_arrival = now
-        q.items.append(
-            _Request(payload, rows, now, now + (self._timeout if timeout is None else timeout), fut)
+        req = _Request(
+            payload, rows, now, now + (self._timeout if timeout is None else timeout), fut
         )
+        q.arrivals += 1
+        if self._lone_and_cheap(q):
+            # Requests arrive far apart and the model costs less than a handoff: nothing would
+            # join this batch, so it runs now, without the loop turn of a deferred dispatch.
+            self._turns += 1
+            q.turn = self._turns
+            outcomes, compute_s = _run_isolating(spec.run, [payload])
+            self._complete(q, [req], rows, [0.0], outcomes, compute_s)
+            return fut
+        q.items.append(req)
         q.rows += rows
         self._idle.clear()
         if not self._busy and not self._pending:
@@ -232,6 +247,24 @@ class Batcher:
             self._pending = True
             loop.call_soon(self._deferred)
         return fut
+
+    def _inline_ok(self, q: _Queue) -> bool:
+        """Whether a batch of `q` is cheaper on the loop than handed to the worker."""
+        return 0 < q.compute_ewma < min(self._inline_max_s, self._handoff_ewma)
+
+    def _lone_and_cheap(self, q: _Queue) -> bool:
+        """Nothing queued or running anywhere, cheap enough to run inline, and the batches the
+        deferred dispatch formed lately held one request (every 8th request still takes the
+        deferred path: if others join it, requests are concurrent and batching resumes)."""
+        return (
+            not self._busy
+            and not self._pending
+            and self._timer is None
+            and not q.items
+            and q.rows_ewma < 1.25
+            and q.arrivals % 8 != 0
+            and self._inline_ok(q)
+        )
 
     def _deferred(self) -> None:
         self._pending = False
@@ -364,10 +397,11 @@ class Batcher:
             return
         self._turns += 1
         q.turn = self._turns
+        q.rows_ewma = rows if not q.rows_ewma else 0.8 * q.rows_ewma + 0.2 * rows
         waits = [now - r.enqueued for r in batch]
         payloads = [r.payload for r in batch]
         assert self._loop is not None
-        if q.compute_ewma and q.compute_ewma < min(self._inline_max_s, self._handoff_ewma):
+        if self._inline_ok(q):
             # Cheaper here than a thread handoff; the next batch waits for the loop's next turn,
             # so a backlog of tiny batches never holds the loop for long.
             outcomes, compute_s = _run_isolating(spec.run, payloads)

@@ -67,12 +67,15 @@ def _loop_choice() -> str:
     return "uvloop"
 
 
-def _http_choice() -> str:
+def _http_choice() -> Any:
+    """httptools (one write per response, transport.py) when installed, else h11."""
     try:
         import httptools  # noqa: F401
     except ImportError:
         return "h11"
-    return "httptools"
+    from .transport import http_protocol
+
+    return http_protocol()
 
 
 def run_server(
