@@ -6,7 +6,6 @@ server binds. torch and the server stack are imported inside the command, never 
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Annotated, Any
 
@@ -141,13 +140,12 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Serve a stored model or a @torchshelf.service class over HTTP, batching requests."""
         from torchshelf.config import ENV_API_TOKEN
+        from torchshelf.config import api_token as configured_token
         from torchshelf.devices import parse_device, resolve_device
         from torchshelf.errors import ShelfError, UsageError
 
         try:
-            token_source = "--api-token" if api_token else None
-            if not api_token and os.environ.get(ENV_API_TOKEN):
-                api_token, token_source = os.environ[ENV_API_TOKEN], ENV_API_TOKEN
+            api_token, token_source = configured_token(api_token)
             if metrics_auth and not api_token:
                 raise UsageError(
                     "--metrics-auth needs a token: pass --api-token or set " + ENV_API_TOKEN

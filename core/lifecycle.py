@@ -5,38 +5,15 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from . import formats
+from . import dtypes, formats
 from .errors import FormatError, NotFound, UsageError
 from .loading import load_manifest
-from .manifest import Manifest, Progress, hash_file
+from .manifest import FileRecord, Manifest, Progress, hash_file
 from .model import Model
 from .store import Store, default_store, now_iso
 from .tag import Tag, new_version, validate_name, validate_version
-
-if TYPE_CHECKING:
-    pass
-
-_DTYPE_NAMES = {
-    "float32",
-    "float",
-    "float64",
-    "double",
-    "float16",
-    "half",
-    "bfloat16",
-    "int64",
-    "long",
-    "int32",
-    "int",
-    "int16",
-    "short",
-    "int8",
-    "uint8",
-    "bool",
-    "complex64",
-}
 
 
 def _check_input_spec(method: str, spec: Any) -> dict[str, Any]:
@@ -48,8 +25,11 @@ def _check_input_spec(method: str, spec: Any) -> dict[str, Any]:
     if not all(isinstance(d, int) and not isinstance(d, bool) and d >= -1 for d in shape):
         raise UsageError(f"signature {method!r}: input_spec shape must be ints >= -1 (-1 = free)")
     dtype = str(spec.get("dtype", "float32")).removeprefix("torch.")
-    if dtype not in _DTYPE_NAMES:
-        raise UsageError(f"signature {method!r}: unknown input_spec dtype {dtype!r}")
+    if dtypes.find(dtype) is None:
+        raise UsageError(
+            f"signature {method!r}: unknown input_spec dtype {dtype!r}; use one of "
+            + ", ".join(dtypes.spec_names())
+        )
     return {**spec, "shape": shape, "dtype": dtype}
 
 
@@ -130,7 +110,7 @@ def save_model(
     st = default_store(store)
     staging = st.stage()
     try:
-        files: dict[str, dict[str, Any]] = {}
+        files: dict[str, FileRecord] = {}
         structure: dict[str, Any] = {}
         if formats.is_scriptmodule(model):
             fmt = "torchscript"
@@ -175,7 +155,7 @@ def save_model(
             structure=structure,
             custom_objects=objects,
         )
-        st.commit(staging, manifest, auto_version=version is None)
+        manifest = st.commit(staging, manifest, auto_version=version is None)
     except BaseException:
         st.discard(staging)
         raise

@@ -103,3 +103,53 @@ def test_core_never_imports_the_cli() -> None:
         if not m.startswith("torchshelf.cli") and m != "torchshelf.__main__"
     }
     assert {m: d for m, d in offenders.items() if d} == {}
+
+
+def _environment_reads(tree: ast.AST) -> list[int]:
+    """Lines that read an environment variable (`os.environ.get`, `os.getenv`, `os.environ[k]`,
+    `k in os.environ`); passing the whole environment to a child is not a read of a variable."""
+
+    def is_environ(node: ast.AST) -> bool:
+        return ast.unparse(node) in ("os.environ", "environ")
+
+    lines = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and ast.unparse(node.func) in (
+            "os.environ.get",
+            "os.getenv",
+            "environ.get",
+            "getenv",
+        ):
+            lines.append(node.lineno)
+        elif isinstance(node, ast.Subscript) and is_environ(node.value):
+            if isinstance(node.ctx, ast.Load):
+                lines.append(node.lineno)
+        elif isinstance(node, ast.Compare) and any(is_environ(c) for c in node.comparators):
+            lines.append(node.lineno)
+    return lines
+
+
+def test_every_environment_variable_is_read_in_config() -> None:
+    offenders = {}
+    for name, (path, _) in _modules().items():
+        if name == "torchshelf.config":
+            continue
+        found = _environment_reads(ast.parse(path.read_text()))
+        if found:
+            offenders[str(path.relative_to(ROOT))] = found
+    assert offenders == {}, "read environment variables in core/config.py"
+    config = ROOT / "core" / "config.py"
+    assert _environment_reads(ast.parse(config.read_text())), "the check finds reads"
+
+
+def test_the_cli_imports_no_private_names_from_core() -> None:
+    offenders = []
+    for path in (ROOT / "cli").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("torchshelf"):
+                offenders += [
+                    f"{path.name}: {node.module}.{a.name}"
+                    for a in node.names
+                    if a.name.startswith("_") and not a.name.endswith("__")
+                ]
+    assert offenders == []
