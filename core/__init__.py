@@ -25,6 +25,7 @@ from .errors import (
     NotFound,
     RemoteError,
     ShelfError,
+    StoreFull,
     UntrustedError,
     UsageError,
 )
@@ -95,6 +96,7 @@ __all__ = [
     "RequestError",
     "ShelfError",
     "Store",
+    "StoreFull",
     "Tag",
     "UntrustedError",
     "UsageError",

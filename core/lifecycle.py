@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from . import dtypes, formats
+from .diskspace import ensure_free, is_disk_full, store_full, translate_full
 from .errors import FormatError, NotFound, UsageError
 from .loading import load_manifest
 from .manifest import FileRecord, Manifest, Progress, hash_file
@@ -108,7 +109,9 @@ def save_model(
             f"save_model expects a torch.nn.Module or torch.jit.ScriptModule, got {type(model).__name__}"
         )
     st = default_store(store)
-    staging = st.stage()
+    with translate_full(st.root, f"saving {name}"):
+        staging = st.stage()
+    needed: int | None = None
     try:
         files: dict[str, FileRecord] = {}
         structure: dict[str, Any] = {}
@@ -121,6 +124,8 @@ def save_model(
             fmt = "safetensors"
             module_class = formats.class_path(model)
             tensors, aliases, is_param = formats.split_ties(model)
+            needed = sum(t.numel() * t.element_size() for t in tensors.values())
+            ensure_free(st.root, needed, f"saving {name}")
             names = {id(t): n for n, t in tensors.items()}
             for alias, canonical in aliases.items():
                 obj = model.get_parameter(alias) if is_param[alias] else model.get_buffer(alias)
@@ -156,8 +161,10 @@ def save_model(
             custom_objects=objects,
         )
         manifest = st.commit(staging, manifest, auto_version=version is None)
-    except BaseException:
+    except BaseException as exc:
         st.discard(staging)
+        if is_disk_full(exc):  # reported after the cleanup, so the free space is real
+            raise store_full(st.root, f"saving {name}", needed) from None
         raise
     return Tag(manifest.name, manifest.version)
 
