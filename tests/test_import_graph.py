@@ -6,6 +6,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = {"torchshelf": ROOT / "core", "torchshelf.cli": ROOT / "cli"}
 
@@ -153,3 +155,33 @@ def test_the_cli_imports_no_private_names_from_core() -> None:
                     if a.name.startswith("_") and not a.name.endswith("__")
                 ]
     assert offenders == []
+
+
+def test_one_resolver_imports_files_and_module_attributes() -> None:
+    """Only core/resolver.py imports a file by path; save, serve, bench and formats call it."""
+    users = []
+    for path in [*(ROOT / "core").rglob("*.py"), *(ROOT / "cli").glob("*.py")]:
+        if "spec_from_file_location" in path.read_text() and path.name != "resolver.py":
+            users.append(str(path.relative_to(ROOT)))
+    assert users == []
+    graph = import_graph()
+    for user in ("sources", "formats", "serving.target", "bench.model"):
+        assert "torchshelf.resolver" in graph[f"torchshelf.{user}"], user
+
+
+def test_the_resolver_reads_files_and_modules_alike(tmp_path: Path) -> None:
+    from torchshelf import resolver
+
+    script = tmp_path / "thing.py"
+    script.write_text("class Outer:\n    class Inner:\n        pass\n")
+    obj, module, from_file = resolver.resolve(f"{script}:Outer.Inner")
+    assert obj.__qualname__ == "Outer.Inner" and from_file and module.endswith("_thing")
+    obj, module, from_file = resolver.resolve("collections:OrderedDict")
+    assert obj.__name__ == "OrderedDict" and module == "collections" and not from_file
+    assert resolver.import_class("collections:OrderedDict").__name__ == "OrderedDict"
+    from torchshelf.errors import FormatError, UsageError
+
+    with pytest.raises(UsageError, match="no attribute"):
+        resolver.resolve("collections:Nope")
+    with pytest.raises(FormatError):
+        resolver.import_class(f"{script}:Outer")  # a stored class path never imports a file

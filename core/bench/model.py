@@ -366,16 +366,12 @@ def _load_python_target(target: str) -> Any:
     """`path/to/file.py:attr` -> the object (called if it is a factory rather than a module)."""
     import torch
 
-    from ..sources import import_file
+    from ..resolver import resolve
 
-    path_text, _, attr = target.rpartition(":")
+    path_text = target.rpartition(":")[0]
     if not Path(path_text).is_file():
         raise UsageError(f"{path_text!r} is not a file; TARGET is a tag or path/to/file.py:attr")
-    module = import_file(Path(path_text), "_torchshelf_bench")
-    try:
-        obj = getattr(module, attr)
-    except AttributeError:
-        raise UsageError(f"{path_text!r} has no attribute {attr!r}") from None
+    obj, _, _ = resolve(target, "_torchshelf_bench")
     if not isinstance(obj, torch.nn.Module) and callable(obj):
         obj = obj()
     if not isinstance(obj, torch.nn.Module):
@@ -391,8 +387,10 @@ def _signature_method(signatures: dict[str, Any] | None) -> str:
 
 
 def _is_python_target(target: str) -> bool:
+    from ..resolver import is_file_target
+
     head, sep, _ = target.rpartition(":")
-    return bool(sep) and head.endswith(".py")
+    return bool(sep) and is_file_target(head)
 
 
 def _variants(settings: ModelBenchSettings) -> list[tuple[str, bool, bool]]:
