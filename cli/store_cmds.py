@@ -225,13 +225,20 @@ def register(app: typer.Typer) -> None:
             typer.Option("--remote", metavar="[URL]", help=REMOTE_HELP, show_default=False),
         ] = None,
     ) -> None:
-        """List stored versions, newest first (with --remote: the versions on the remote)."""
+        """List stored versions, newest first (with --remote: the versions on the remote).
+
+        An unknown NAME lists nothing and exits 0, so scripts can test the output; the Python
+        API (`torchshelf.models.list(name)`) raises NotFound instead, as BentoML does.
+        """
         import torchshelf
 
         if remote is not None:
             models: list[Any] = open_remote(remote).list(name, label, latest_only=latest)
         else:
-            models = torchshelf.models.list(name, label, latest=latest)
+            try:
+                models = torchshelf.models.list(name, label, latest=latest)
+            except torchshelf.NotFound:
+                models = []
         if output is Output.json:
             print_json([m.to_dict() if remote is not None else m.info.to_dict() for m in models])
         elif output is Output.tags:
@@ -349,7 +356,13 @@ def register(app: typer.Typer) -> None:
     @app.command("export", rich_help_panel="Store")
     def export_(
         tag: Annotated[str, typer.Argument(help="name, name:latest or name:version.")],
-        file: Annotated[Path, typer.Argument(help="Archive to write (.shelf by convention).")],
+        file: Annotated[
+            str,
+            typer.Argument(
+                help="Archive to write; '.shelf' is added when it has no extension, and a "
+                "directory (e.g. '.') gets NAME-VERSION.shelf inside."
+            ),
+        ],
     ) -> None:
         """Export one version as a tar archive."""
         import torchshelf
@@ -358,8 +371,8 @@ def register(app: typer.Typer) -> None:
 
         ref = torchshelf.get(tag)
         with byte_progress(f"exporting {ref.tag}", ref.info.size) as progress:
-            torchshelf.models.export_model(ref.tag, file, progress=progress)
-        stderr.print(f"exported {ref.tag} to {file}", highlight=False)
+            written = torchshelf.models.export_model(ref.tag, file, progress=progress)
+        stderr.print(f"exported {ref.tag} to {written}", highlight=False)
 
     @app.command("import", rich_help_panel="Store")
     def import_(

@@ -5,7 +5,7 @@ package does not import torch.
 
 Example:
     >>> import torchshelf
-    >>> tag = torchshelf.save_model("classifier", model, labels={"stage": "production"})
+    >>> saved = torchshelf.save_model("classifier", model, labels={"stage": "production"})
     >>> model = torchshelf.load_model("classifier:latest", device_id="cpu")
 """
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import models, pytorch
+from . import exceptions, models, pytorch, torchscript
 from .errors import (
     AlreadyExists,
     ArchiveError,
@@ -81,4 +81,6 @@ __all__ = [
     "pytorch",
     "save_model",
     "service",
+    "exceptions",
+    "torchscript",
 ]

@@ -177,6 +177,18 @@ def _default_device(wants_gpu: bool) -> str:
 # -- stored models ------------------------------------------------------------------------------
 
 
+def _served_batch_dim(tag: object, method: str, dims: tuple[int, int]) -> int:
+    """The one batch dimension a stored signature is served with (input and output share it)."""
+    if dims[0] != dims[1]:
+        from ..errors import UsageError
+
+        raise UsageError(
+            f"{tag} signature {method!r} has batch_dim={dims}: serving splits results along the "
+            "input's batch dimension, so it needs the same input and output dimension"
+        )
+    return dims[0]
+
+
 def _serve_model(tag: str, device: str | None) -> Served:
     from ..lifecycle import get as store_get
 
@@ -194,7 +206,7 @@ def _serve_model(tag: str, device: str | None) -> Served:
                 batch=bool(sig.get("batchable", False)),
                 max_batch_size=int(sig.get("max_batch_size", 32)),
                 max_latency_ms=float(sig.get("max_latency_ms", 10.0)),
-                batch_dim=int(sig.get("batch_dim", 0)),
+                batch_dim=_served_batch_dim(ref.tag, method, sig.batch_dim),
                 wrap_outputs=True,
                 input_spec=sig.get("input_spec"),
                 doc=f'Run `{method}` of {ref.tag} on `inputs`; answers {{"outputs": ...}}.',
