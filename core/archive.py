@@ -161,7 +161,7 @@ def export_model(
             open(tmp, "wb") as raw,
             tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar,
         ):
-            tar.copybufsize = _COPY
+            tar.copybufsize = _COPY  # type: ignore[attr-defined]  # private, read by addfile
             data = manifest.to_json()
             info = _member(f"{prefix}/{MANIFEST}", len(data))
             import io

@@ -391,10 +391,10 @@ def _cached(st: Store, tag: Any, remote: Any) -> Manifest:
             pass
     rem = open_remote(remote)
     transfer = rem.pull(st, tag)
-    return st.read_manifest(transfer.tag.name, transfer.tag.version)
+    return st.resolve(transfer.tag)  # a pull always names the exact version it fetched
 
 
-def get(tag: Any, *, store: Store | str | None = None) -> Model:
+def get(tag: Any, *, store: Store | str | os.PathLike[str] | None = None) -> Model:
     """A `Model` reference to a stored version; loads no weights (and never imports torch)."""
     st = default_store(store)
     return Model(st, st.resolve(tag))
