@@ -64,13 +64,12 @@ def _check_input_spec(method: str, spec: Any) -> dict[str, Any]:
     return {**spec, "shape": shape, "dtype": dtype}
 
 
-def normalize_signatures(
-    signatures: dict[str, Any] | None, model: Any = None
-) -> dict[str, dict[str, Any]]:
+def normalize_signatures(signatures: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
     """Fill defaults and check types: `{method: {"batchable", "batch_dim", ["input_spec"]}}`.
 
-    A method may be any name the model has (`__call__`, `forward`, `predict`, ...); `batch_dim`
-    is an int or BentoML's `(input, output)` pair, stored as an int when both agree.
+    A method may be any name, as in BentoML (`__call__`, `forward`, `predict`, a name set with
+    `setattr`); `shelf serve` reports a name the loaded model lacks. `batch_dim` is an int or
+    BentoML's `(input, output)` pair, stored as an int when both agree.
     """
     if not signatures:
         return {"__call__": {"batchable": False, "batch_dim": 0}}
@@ -78,12 +77,9 @@ def normalize_signatures(
         raise UsageError("signatures must be a dict of method name to signature")
     out: dict[str, dict[str, Any]] = {}
     for method, sig in signatures.items():
-        if not isinstance(method, str) or not method:
-            raise UsageError(f"signature name {method!r} must be a method name")
-        if model is not None and not callable(getattr(model, method, None)):
+        if not isinstance(method, str) or not method.strip() or "/" in method:
             raise UsageError(
-                f"signature {method!r}: {type(model).__name__} has no method {method!r}; "
-                "signatures name methods of the model, e.g. '__call__' or 'forward'"
+                f"signature name {method!r} must be a method name (a non-empty string without '/')"
             )
         sig = _signature_dict(method, sig)
         if not isinstance(sig.get("batchable", False), bool):
@@ -155,7 +151,7 @@ def save_model(
     import torch
 
     name, version = _name_and_version(name, version)
-    sigs = normalize_signatures(signatures, model)
+    sigs = normalize_signatures(signatures)
     labels = check_labels(labels)
     metadata = convert_metadata(metadata)
     _check_json("metadata", metadata)
