@@ -12,6 +12,7 @@ from .errors import NotFound, UsageError
 from .lifecycle import default_store
 from .lifecycle import get as _get
 from .manifest import Progress
+from .metadata import check_labels
 from .model import Model
 from .store import GcReport, Store
 from .tag import LATEST, Tag
@@ -87,7 +88,7 @@ def set_labels(
 ) -> Model:
     """Set (and remove) labels on one version; other labels are kept."""
     st = default_store(store)
-    return Model(st, st.set_labels(tag, {str(k): str(v) for k, v in labels.items()}, remove))
+    return Model(st, st.set_labels(tag, check_labels(labels), remove))
 
 
 def export_model(
