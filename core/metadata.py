@@ -28,20 +28,17 @@ from .errors import UsageError
 
 
 def check_labels(labels: object) -> dict[str, str]:
-    """`labels` as a `dict[str, str]`, or a `UsageError` (a `ValueError`) naming the bad entry."""
+    """`save_model`'s `labels` (None or a mapping) as a checked `dict[str, str]`.
+
+    The rule itself is `records.check_labels`, shared with `set_labels` locally and remotely.
+    """
+    from .records import check_labels as check
+
     if labels is None:
         return {}
     if not isinstance(labels, Mapping):
         raise UsageError(f"labels must be a dict of str to str, not {type(labels).__name__}")
-    for key, value in labels.items():
-        if not isinstance(key, str) or not key:
-            raise UsageError(f"label keys must be non-empty strings, got {key!r}")
-        if not isinstance(value, str):
-            raise UsageError(
-                f"label {key!r} must be a string, got {type(value).__name__} {value!r}; "
-                f"write it as {key}={str(value)!r} if that is what you mean"
-            )
-    return dict(labels)
+    return check(dict(labels))
 
 
 def convert_metadata(metadata: object) -> dict[str, Any]:

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import builtins
+import contextlib
 import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import NotFound, UsageError
+from .errors import ManifestError, NotFound, UsageError
 from .lifecycle import default_store
 from .lifecycle import get as _get
 from .manifest import Progress
-from .metadata import check_labels
 from .model import Model
 from .store import GcReport, Store
 from .tag import LATEST, Tag
@@ -60,17 +60,20 @@ def list(  # noqa: A001 - the seed's API name
         if tag is not None and str(tag) != name:
             raise UsageError(f"give the model as tag= or name=, not both ({tag!r}, {name!r})")
         tag = name
-    if tag is None or tag == "":
-        return [Model(st, m) for m in st.list(None, labels, latest_only=latest)]
-    wanted = Tag.from_taglike(tag)
-    found = [Model(st, m) for m in st.list(wanted.name, labels, latest_only=latest)]
-    if not found and not st.version_names(wanted.name):
-        raise NotFound(f"no model named {wanted.name!r}; see `shelf list`")
-    if wanted.version == LATEST:
-        return found[:1]
-    if wanted.version is not None:
-        return [m for m in found if m.version == wanted.version]
-    return found
+    wanted = None if tag is None or tag == "" else Tag.from_taglike(tag)
+    rows = st.list(wanted.name if wanted else None, labels, latest=latest)
+    if wanted is not None:
+        if not rows and not st.version_names(wanted.name):
+            raise NotFound(f"no model named {wanted.name!r}; see `shelf list`")
+        if wanted.version == LATEST:
+            rows = rows[:1]
+        elif wanted.version is not None:
+            rows = [r for r in rows if r.version == wanted.version]
+    out = []
+    for row in rows:
+        with contextlib.suppress(NotFound, ManifestError):  # deleted or broken since listed
+            out.append(Model(st, st.read_manifest(row.name, row.version)))
+    return out
 
 
 def get(tag: Any, *, store: StoreLike = None) -> Model:
@@ -88,7 +91,7 @@ def set_labels(
 ) -> Model:
     """Set (and remove) labels on one version; other labels are kept."""
     st = default_store(store)
-    return Model(st, st.set_labels(tag, check_labels(labels), remove))
+    return Model(st, st.set_labels(tag, dict(labels), remove))  # a non-str label is refused
 
 
 def export_model(
