@@ -315,10 +315,8 @@ def test_store() -> None:
     assert bentoml.models.list() == []
 
 
-@pytest.mark.xfail(
-    IS_TORCHSHELF,
-    reason="unique version prefixes arrive with the store-records resolver (issue 14, part 2)",
-    strict=False,
+@different_on_purpose(
+    "torchshelf: a version prefix needs >= 4 characters, so `test:oth` is NotFound"
 )
 def test_store_version_prefix() -> None:
     """The prefix part of BentoML's test_store: `get("test:oth")`, ambiguous `test:ver`."""
@@ -328,6 +326,18 @@ def test_store_version_prefix() -> None:
     assert bentoml.models.get("test:oth").tag == bentoml.Tag("test", "otherprefix")
     with pytest.raises(BentoMLException):
         bentoml.models.get("test:ver")
+
+
+@torchshelf_only
+def test_store_version_prefix_of_four() -> None:
+    _save("test:version1")
+    _save("test:otherprefix")
+    _save("test:version2")
+    assert bentoml.models.get("test:othe").tag == bentoml.Tag("test", "otherprefix")
+    with pytest.raises(bentoml.AmbiguousTag, match="test:version1"):
+        bentoml.models.get("test:vers")
+    with pytest.raises(NotFound):
+        bentoml.models.get("test:oth")
 
 
 @different_on_purpose("torchshelf: 'name:latest' of an unknown name is NotFound, not []")
