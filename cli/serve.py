@@ -15,7 +15,7 @@ import typer
 from .render import fail, stderr
 
 
-def _banner(served: Any, options: Any, token_source: str | None) -> None:
+def _banner(served: Any, options: Any, token_source: str | None, workers: int = 1) -> None:
     from rich.panel import Panel
     from rich.table import Table
 
@@ -28,6 +28,10 @@ def _banner(served: Any, options: Any, token_source: str | None) -> None:
         grid.add_row("resources", ", ".join(f"{k}={v}" for k, v in served.resources.items()))
     url = f"http://{options.host}:{options.port}"
     grid.add_row("url", url)
+    if workers > 1:
+        grid.add_row(
+            "workers", f"{workers} processes on one socket (a supervisor replaces dead ones)"
+        )
     grid.add_row("auth", f"bearer token ({token_source})" if options.api_token else "none")
     grid.add_row(
         "limits",
@@ -126,6 +130,14 @@ def register(app: typer.Typer) -> None:
         access_log: Annotated[
             bool, typer.Option("--access-log", help="Log every request (costs CPU).")
         ] = False,
+        workers: Annotated[
+            int,
+            typer.Option(
+                "--workers",
+                min=1,
+                help="Server processes on one port, each with every replica; dead ones are replaced.",
+            ),
+        ] = 1,
     ) -> None:
         """Serve a stored model or a @torchshelf.service class over HTTP, batching requests."""
         from torchshelf.config import ENV_API_TOKEN
@@ -174,14 +186,20 @@ def register(app: typer.Typer) -> None:
                 f"{ENV_API_TOKEN}",
                 highlight=False,
             )
-        _banner(served, options, token_source)
+        _banner(served, options, token_source, workers)
 
         def ready() -> None:
             stderr.print(
                 f"[green]ready[/] in {time.perf_counter() - started:.1f} s "
-                f"(model loaded and warmed up on {served.device})",
+                f"(model loaded and warmed up on {served.device}"
+                + (f" in each of {workers} workers)" if workers > 1 else ")"),
                 highlight=False,
             )
 
-        code = run_server(served, options, on_ready=ready)
+        if workers > 1:
+            from torchshelf.serving.workers import run_workers
+
+            code = run_workers(target, served.device, options, workers, on_ready=ready)
+        else:
+            code = run_server(served, options, on_ready=ready)
         raise typer.Exit(code)

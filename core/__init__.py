@@ -25,6 +25,7 @@ from .errors import (
     NotFound,
     RemoteError,
     ShelfError,
+    StoreFull,
     UntrustedError,
     UsageError,
 )
@@ -97,6 +98,7 @@ __all__ = [
     "RequestError",
     "ShelfError",
     "Store",
+    "StoreFull",
     "Tag",
     "UntrustedError",
     "UsageError",

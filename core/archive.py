@@ -19,13 +19,13 @@ import hashlib
 import lzma
 import os
 import secrets
-import shutil
 import tarfile
 import time
 import zlib
 from pathlib import Path
 from typing import IO, Any
 
+from .diskspace import ensure_free, is_disk_full, store_full
 from .errors import AlreadyExists, ArchiveError, IntegrityError, ManifestError, UsageError
 from .manifest import MANIFEST, HashingWriter, Manifest, Progress, check_relpath, parse_manifest
 from .store import Store, now_iso
@@ -211,6 +211,7 @@ def import_model(
     except (*_READ_ERRORS, OSError) as exc:
         raise ArchiveError(f"{path} is not a readable tar archive: {exc}") from None
     staging: Path | None = None
+    needed: int | None = None
     try:
         with tar:
             members = iter(tar)
@@ -236,10 +237,8 @@ def import_model(
                     f"{path}: the version holds {total} bytes, over the import limit "
                     f"({ENV_MAX_IMPORT}={_max_import_bytes()})"
                 )
-            store.root.mkdir(parents=True, exist_ok=True)
-            free = shutil.disk_usage(store.root).free
-            if total > free:
-                raise ArchiveError(f"{path}: needs {total} bytes but the store has {free} free")
+            needed = total
+            ensure_free(store.root, total, f"importing {name}:{version} from {path.name}")
             if store.version_dir(name, version).exists():
                 raise AlreadyExists(f"model {name}:{version} already exists in {store.root}")
             staging = store.stage()
@@ -299,6 +298,13 @@ def import_model(
             return result
     except _READ_ERRORS as exc:
         raise ArchiveError(f"{path}: corrupt archive: {exc}") from None
+    except OSError as exc:
+        if not is_disk_full(exc):
+            raise
+        if staging is not None:  # cleaned first, so the message reports the real free space
+            store.discard(staging)
+            staging = None
+        raise store_full(store.root, f"importing {path.name}", needed) from None
     finally:
         tar.fileobj.close()  # type: ignore[union-attr]
         if staging is not None:

@@ -11,6 +11,7 @@ from types import ModuleType
 from typing import Any
 
 from . import formats
+from .diskspace import ensure_free, is_disk_full, store_full, translate_full
 from .errors import FormatError, InvalidName, NotFound, UsageError
 from .loading import load_manifest
 from .manifest import Manifest, Progress, hash_file
@@ -151,12 +152,14 @@ def save_model(
             f"save_model expects a torch.nn.Module or torch.jit.ScriptModule, got {type(model).__name__}"
         )
     st = default_store(store)
-    staging = st.stage()
+    with translate_full(st.root, f"saving {name}"):
+        staging = st.stage()
+    needed: list[int] = []  # the weights' bytes, once known (for a full-disk message)
     try:
         with pickled_by_value(external_modules):
             files: dict[str, dict[str, Any]] = {}
             fmt, module_class, structure = _write_module(
-                staging, model, init_kwargs, files, progress
+                st, name, staging, model, init_kwargs, files, progress, needed
             )
             objects = _save_custom_objects(staging, custom_objects or {}, files)
         manifest = Manifest(
@@ -174,8 +177,10 @@ def save_model(
             custom_objects=objects,
         )
         manifest = st.commit(staging, manifest, auto_version=version is None)
-    except BaseException:
+    except BaseException as exc:
         st.discard(staging)
+        if is_disk_full(exc):  # reported after the cleanup, so the free space is real
+            raise store_full(st.root, f"saving {name}", needed[0] if needed else None) from None
         raise
     return Model(st, manifest)
 
@@ -218,13 +223,20 @@ def pickled_by_value(modules: Iterable[ModuleType] | None) -> Iterator[None]:
 
 
 def _write_module(
+    st: Store,
+    name: str,
     staging: Path,
     model: Any,
     init_kwargs: dict[str, Any] | None,
     files: dict[str, dict[str, Any]],
     progress: Progress | None,
+    needed: list[int],
 ) -> tuple[str, str | None, dict[str, Any]]:
-    """Write the module's files into `staging`: `(format, module class, structure record)`."""
+    """Write the module's files into `staging`: `(format, module class, structure record)`.
+
+    The weights' size is appended to `needed` and checked against the free space before
+    anything large is written.
+    """
     import torch
 
     if formats.is_scriptmodule(model):
@@ -232,6 +244,8 @@ def _write_module(
         files[formats.TORCHSCRIPT] = hash_file(staging / formats.TORCHSCRIPT, progress)
         return "torchscript", getattr(model, "original_name", None), {}
     tensors, aliases, is_param = formats.split_ties(model)
+    needed.append(sum(t.numel() * t.element_size() for t in tensors.values()))
+    ensure_free(st.root, needed[0], f"saving {name}")
     names = {id(t): n for n, t in tensors.items()}
     for alias, canonical in aliases.items():
         obj = model.get_parameter(alias) if is_param[alias] else model.get_buffer(alias)

@@ -16,10 +16,12 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Callable, Generator
 from types import FrameType
+from typing import Any
 
 import uvicorn
 
@@ -76,9 +78,13 @@ def run_server(
     served: Served,
     options: ServeOptions,
     on_ready: Callable[[], None] | None = None,
+    *,
+    sockets: list[socket.socket] | None = None,
+    wrap_app: Callable[[Any], Any] | None = None,
 ) -> int:
     """Serve until SIGTERM/SIGINT; returns the exit code (0 after a clean drain, 1 if the
-    model failed to load)."""
+    model failed to load). `sockets`: listen on these (a `--workers` worker gets the
+    supervisor's) instead of binding host:port; `wrap_app` wraps the ASGI app (workers.py)."""
     # The worker thread re-takes the GIL after every torch op; while the loop is busy parsing
     # requests it would wait up to the default 5 ms switch interval each time (a convoy that
     # can double a forward pass). 1 ms bounds that wait at a negligible switching cost.
@@ -86,7 +92,7 @@ def run_server(
     app = build_app(served, options)
     app.state.on_ready = on_ready
     config = uvicorn.Config(
-        app,
+        app if wrap_app is None else wrap_app(app),
         host=options.host,
         port=options.port,
         loop=_loop_choice(),
@@ -111,7 +117,7 @@ def run_server(
         state.draining = True
 
     server.on_exit = draining
-    server.run()
+    server.run(sockets=sockets)
     if state.failed:
         return 1
     return 0 if server.started else 1
