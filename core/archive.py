@@ -27,7 +27,7 @@ from typing import IO, Any
 
 from .config import ENV_MAX_IMPORT, max_import_bytes
 from .diskspace import ensure_free, is_disk_full, store_full
-from .errors import AlreadyExists, ArchiveError, IntegrityError, ManifestError
+from .errors import AlreadyExists, ArchiveError, IntegrityError, ManifestError, UsageError
 from .manifest import MANIFEST, HashingWriter, Manifest, Progress, check_relpath, parse_manifest
 from .store import Store, now_iso
 from .tag import Tag, validate_name, validate_version
@@ -124,12 +124,35 @@ class _HashingReader:
         return data
 
 
-def export_model(store: Store, tag: object, path: Path, progress: Progress | None = None) -> Path:
+ARCHIVE_SUFFIX = ".shelf"
+
+
+def archive_path(path: str | os.PathLike[str], name: str, version: str) -> Path:
+    """Where `export` writes: into a directory as `<name>-<version>.shelf`, else `path`, with
+    `.shelf` added when it has no extension (BentoML's rules, with its `.bentomodel`)."""
+    text = os.fspath(path)
+    if not text:
+        raise UsageError("export needs a file or directory to write to")
+    target = Path(text).expanduser()
+    if text.endswith(("/", os.sep)) or target.is_dir():
+        if not target.is_dir():
+            raise UsageError(f"directory {text!r} does not exist; create it first")
+        return target / f"{name}-{version}{ARCHIVE_SUFFIX}"
+    if not target.suffix:
+        target = target.with_name(target.name + ARCHIVE_SUFFIX)
+    if not target.parent.is_dir():
+        raise UsageError(f"directory {str(target.parent)!r} does not exist; create it first")
+    return target
+
+
+def export_model(
+    store: Store, tag: object, path: str | os.PathLike[str], progress: Progress | None = None
+) -> Path:
     """Write one version to `path` as a tar; the file appears only when complete and verified."""
     manifest = store.resolve(tag)
     vdir = store.version_dir(manifest.name, manifest.version)
     store.check(manifest)
-    path = Path(path)
+    path = archive_path(path, manifest.name, manifest.version)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     prefix = f"{manifest.name}/{manifest.version}"
     try:
