@@ -1,4 +1,4 @@
-"""`V2Handler` routes over real HTTP, behind a small backend made of the real `Batcher`.
+"""`V2Routes` over real HTTP, behind a small backend made of the real `Batcher`.
 
 The handler runs under uvicorn on a free 127.0.0.1 port in a thread; tritonclient and httpx talk
 to it. (`test_serve_v2.py` drives the same routes on `shelf serve` itself.)
@@ -23,7 +23,7 @@ from tritonclient.utils import InferenceServerException
 from torchshelf.serving.batching import Batcher, QueueSpec
 from torchshelf.serving.codecs import Param, TensorSpec
 from torchshelf.serving.target import Call, Endpoint, make_runner
-from torchshelf.serving.v2 import READY, UNAVAILABLE, ModelState, V2Handler, V2Model
+from torchshelf.serving.v2 import READY, UNAVAILABLE, ModelState, V2Model, V2Routes
 
 TOKEN = "s3cret"
 
@@ -116,7 +116,7 @@ async def _read_body(receive: Any, length: bytes | None) -> bytes:
 @pytest.fixture(scope="module")
 def server() -> Iterator[tuple[str, Backend]]:
     backend = Backend()
-    handler = V2Handler(backend, read_body=_read_body, server_version="9.9", api_token=None)
+    handler = V2Routes(backend, read_body=_read_body, server_version="9.9", api_token=None)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

@@ -1,9 +1,10 @@
 """The Open Inference Protocol (KServe V2 REST) routes of `shelf serve`, under `/v2`.
 
-`V2Handler` is one raw ASGI callable for every `/v2...` path. It translates V2 bodies (see
+`V2Routes` is one raw ASGI callable for every `/v2...` path. It translates V2 bodies (see
 `v2_codec.py`) into the same call the native routes make into the model registry, so V2 and
 native requests to one model share its batch queue and are batched together. What it needs of
-the server is the small `V2Backend` interface; the registry provides it.
+the server is the small `V2Backend` interface; `RegistryBackend` provides it over the
+`ModelRegistry`, and `V2Handler` is the protocol handler the app builds from its `ServeContext`.
 
 Names: a stored model is the V2 model named by its model name (its default signature method);
 each api of a `@service` is the V2 model named by the api. Status codes follow the protocol: 400
@@ -19,13 +20,15 @@ import hmac
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
+from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
 from ..errors import NotFound
-from .batching import Overloaded
+from .asgi import AsgiApp, Disconnected, error_answer, read_body
 from .codecs import JSON, InputError, decode_json, encode_json
+from .registry import ModelRegistry
 from .target import Endpoint
 from .v2_codec import (
     HEADER_LENGTH,
@@ -40,7 +43,10 @@ from .v2_codec import (
     server_metadata,
 )
 
-__all__ = ["ModelState", "V2Backend", "V2Handler", "V2Model"]
+if TYPE_CHECKING:
+    from .protocol import ServeContext
+
+__all__ = ["ModelState", "RegistryBackend", "V2Backend", "V2Handler", "V2Model", "V2Routes"]
 
 PREFIX = "/v2"
 READY, LOADING, UNAVAILABLE = "READY", "LOADING", "UNAVAILABLE"
@@ -54,6 +60,7 @@ class V2Model:
     model: str
     endpoint: Endpoint
     platform: str
+    series: str = ""  # the metrics series of its requests (the api's queue)
 
 
 @dataclass(frozen=True)
@@ -84,7 +91,7 @@ class V2Backend(Protocol):
 
 
 BodyReader = Callable[[Receive, bytes | None], Awaitable[bytes]]
-Observer = Callable[[str, int, float], None]  # (api, status, seconds)
+Observer = Callable[[str, int, float], None]  # (metrics series, status, seconds)
 
 
 class _Answer(Exception):
@@ -96,7 +103,7 @@ class _Answer(Exception):
         self.headers = list(headers)
 
 
-class V2Handler:
+class V2Routes:
     """Serves `/v2...` for the models of one server (an ASGI app for those paths only)."""
 
     def __init__(
@@ -120,45 +127,50 @@ class V2Handler:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         start = time.perf_counter()
         headers = dict(scope["headers"])
-        api = ""
+        series: list[str] = []  # set once the request is known to be an infer of a model
+        extra: list[tuple[bytes, bytes]] = []
         try:
-            api, status, body, extra = await self._dispatch(scope, receive, headers)
+            status, body, extra = await self._dispatch(scope, receive, headers, series)
+        except Disconnected:
+            status, body = 499, b""
         except _Answer as answer:
             status, body, extra = answer.status, _error(str(answer)), answer.headers
-        except InputError as exc:
-            status = 400 if exc.status == 422 else exc.status
-            body, extra = _error(str(exc)), []
-        except Overloaded as exc:
-            status, body = 503, _error(str(exc))
-            extra = [(b"retry-after", str(max(1, int(exc.retry_after))).encode())]
-        await _send(send, status, body, extra)
-        if api and self.observe is not None:
-            self.observe(api, status, time.perf_counter() - start)
+        except NotFound as exc:
+            status, body = 404, _error(str(exc))
+        except Exception as exc:
+            status, message = error_answer(exc, extra)
+            status = 400 if status == 422 else status  # the protocol's "bad request"
+            body = _error(message)
+        if status != 499:  # 499: the client went away, there is no one to answer
+            await _send(send, status, body, extra)
+        if series and self.observe is not None:
+            self.observe(series[0], status, time.perf_counter() - start)
 
     async def _dispatch(
-        self, scope: Scope, receive: Receive, headers: dict[bytes, bytes]
-    ) -> tuple[str, int, bytes, list[tuple[bytes, bytes]]]:
+        self, scope: Scope, receive: Receive, headers: dict[bytes, bytes], series: list[str]
+    ) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
         method, parts = scope["method"], scope["path"].rstrip("/").split("/")[2:]
         if parts in ([], ["health", "live"], ["health", "ready"]):
             _allow(method, "GET")
-            return "", *self._health(parts), []
+            return *self._health(parts), []
         if parts[:1] == ["repository"]:
             _allow(method, "POST")
             self._authorize(headers)
             body = await self.read_body(receive, headers.get(b"content-length"))
-            return "", 200, await self._repository(parts[1:], body), []
+            return 200, await self._repository(parts[1:], body), []
         if parts[:1] == ["models"] and len(parts) >= 2:
             model, rest = self._find(parts[1:])
             if rest == []:
                 _allow(method, "GET")
-                return "", 200, encode_json(self._metadata(model)), []
+                return 200, encode_json(self._metadata(model)), []
             if rest == ["ready"]:
                 _allow(method, "GET")
-                return "", *self._model_ready(model), []
+                return *self._model_ready(model), []
             if rest == ["infer"]:
                 _allow(method, "POST")
+                series.append(model.series or model.endpoint.name)
                 self._authorize(headers)
-                return model.endpoint.name, *await self._infer(model, receive, headers)
+                return await self._infer(model, receive, headers)
         raise _Answer(404, f"no route {scope['path']}; the V2 routes are listed in /openapi.json")
 
     def _authorize(self, headers: dict[bytes, bytes]) -> None:
@@ -222,12 +234,7 @@ class V2Handler:
         ep = model.endpoint
         kwargs = bind_inputs(request, ep.params, ep.batch)
         rows = ep.rows_of(kwargs)
-        try:
-            result, version = await self.backend.infer(model.model, ep.name, kwargs, rows)
-        except (InputError, Overloaded, _Answer):
-            raise
-        except Exception as exc:
-            raise _model_failure(exc) from None
+        result, version = await self.backend.infer(model.model, ep.name, kwargs, rows)
         outputs = outputs_of(result)
         self._remember(model, version, outputs)
         content, header_length = encode_infer_response(model.name, version, request, outputs)
@@ -285,18 +292,6 @@ def _allow(method: str, want: str) -> None:
         raise _Answer(405, f"use {want} on this route", [(b"allow", want.encode())])
 
 
-def _model_failure(exc: Exception) -> _Answer:
-    """An error the api raised on this request (the batch was bisected, so it is this one's)."""
-    kind = type(exc).__name__
-    if kind == "OutOfMemoryError":
-        return _Answer(503, f"the device ran out of memory: {exc}", [(b"retry-after", b"1")])
-    if isinstance(exc, NotFound):
-        return _Answer(404, str(exc))
-    if isinstance(exc, (ValueError, TypeError, IndexError, KeyError, RuntimeError)):
-        return _Answer(400, f"the model rejected this input: {kind}: {exc}")
-    return _Answer(500, f"the api raised {kind}: {exc}")
-
-
 def _error(message: str) -> bytes:
     return encode_json({"error": message})
 
@@ -307,3 +302,123 @@ async def _send(send: Send, status: int, body: bytes, extra: list[tuple[bytes, b
         headers.append((b"content-type", JSON.encode()))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+# -- over the model registry --------------------------------------------------------------------
+
+_STATES = {"ready": READY, "loading": LOADING, "unloaded": UNAVAILABLE, "failed": UNAVAILABLE}
+
+
+def _platform(served: Any) -> str:
+    if served.kind != "model":
+        return "torchshelf_service"
+    fmt = (served.details or {}).get("format") or "safetensors"
+    return f"pytorch_{fmt}"  # pytorch_safetensors (eager weights) or pytorch_torchscript
+
+
+def _default_api(endpoints: Sequence[Endpoint]) -> Endpoint:
+    """A stored model's V2 api: `predict` (its `__call__`) if it has one, else its first."""
+    return next((ep for ep in endpoints if ep.name == "predict"), endpoints[0])
+
+
+def v2_models_of(registry: ModelRegistry) -> list[V2Model]:
+    """Every V2 model of the served targets: a stored model by its name, a service api by the
+    api's name (`<target>.<api>` where two targets would give one name twice)."""
+    found: list[V2Model] = []
+    for slot in registry.slots.values():
+        served = slot.served
+        eps = [ep for ep in slot.endpoints if not getattr(ep, "streams", False)]
+        if not eps:
+            continue
+        chosen = [_default_api(eps)] if served.kind == "model" else eps
+        for ep in chosen:
+            name = slot.name if served.kind == "model" else ep.name
+            found.append(V2Model(name, slot.name, ep, _platform(served), slot.queues[ep.name]))
+    names = [m.name for m in found]
+    return [
+        m if names.count(m.name) == 1 else V2Model(f"{m.model}.{m.endpoint.name}", *_rest(m))
+        for m in found
+    ]
+
+
+def _rest(m: V2Model) -> tuple[str, Endpoint, str, str]:
+    return m.model, m.endpoint, m.platform, m.series
+
+
+class RegistryBackend:
+    """`V2Backend` over the `ModelRegistry`: the same queues as the native routes."""
+
+    def __init__(self, registry: ModelRegistry) -> None:
+        self.registry = registry
+        self.models = v2_models_of(registry)
+
+    def v2_models(self) -> Sequence[V2Model]:
+        return self.models
+
+    def server_ready(self) -> bool:
+        return bool(self.registry.ready)
+
+    def model_state(self, model: str) -> ModelState:
+        slot = self.registry.slot(model)
+        state = _STATES.get(slot.state, UNAVAILABLE)
+        reason = slot.error or ("" if state == READY else f"{slot.state}; it loads on first use")
+        return ModelState(state, slot.version or None, reason)
+
+    async def infer(
+        self, model: str, api: str, kwargs: dict[str, Any], rows: int
+    ) -> tuple[Any, str | None]:
+        inference = await self.registry.infer(model, api, kwargs, rows)
+        return inference.value, inference.version
+
+    async def load(self, model: str) -> None:
+        await self.registry.load(model)
+
+    async def unload(self, model: str) -> None:
+        await self.registry.unload(model)
+
+
+class V2Handler:
+    """The Open Inference Protocol as one of the app's protocol handlers.
+
+    Each model's unversioned `infer` is an exact POST path (the app's raw fast path); every
+    other `/v2...` route goes through one starlette route to the same `V2Routes`.
+    """
+
+    def __init__(self, ctx: ServeContext) -> None:
+        from .. import __version__
+
+        options = ctx.options
+        self.backend = RegistryBackend(ctx.registry)
+        self.secured = bool(options.api_token)
+
+        async def body(receive: Receive, length: bytes | None) -> bytes:
+            return await read_body(receive, length, options.max_body_bytes, options.timeout)
+
+        self.app = V2Routes(
+            self.backend,
+            read_body=body,
+            server_version=__version__,
+            api_token=options.api_token,
+            observe=ctx.metrics.request,
+        )
+
+    def post_routes(self) -> dict[str, AsgiApp]:
+        return {f"{PREFIX}/models/{m.name}/infer": self.app for m in self.backend.v2_models()}
+
+    def routes(self) -> list[BaseRoute]:
+        return [Route(PREFIX, _Raw(self.app)), Route(PREFIX + "/{rest:path}", _Raw(self.app))]
+
+    def openapi_paths(self) -> dict[str, Any]:
+        from .v2_openapi import v2_paths
+
+        return v2_paths(self.backend.v2_models(), self.secured)
+
+
+class _Raw:
+    """Makes starlette's `Route` hand the raw ASGI call through (an object, not a function)."""
+
+    def __init__(self, app: AsgiApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.app(scope, receive, send)

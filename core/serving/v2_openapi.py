@@ -32,7 +32,8 @@ _TEXT = {
 
 
 def _ref(name: str) -> dict[str, Any]:
-    return {"$ref": f"#/components/schemas/{name}"}
+    """The schema itself, inline: the app's document holds only the core's components."""
+    return v2_components()[name]
 
 
 def _op(summary: str, ok: dict[str, Any] | None, codes: Sequence[int], secured: bool) -> dict:
@@ -159,7 +160,7 @@ def v2_components() -> dict[str, Any]:
             "properties": {
                 "id": {"type": "string"},
                 "parameters": {"type": "object"},
-                "inputs": {"type": "array", "minItems": 1, "items": _ref("V2Tensor")},
+                "inputs": {"type": "array", "minItems": 1, "items": tensor},
                 "outputs": {"type": "array", "items": {"type": "object"}},
             },
         },
@@ -169,7 +170,7 @@ def v2_components() -> dict[str, Any]:
                 "model_name": {"type": "string"},
                 "model_version": {"type": "string"},
                 "id": {"type": "string"},
-                "outputs": {"type": "array", "items": _ref("V2Tensor")},
+                "outputs": {"type": "array", "items": tensor},
             },
         },
         "V2ServerMetadata": {
