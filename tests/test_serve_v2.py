@@ -119,6 +119,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     torch.manual_seed(3)
     mlp = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
     half = torch.nn.Linear(8, 3).half()
+    brain = torch.nn.Linear(8, 2).to(torch.bfloat16)
     spec = {"batchable": True, "batch_dim": 0}
     mlp_tag = torchshelf.save_model(
         "mlp",
@@ -130,8 +131,14 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         half,
         signatures={"__call__": {**spec, "input_spec": {"shape": [-1, 8], "dtype": "float16"}}},
     )
+    brain_tag = torchshelf.save_model(
+        "brain",
+        brain,
+        signatures={"__call__": {**spec, "input_spec": {"shape": [-1, 8], "dtype": "bfloat16"}}},
+    )
     yield {
         "root": str(root),
+        "brain": (str(brain_tag), brain.eval()),
         "mlp": (str(mlp_tag), mlp.eval()),
         "half": (str(half_tag), half.eval()),
     }
@@ -143,7 +150,8 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def models(store: dict[str, Any]) -> Iterator[Server]:
-    server = Server(store["mlp"][0], store["half"][0], env={"TORCHSHELF_HOME": store["root"]})
+    tags = [store[name][0] for name in ("mlp", "half", "brain")]
+    server = Server(*tags, env={"TORCHSHELF_HOME": store["root"]})
     yield server
     server.stop()
 
@@ -208,6 +216,21 @@ def test_infer_fp32_and_fp16(
     response = result.get_response()
     assert response["id"] == f"req-{name}" and response["model_version"] == _version(tag)
     assert ("data" in response["outputs"][0]) is not binary
+
+
+def test_infer_bf16_takes_the_binary_extension(models: Server, store: dict[str, Any]) -> None:
+    import ml_dtypes
+
+    _, model = store["brain"]
+    client = triton.InferenceServerClient(models.host)
+    x = np.random.default_rng(6).standard_normal((3, 8)).astype(ml_dtypes.bfloat16)
+    inp = triton.InferInput("inputs", [3, 8], "BF16")
+    inp.set_data_from_numpy(x, binary_data=True)
+    got = client.infer("brain", [inp]).as_numpy("outputs")
+    with torch.inference_mode():
+        want = model(torch.from_numpy(x.view(np.int16)).view(torch.bfloat16))
+    assert got.dtype == ml_dtypes.bfloat16
+    assert np.array_equal(got.view(np.int16), want.view(torch.int16).numpy())  # bit-exact
 
 
 def test_async_infer_64_in_flight_matches_the_model(models: Server, store: dict[str, Any]) -> None:
@@ -288,12 +311,13 @@ def test_repository_index_load_and_unload(models: Server, store: dict[str, Any])
     client = triton.InferenceServerClient(models.host)
     index = {m["name"]: m for m in client.get_model_repository_index()}
     assert index["mlp"]["state"] == "READY" and index["mlp"]["version"] == _version(store["mlp"][0])
-    assert set(index) == {"mlp", "half"}
+    assert set(index) == {"mlp", "half", "brain"}
     client.unload_model("half")
     assert not client.is_model_ready("half")
     states = {m["name"]: m["state"] for m in client.get_model_repository_index()}
-    assert states == {"mlp": "READY", "half": "UNAVAILABLE"}
-    assert [m["name"] for m in _post(models, "/v2/repository/index", {"ready": True})] == ["mlp"]
+    assert states == {"mlp": "READY", "half": "UNAVAILABLE", "brain": "READY"}
+    ready = _post(models, "/v2/repository/index", {"ready": True})
+    assert [m["name"] for m in ready] == ["mlp", "brain"]
     client.load_model("half")
     assert client.is_model_ready("half")
     inp = triton.InferInput("inputs", [1, 8], "FP16")
