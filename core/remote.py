@@ -74,6 +74,15 @@ from .index import ModelSummary
 from .manifest import MANIFEST, HashingWriter, Manifest, Progress, check_relpath, parse_manifest
 from .model import ModelInfo
 from .records import Labels, check_labels, pick_prefix
+from .remote_limits import (
+    S3FS_RETRIES,
+    STALL_TIMEOUT_S,
+    Stalled,
+    Watchdog,
+    client_config,
+    is_transport_error,
+    quiet_transport_noise,
+)
 from .store import GcReport, Store, now_iso
 from .tag import NAME_RE, VERSION_RE, Tag, parse_tag, validate_name
 
@@ -154,6 +163,7 @@ class Remote:
         region: str | None = None,
         profile: str | None = None,
         storage_options: dict[str, Any] | None = None,
+        stall_timeout: float | None = None,
     ) -> None:
         self.bucket, self.prefix = parse_url(url)
         self.url = f"s3://{self.bucket}" + (f"/{self.prefix}" if self.prefix else "")
@@ -161,6 +171,8 @@ class Remote:
         self.region = region
         self.profile = profile
         self.storage_options = dict(storage_options or {})
+        # a push or pull that moves no byte for this long fails (see remote_limits)
+        self.stall_timeout = float(stall_timeout or STALL_TIMEOUT_S)
         self._fs: S3FileSystem | None = None
 
     def __repr__(self) -> str:
@@ -180,6 +192,7 @@ class Remote:
             endpoint_url=settings.get("endpoint_url"),
             region=settings.get("region"),
             profile=settings.get("profile"),
+            stall_timeout=settings.get("stall_timeout"),
         )
 
     # --- connection -------------------------------------------------------------------------
@@ -206,9 +219,17 @@ class Remote:
                 "max_concurrency": UPLOAD_PARTS_AT_ONCE,
                 **self.storage_options,
             }
+            # Explicit limits, so a dead or hung endpoint fails in bounded time (remote_limits).
+            options["config_kwargs"] = {
+                **client_config(),
+                **self.storage_options.get("config_kwargs", {}),
+            }
             if self.profile:
                 options["profile"] = self.profile
-            self._fs = s3fs.S3FileSystem(**options)
+            fs = s3fs.S3FileSystem(**options)
+            fs.retries = int(self.storage_options.get("retries", S3FS_RETRIES))
+            quiet_transport_noise(fs.loop)
+            self._fs = fs
         return self._fs
 
     def _run(self, coro: Awaitable[Any]) -> Any:
@@ -242,16 +263,16 @@ class Remote:
                     f"{self.url}: no AWS credentials found; set AWS_ACCESS_KEY_ID/"
                     "AWS_SECRET_ACCESS_KEY or AWS_PROFILE"
                 ) from None
-            if name in (
-                "EndpointConnectionError",
-                "ConnectTimeoutError",
-                "ClientConnectorError",
-                "ConnectionError",
-                "ReadTimeoutError",
-            ) or isinstance(exc, ConnectionError):
-                where = self.endpoint_url or "the default S3 endpoint"
+            where = self.endpoint_url or "the default S3 endpoint"
+            if isinstance(exc, Stalled):
                 raise RemoteError(
-                    f"{self.url}: cannot reach {where} ({exc}); check endpoint_url / AWS_ENDPOINT_URL"
+                    f"{self.url}: the transfer stalled ({exc}) at {where}; check the network and "
+                    "run the same command again (files already transferred are reused)"
+                ) from None
+            if is_transport_error(exc):
+                raise RemoteError(
+                    f"{self.url}: cannot reach {where} ({exc}); check endpoint_url / "
+                    "AWS_ENDPOINT_URL, then run the same command again"
                 ) from None
             if _client_error_code(exc) == "NoSuchBucket":
                 raise RemoteError(f"{self.url}: bucket {self.bucket!r} does not exist") from None
@@ -553,13 +574,13 @@ class Remote:
         existing = self._try_manifest(name, version)
         if existing is not None:
             return self._compare_existing(local, existing, started)
+        watch = Watchdog(self.stall_timeout, progress)
 
         async def put_one(rel: str, rec: dict[str, Any], sem: asyncio.Semaphore) -> None:
             key = self._vkey(name, version, check_relpath(rel))
             async with sem:
                 if await self._object_matches(key, rel, rec, local):
-                    if progress is not None:
-                        progress(rec["size"])  # resumed: uploaded by an earlier, interrupted push
+                    watch(rec["size"])  # resumed: uploaded by an earlier, interrupted push
                     return
                 try:
                     await self.fs._put_file(
@@ -567,7 +588,7 @@ class Remote:
                         key,
                         mode="create",
                         Metadata={SHA_META: rec["sha256"]},
-                        callback=_callback(progress),
+                        callback=_callback(watch),
                     )
                 except OSError as exc:
                     if not _is_precondition_failure(exc):
@@ -590,7 +611,7 @@ class Remote:
                 raise
             return True
 
-        self._run(put_all())
+        self._run(watch.run(put_all()))
         # The commit point: exactly one writer creates the manifest.
         if self._run(create_manifest()):
             return Transfer(Tag(name, version), "pushed", local.size, time.perf_counter() - started)
@@ -658,6 +679,7 @@ class Remote:
         with translate_full(store.root, what, manifest.size):
             staging = store.stage()
         committed = False
+        watch = Watchdog(self.stall_timeout, progress)
         try:
 
             async def get_all() -> None:
@@ -671,13 +693,13 @@ class Remote:
                             rec,
                             manifest,
                             sem,
-                            progress,
+                            watch,
                         )
                         for rel, rec in manifest.files.items()
                     ]
                 )
 
-            self._run(get_all())
+            self._run(watch.run(get_all()))
             origin = {
                 "source": "remote",
                 "remote": self.url,
