@@ -41,6 +41,7 @@ from .codecs import (
 from .docs import docs_routes
 from .metrics import ServeMetrics
 from .openapi import openapi_document, schema_document
+from .streaming import GeneratorStream, send_stream, stream_format
 from .target import Call, Endpoint, Served, make_runner
 
 __all__ = ["ServeOptions", "build_app"]
@@ -284,6 +285,17 @@ def build_app(served: Served, options: ServeOptions) -> _FastPath:
                 body = await read_body(receive, length)
                 kwargs, binary = decode(body, ctype.decode("latin-1") if ctype else "")
                 binary = _wants_safetensors(accept.decode("latin-1") if accept else "", binary)
+                if ep.stream:
+                    outcome = await send_stream(
+                        send,
+                        receive,
+                        GeneratorStream(state.fns[name](**kwargs)),
+                        fmt=stream_format(accept.decode("latin-1") if accept else ""),
+                        headers=extra,
+                        on_error=_model_error,
+                    )
+                    metrics.request(name, outcome.status, time.perf_counter() - start)
+                    return
                 if ep.is_async:
                     result = await state.fns[name](**kwargs)
                 else:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .codecs import SAFETENSORS, Param, TensorSpec
+from .streaming import stream_content
 
 if TYPE_CHECKING:
     from .app import ServeOptions
@@ -155,15 +156,23 @@ def openapi_document(served: Served, options: ServeOptions) -> dict[str, Any]:
         ok: dict[str, Any] = {"application/json": {"schema": _response_schema(ep)}}
         if ep.returns == "tensor" or ep.wrap_outputs:
             ok[SAFETENSORS] = {"schema": {"type": "string", "format": "binary"}}
+        if ep.stream:
+            ok = stream_content(_value_schema(ep.returns))
         op: dict[str, Any] = {
             "operationId": ep.name,
             "summary": (ep.doc.splitlines()[0] if ep.doc else f"Call {ep.name}"),
             "requestBody": _request_body(ep),
             "responses": {
-                "200": {"description": "the result", "content": ok},
+                "200": {
+                    "description": "the items, sent as they are yielded"
+                    if ep.stream
+                    else "the result",
+                    "content": ok,
+                },
                 **_errors(sorted(codes)),
             },
             "x-torchshelf": {
+                "stream": ep.stream,
                 "batch": ep.batch,
                 "max_batch_size": ep.max_batch_size,
                 "max_latency_ms": ep.max_latency_ms,
@@ -226,6 +235,7 @@ def schema_document(served: Served, options: ServeOptions) -> dict[str, Any]:
                 "max_latency_ms": ep.max_latency_ms,
                 "batch_dim": ep.batch_dim,
                 "returns": ep.returns,
+                "stream": ep.stream,
                 "wraps_outputs": ep.wrap_outputs,
                 "input_spec": ep.input_spec,
                 "params": [
