@@ -42,6 +42,8 @@ def _banner(served: Any, options: Any, token_source: str | None) -> None:
             f"max {ep.max_batch_size} items, wait <= {ep.max_latency_ms:g} ms under load, "
             f"dim {ep.batch_dim}"
             if ep.batch
+            else "streams items (SSE, or NDJSON)"
+            if ep.stream
             else "one request per call"
         )
         apis.add_row(f"POST {ep.path}", how)

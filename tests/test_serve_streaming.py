@@ -366,6 +366,7 @@ def test_send_stream_closes_a_sync_generator_only_after_its_running_step_returns
 
     outcome, wire = asyncio.run(run())
     assert outcome.disconnected and outcome.items == 1 and outcome.status == 200
+    assert outcome.metric_status == 499
     assert seen["thread"].startswith("torchshelf-stream")  # closed on the step's own thread
     assert wire.body() == b"data: 1\n\n"
 
@@ -397,8 +398,39 @@ def test_send_stream_sends_an_error_frame_for_an_item_it_cannot_encode() -> None
         )
     )
     assert outcome.items == 1 and outcome.error is not None
+    assert outcome.status == 200 and outcome.metric_status == 500
     first, error = wire.body().splitlines()
     assert first == b"1" and json.loads(error)["status"] == 500
+    assert wire.sent[-1] == {"type": "http.response.body", "body": b"", "more_body": False}
+
+
+def test_a_cancelled_stream_ends_with_an_error_frame_and_closes_the_generator() -> None:
+    closed: list[bool] = []
+
+    async def agen() -> AsyncIterator[int]:
+        try:
+            while True:
+                yield 1
+                await asyncio.sleep(0.001)
+        finally:
+            closed.append(True)
+
+    async def run() -> Any:
+        wire = _Wire()
+        stream = GeneratorStream(agen())
+        task = asyncio.ensure_future(
+            send_stream(wire.send, wire.receive, stream, on_error=_on_error)
+        )
+        while not wire.body():
+            await asyncio.sleep(0.001)
+        task.cancel()  # what uvicorn does to a request still running past the shutdown grace
+        return await task, wire
+
+    outcome, wire = asyncio.run(run())
+    assert closed == [True]
+    assert outcome.error_status == 503 and outcome.status == 200
+    event = SSEDecoder().feed(wire.body())[-1]
+    assert event.event == "error" and json.loads(event.data)["status"] == 503
     assert wire.sent[-1] == {"type": "http.response.body", "body": b"", "more_body": False}
 
 

@@ -294,7 +294,7 @@ def build_app(served: Served, options: ServeOptions) -> _FastPath:
                         headers=extra,
                         on_error=_model_error,
                     )
-                    metrics.request(name, outcome.status, time.perf_counter() - start)
+                    metrics.request(name, outcome.metric_status, time.perf_counter() - start)
                     return
                 if ep.is_async:
                     result = await state.fns[name](**kwargs)

@@ -328,10 +328,12 @@ class GeneratorStream:
 
         def close_after(_: concurrent.futures.Future[Any]) -> None:
             self._close_sync()
-            closed.set_result(None)
+            with contextlib.suppress(concurrent.futures.InvalidStateError):
+                closed.set_result(None)
 
         step.add_done_callback(close_after)
-        await asyncio.wrap_future(closed)
+        # Shielded: if this wait is cancelled, the close still happens on the step's thread.
+        await asyncio.shield(asyncio.wrap_future(closed))
 
     def _close_sync(self) -> None:
         close = getattr(self._source, "close", None)
@@ -351,14 +353,24 @@ class StreamOutcome:
     """How a streamed answer ended, for metrics and logs.
 
     `status` is the HTTP status sent (499 when the client left before the first item);
-    `items` how many items were sent; `error` the message of a failure (sent as an error frame
-    once the stream had started); `disconnected` whether the client went away first.
+    `items` how many items were sent; `error` the message of a failure and `error_status` its
+    status (sent in an error frame once the stream had started); `disconnected` whether the
+    client went away first.
     """
 
     status: int
     items: int = 0
     error: str | None = None
+    error_status: int | None = None
     disconnected: bool = False
+
+    @property
+    def metric_status(self) -> int:
+        """The status to count the request under: 499 when the client left, the failure's
+        status when the api failed mid-stream, else the status sent."""
+        if self.disconnected:
+            return 499
+        return self.error_status or self.status
 
 
 class _Disconnect(Exception):
@@ -396,33 +408,95 @@ def _quiet(task: asyncio.Future[Any]) -> None:
         task.exception()
 
 
-def _start_headers(fmt: str, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-    media = b"text/event-stream; charset=utf-8" if fmt == SSE else NDJSON.encode()
-    return [
-        (b"content-type", media),
-        (b"cache-control", b"no-cache"),
-        (b"x-accel-buffering", b"no"),  # proxies such as nginx must not buffer the stream
-        *headers,
-    ]
+class _Responder:
+    """The response side of one stream: the status line and headers once, then frames."""
+
+    def __init__(
+        self,
+        send: Send,
+        fmt: str,
+        headers: list[tuple[bytes, bytes]],
+        encode: Callable[[Any], bytes],
+    ) -> None:
+        self.send = send
+        self.fmt = fmt
+        self.headers = headers
+        self.encode = encode
+        self.started = False
+        self.items = 0
+
+    async def start(self) -> None:
+        media = b"text/event-stream; charset=utf-8" if self.fmt == SSE else NDJSON.encode()
+        headers = [
+            (b"content-type", media),
+            (b"cache-control", b"no-cache"),
+            (b"x-accel-buffering", b"no"),  # proxies such as nginx must not buffer the stream
+            *self.headers,
+        ]
+        self.started = True
+        await self.send({"type": "http.response.start", "status": 200, "headers": headers})
+
+    async def item(self, value: Any) -> None:
+        data = self.encode(value)
+        frame = sse_event(data) if self.fmt == SSE else ndjson_line(data)
+        await self.send({"type": "http.response.body", "body": frame, "more_body": True})
+        self.items += 1
+
+    async def end(self) -> None:
+        await self.send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def fail(self, status: int, message: str) -> StreamOutcome:
+        """Answer a failure: a plain JSON error before the stream started, else an error frame
+        that ends it. A client already gone is not an error here."""
+        with contextlib.suppress(OSError):
+            if not self.started:
+                body = self.encode({"error": message})
+                headers = [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    *self.headers,
+                ]
+                start = {"type": "http.response.start", "status": status, "headers": headers}
+                await self.send(start)
+                await self.send({"type": "http.response.body", "body": body})
+            else:
+                data = self.encode(error_payload(message, status))
+                frame = sse_event(data, "error") if self.fmt == SSE else ndjson_line(data)
+                await self.send({"type": "http.response.body", "body": frame, "more_body": True})
+                await self.end()
+        sent = 200 if self.started else status
+        return StreamOutcome(sent, self.items, error=message, error_status=status)
 
 
-async def _send_error(
-    send: Send, status: int, message: str, headers: list[tuple[bytes, bytes]]
-) -> None:
-    from .codecs import encode_json
-
-    body = encode_json({"error": message})
-    start_headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode()),
-        *headers,
-    ]
-    await send({"type": "http.response.start", "status": status, "headers": start_headers})
-    await send({"type": "http.response.body", "body": body})
-
-
-def _frame(fmt: str, data: bytes, event: str | None = None) -> bytes:
-    return sse_event(data, event) if fmt == SSE else ndjson_line(data)
+async def _pump(
+    responder: _Responder,
+    stream: GeneratorStream,
+    watcher: asyncio.Future[None],
+    on_error: ErrorMapper,
+) -> StreamOutcome:
+    """Pull items and send them until the end, a failure or the client leaving."""
+    while True:
+        try:
+            item = await _race(stream.next(), watcher, stream.is_async)
+        except StopAsyncIteration:
+            break
+        except _Disconnect:
+            sent = 200 if responder.started else 499
+            return StreamOutcome(sent, responder.items, disconnected=True)
+        except Exception as exc:
+            return await responder.fail(*on_error(exc))
+        try:
+            if not responder.started:
+                await responder.start()  # only now: a failure at once gets a real status
+            await responder.item(item)
+        except OSError:  # a server whose send() raises once the client is gone
+            return StreamOutcome(200, responder.items, disconnected=True)
+        except Exception as exc:  # an item that does not encode
+            return await responder.fail(*on_error(exc))
+    if not responder.started:
+        await responder.start()
+    await responder.end()
+    return StreamOutcome(200, responder.items)
 
 
 async def send_stream(
@@ -440,49 +514,18 @@ async def send_stream(
     Call it after the request body has been read. The first item is awaited before the status
     line goes out, so a generator that fails at once gets a plain JSON error with the status
     `on_error(exc)` gives. `headers` are added to the response (e.g. `x-model-version`).
-    The generator is closed however the answer ends.
+    If the server cancels the request (a shutdown past its grace period), the stream ends with
+    a 503 error frame. The generator is closed however the answer ends.
     """
     from .codecs import encode_json
 
-    encode = encode or encode_json
-    extra = headers or []
+    responder = _Responder(send, fmt, headers or [], encode or encode_json)
     watcher = asyncio.ensure_future(_wait_disconnect(receive))
-    items = 0
     try:
-        try:
-            item = await _race(stream.next(), watcher, stream.is_async)
-        except StopAsyncIteration:
-            item = _DONE
-        except _Disconnect:
-            return StreamOutcome(499, disconnected=True)
-        except Exception as exc:
-            status, message = on_error(exc)
-            await _send_error(send, status, message, extra)
-            return StreamOutcome(status, error=message)
-        start = {"type": "http.response.start", "status": 200}
-        await send({**start, "headers": _start_headers(fmt, extra)})
-        while item is not _DONE:
-            frame = _frame(fmt, encode(item))
-            await send({"type": "http.response.body", "body": frame, "more_body": True})
-            items += 1
-            try:
-                item = await _race(stream.next(), watcher, stream.is_async)
-            except StopAsyncIteration:
-                item = _DONE
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
-        return StreamOutcome(200, items=items)
-    except _Disconnect:
-        return StreamOutcome(200, items=items, disconnected=True)
-    except OSError:  # a server whose send() raises once the client is gone
-        return StreamOutcome(200, items=items, disconnected=True)
-    except Exception as exc:
-        status, message = on_error(exc)
-        data = encode(error_payload(message, status))
-        event = _frame(fmt, data, "error")
-        with contextlib.suppress(OSError):
-            await send({"type": "http.response.body", "body": event, "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-        return StreamOutcome(200, items=items, error=message)
+        return await _pump(responder, stream, watcher, on_error)
+    except asyncio.CancelledError:
+        return await responder.fail(503, "the server is shutting down; the stream was cut short")
     finally:
         watcher.cancel()
-        await stream.close()
+        with contextlib.suppress(asyncio.CancelledError):
+            await stream.close()
