@@ -123,6 +123,7 @@ SERVICE_SOURCE = textwrap.dedent(
         def blocked(self, gate: str, marker: str) -> Iterator[dict]:
             try:
                 yield {"step": 1}
+                Path(marker + ".entered").touch()
                 wait_for(gate)  # the client leaves while this step runs on its thread
                 yield {"step": 2}
                 yield {"step": 3}
@@ -339,12 +340,13 @@ def _on_error(exc: Exception) -> tuple[int, str]:
 
 
 def test_send_stream_closes_a_sync_generator_only_after_its_running_step_returns() -> None:
-    release = threading.Event()
+    entered, release = threading.Event(), threading.Event()
     seen: dict[str, Any] = {}
 
     def gen() -> Iterator[int]:
         try:
             yield 1
+            entered.set()
             release.wait(30)  # the client leaves while this step runs on its thread
             yield 2
         finally:
@@ -356,7 +358,7 @@ def test_send_stream_closes_a_sync_generator_only_after_its_running_step_returns
         task = asyncio.ensure_future(
             send_stream(wire.send, wire.receive, stream, on_error=_on_error)
         )
-        while not wire.body():
+        while not entered.is_set():
             await asyncio.sleep(0.001)
         wire.gone.set()
         await asyncio.sleep(0.05)
@@ -369,6 +371,28 @@ def test_send_stream_closes_a_sync_generator_only_after_its_running_step_returns
     assert outcome.metric_status == 499
     assert seen["thread"].startswith("torchshelf-stream")  # closed on the step's own thread
     assert wire.body() == b"data: 1\n\n"
+
+
+def test_a_disconnect_closes_an_idle_sync_generator_at_once() -> None:
+    closed = threading.Event()
+
+    def gen() -> Iterator[int]:
+        try:
+            yield 1
+            yield 2
+        finally:
+            closed.set()
+
+    async def run() -> Any:
+        wire = _Wire()
+        wire.gone.set()  # the client is gone before the first step
+        return await send_stream(
+            wire.send, wire.receive, GeneratorStream(gen()), on_error=_on_error
+        )
+
+    outcome = asyncio.run(run())
+    assert closed.is_set() and outcome.disconnected
+    assert outcome.status in (200, 499) and outcome.metric_status == 499
 
 
 def test_send_stream_answers_a_failure_before_the_first_item_with_a_plain_error() -> None:
@@ -490,7 +514,9 @@ def test_a_disconnect_during_a_running_step_closes_the_generator_after_it(
 ) -> None:
     gate, marker = tmp_path / "gate", tmp_path / "closed"
     with http.stream("POST", "/blocked", json={"gate": str(gate), "marker": str(marker)}) as r:
-        assert json.loads(next(_events(r)).data) == {"step": 1}
+        events = _events(r)  # kept: dropping it would close the response early
+        assert json.loads(next(events).data) == {"step": 1}
+        _await_file(tmp_path / "closed.entered", "the second step never started")
     time.sleep(0.05)
     assert not marker.exists()  # its step is still running: a thread cannot be interrupted
     gate.touch()

@@ -377,35 +377,35 @@ class _Disconnect(Exception):
     """The client went away."""
 
 
-async def _wait_disconnect(receive: Receive) -> None:
-    """Return once the client has gone (the request body was read already)."""
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return
+class _Watch:
+    """Listens for `http.disconnect` beside the request's task and cancels that task when it
+    comes: the pump awaits each step directly (no task per item), and an async generator sees
+    CancelledError at the await it is stopped at. (uvicorn's `send()` just returns once the
+    client is gone, so `receive()` is the only sign.)"""
 
+    def __init__(self, receive: Receive) -> None:
+        self.gone = False
+        self._task = asyncio.current_task()
+        self._future = asyncio.ensure_future(self._listen(receive))
 
-async def _race(step: Awaitable[Any], watcher: asyncio.Future[None], is_async: bool) -> Any:
-    """The step's result, or `_Disconnect` if the client left first. An async generator's step
-    is cancelled (the generator sees CancelledError at its await); a sync step cannot be, and
-    is left to finish on its thread before the generator is closed."""
-    task = asyncio.ensure_future(step)
-    await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    if task.done():
-        return task.result()
-    if is_async:
-        task.cancel()
-        with contextlib.suppress(BaseException):
-            await task
-    else:
-        task.add_done_callback(_quiet)
-    raise _Disconnect
+    async def _listen(self, receive: Receive) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        self.gone = True
+        if self._task is not None:
+            self._task.cancel()
 
+    def claim(self) -> bool:
+        """After a CancelledError: True (and the cancellation undone) if it was ours."""
+        if not self.gone:
+            return False
+        uncancel = getattr(self._task, "uncancel", None)  # Python >= 3.11
+        if uncancel is not None:
+            uncancel()
+        return True
 
-def _quiet(task: asyncio.Future[Any]) -> None:
-    """Retrieve an abandoned step's exception so asyncio does not log it as never retrieved."""
-    if not task.cancelled():
-        task.exception()
+    def stop(self) -> None:
+        self._future.cancel()
 
 
 class _Responder:
@@ -424,6 +424,7 @@ class _Responder:
         self.encode = encode
         self.started = False
         self.items = 0
+        self.watch: _Watch | None = None  # stopped before the response completes
 
     async def start(self) -> None:
         media = b"text/event-stream; charset=utf-8" if self.fmt == SSE else NDJSON.encode()
@@ -442,12 +443,20 @@ class _Responder:
         await self.send({"type": "http.response.body", "body": frame, "more_body": True})
         self.items += 1
 
+    def _unwatch(self) -> None:
+        # Once the response is complete, uvicorn's receive() reports a disconnect at once,
+        # which must not cancel the request's own tail (closing the generator).
+        if self.watch is not None:
+            self.watch.stop()
+
     async def end(self) -> None:
+        self._unwatch()
         await self.send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def fail(self, status: int, message: str) -> StreamOutcome:
         """Answer a failure: a plain JSON error before the stream started, else an error frame
         that ends it. A client already gone is not an error here."""
+        self._unwatch()
         with contextlib.suppress(OSError):
             if not self.started:
                 body = self.encode({"error": message})
@@ -469,28 +478,24 @@ class _Responder:
 
 
 async def _pump(
-    responder: _Responder,
-    stream: GeneratorStream,
-    watcher: asyncio.Future[None],
-    on_error: ErrorMapper,
+    responder: _Responder, stream: GeneratorStream, watch: _Watch, on_error: ErrorMapper
 ) -> StreamOutcome:
     """Pull items and send them until the end, a failure or the client leaving."""
     while True:
         try:
-            item = await _race(stream.next(), watcher, stream.is_async)
+            item = await stream.next()
         except StopAsyncIteration:
             break
-        except _Disconnect:
-            sent = 200 if responder.started else 499
-            return StreamOutcome(sent, responder.items, disconnected=True)
         except Exception as exc:
             return await responder.fail(*on_error(exc))
+        if watch.gone:  # a generator that swallowed the CancelledError
+            raise _Disconnect
         try:
             if not responder.started:
                 await responder.start()  # only now: a failure at once gets a real status
             await responder.item(item)
-        except OSError:  # a server whose send() raises once the client is gone
-            return StreamOutcome(200, responder.items, disconnected=True)
+        except OSError as exc:  # a server whose send() raises once the client is gone
+            raise _Disconnect from exc
         except Exception as exc:  # an item that does not encode
             return await responder.fail(*on_error(exc))
     if not responder.started:
@@ -520,12 +525,18 @@ async def send_stream(
     from .codecs import encode_json
 
     responder = _Responder(send, fmt, headers or [], encode or encode_json)
-    watcher = asyncio.ensure_future(_wait_disconnect(receive))
+    watch = responder.watch = _Watch(receive)
     try:
-        return await _pump(responder, stream, watcher, on_error)
+        return await _pump(responder, stream, watch, on_error)
+    except _Disconnect:
+        pass
     except asyncio.CancelledError:
-        return await responder.fail(503, "the server is shutting down; the stream was cut short")
+        if not watch.claim():
+            message = "the server is shutting down; the stream was cut short"
+            return await responder.fail(503, message)
     finally:
-        watcher.cancel()
+        watch.stop()
         with contextlib.suppress(asyncio.CancelledError):
             await stream.close()
+    sent = 200 if responder.started else 499
+    return StreamOutcome(sent, responder.items, disconnected=True)
