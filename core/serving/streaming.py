@@ -529,7 +529,7 @@ async def send_stream(
     try:
         return await _pump(responder, stream, watch, on_error)
     except _Disconnect:
-        pass
+        watch.claim()
     except asyncio.CancelledError:
         if not watch.claim():
             message = "the server is shutting down; the stream was cut short"
