@@ -1,4 +1,4 @@
-"""`shelf serve TARGET`: check the target and device, print the banner, run the server.
+"""`shelf serve TARGET...`: parse the options, print the banner, run the server.
 
 Everything that can be wrong with the command (target, device, token) fails here, before the
 server binds. torch and the server stack are imported inside the command, never at import time.
@@ -15,38 +15,48 @@ import typer
 from .render import fail, stderr
 
 
-def _banner(served: Any, options: Any, token_source: str | None) -> None:
+def _banner(served: list[Any], options: Any, token_source: str | None, workers: int = 1) -> None:
     from rich.panel import Panel
     from rich.table import Table
 
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold")
     grid.add_column()
-    grid.add_row("target", f"{served.title} ({served.kind})")
-    grid.add_row("device", served.device)
-    if served.resources:
-        grid.add_row("resources", ", ".join(f"{k}={v}" for k, v in served.resources.items()))
+    for one in served:
+        grid.add_row("target", f"{one.title} ({one.kind}, version {one.version})")
+    grid.add_row("device", ", ".join(sorted({one.device for one in served})))
+    for one in served:
+        if one.resources:
+            grid.add_row("resources", ", ".join(f"{k}={v}" for k, v in one.resources.items()))
     url = f"http://{options.host}:{options.port}"
     grid.add_row("url", url)
+    if workers > 1:
+        grid.add_row(
+            "workers", f"{workers} processes on one socket (a supervisor replaces dead ones)"
+        )
     grid.add_row("auth", f"bearer token ({token_source})" if options.api_token else "none")
     grid.add_row(
         "limits",
         f"queue {options.max_queue} items/api, timeout {options.timeout:g} s, "
         f"body {options.max_body_bytes // (1024 * 1024)} MiB",
     )
+    if options.max_loaded:
+        grid.add_row("memory", f"at most {options.max_loaded} models loaded (LRU)")
     apis = Table(box=None, padding=(0, 2), show_edge=False)
     apis.add_column("api")
     apis.add_column("batching")
-    for ep in served.endpoints:
-        how = (
-            f"max {ep.max_batch_size} items, wait <= {ep.max_latency_ms:g} ms under load, "
-            f"dim {ep.batch_dim}"
-            if ep.batch
-            else "streams items (SSE, or NDJSON)"
-            if ep.stream
-            else "one request per call"
-        )
-        apis.add_row(f"POST {ep.path}", how)
+    for one in served:
+        for ep in one.endpoints:
+            how = (
+                f"max {ep.max_batch_size} items, wait <= {ep.max_latency_ms:g} ms under load, "
+                f"dim {ep.batch_dim}"
+                if ep.batch
+                else "streams items (SSE, or NDJSON)"
+                if ep.stream
+                else "one request per call"
+            )
+            path = ep.path if len(served) == 1 else f"/models/{one.name}/{ep.name}"
+            apis.add_row(f"POST {path}", how)
     grid.add_row("apis", apis)
     grid.add_row("docs", f"{url}/docs · {url}/openapi.json · {url}/metrics")
     stderr.print(Panel(grid, title="[bold]shelf serve[/]", expand=False))
@@ -57,10 +67,12 @@ def register(app: typer.Typer) -> None:
 
     @app.command("serve", rich_help_panel="Serve")
     def serve(
-        target: Annotated[
-            str,
+        targets: Annotated[
+            list[str],
             typer.Argument(
-                help="A model tag (name[:version]) or a service: file.py:Class / module:Class."
+                help="Model tags (name[:version]) or services (file.py:Class / module:Class); "
+                "with several, each is served under /models/<name>/<api>.",
+                show_default=False,
             ),
         ],
         device: Annotated[
@@ -128,34 +140,34 @@ def register(app: typer.Typer) -> None:
         access_log: Annotated[
             bool, typer.Option("--access-log", help="Log every request (costs CPU).")
         ] = False,
+        max_loaded: Annotated[
+            int | None,
+            typer.Option(
+                "--max-loaded",
+                min=1,
+                help="Keep at most N models in memory: load on first use, unload the least "
+                "recently used (default: all, loaded at start).",
+                show_default=False,
+            ),
+        ] = None,
+        workers: Annotated[
+            int,
+            typer.Option(
+                "--workers",
+                min=1,
+                help="Server processes on one port, each with every replica; dead ones are replaced.",
+            ),
+        ] = 1,
     ) -> None:
-        """Serve a stored model or a @torchshelf.service class over HTTP, batching requests."""
+        """Serve stored models or @torchshelf.service classes over HTTP, batching requests."""
         from torchshelf.config import ENV_API_TOKEN
-        from torchshelf.devices import parse_device, resolve_device
         from torchshelf.errors import ShelfError, UsageError
+        from torchshelf.serving.options import ServeOptions
 
-        try:
-            token_source = "--api-token" if api_token else None
-            if not api_token and os.environ.get(ENV_API_TOKEN):
-                api_token, token_source = os.environ[ENV_API_TOKEN], ENV_API_TOKEN
-            if metrics_auth and not api_token:
-                raise UsageError(
-                    "--metrics-auth needs a token: pass --api-token or set " + ENV_API_TOKEN
-                )
-            if device is not None:
-                parse_device(device)  # a malformed string fails before torch is imported
-            started = time.perf_counter()
-            from torchshelf.serving.app import ServeOptions
-            from torchshelf.serving.server import run_server
-            from torchshelf.serving.target import resolve_target
-
-            if device is not None:
-                device = str(resolve_device(device))
-            served = resolve_target(target, device)
-            if device is None and served.device != "cpu":
-                served.device = str(resolve_device(served.device))
-        except ShelfError as exc:
-            fail(exc)
+        started = time.perf_counter()
+        token_source = "--api-token" if api_token else None
+        if not api_token and os.environ.get(ENV_API_TOKEN):
+            api_token, token_source = os.environ[ENV_API_TOKEN], ENV_API_TOKEN
         options = ServeOptions(
             host=host,
             port=port,
@@ -168,22 +180,44 @@ def register(app: typer.Typer) -> None:
             metrics_auth=metrics_auth,
             access_log=access_log,
             threads=threads,
+            max_loaded=max_loaded,
         )
-        if host in ("0.0.0.0", "::", "") and not options.api_token:
-            stderr.print(
-                f"[yellow]warning:[/] binding {host or 'all interfaces'} without an API token: "
-                f"anyone who can reach this port can call the model; pass --api-token or set "
-                f"{ENV_API_TOKEN}",
-                highlight=False,
-            )
-        _banner(served, options, token_source)
+        devices: list[str] = []
+
+        def resolved(served: list[Any]) -> None:
+            devices.extend(sorted({one.device for one in served}))
+            if host in ("0.0.0.0", "::", "") and not options.api_token:
+                stderr.print(
+                    f"[yellow]warning:[/] binding {host or 'all interfaces'} without an API "
+                    "token: anyone who can reach this port can call the model; pass "
+                    f"--api-token or set {ENV_API_TOKEN}",
+                    highlight=False,
+                )
+            _banner(served, options, token_source, workers)
 
         def ready() -> None:
             stderr.print(
                 f"[green]ready[/] in {time.perf_counter() - started:.1f} s "
-                f"(model loaded and warmed up on {served.device})",
+                f"(loaded and warmed up on {', '.join(devices)}"
+                + (f" in each of {workers} workers)" if workers > 1 else ")"),
                 highlight=False,
             )
 
-        code = run_server(served, options, on_ready=ready)
+        try:
+            if metrics_auth and not api_token:
+                raise UsageError(
+                    "--metrics-auth needs a token: pass --api-token or set " + ENV_API_TOKEN
+                )
+            from torchshelf.serving.launch import serve as run
+
+            code = run(
+                targets,
+                options,
+                device=device,
+                workers=workers,
+                on_resolved=resolved,
+                on_ready=ready,
+            )
+        except ShelfError as exc:
+            fail(exc)
         raise typer.Exit(code)

@@ -6,9 +6,12 @@ with: 1 when an operation failed, 2 when the request itself was wrong (bad usage
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "ShelfError",
     "NotFound",
+    "AmbiguousTag",
     "InvalidName",
     "AlreadyExists",
     "IntegrityError",
@@ -19,6 +22,7 @@ __all__ = [
     "ArchiveError",
     "UsageError",
     "RemoteError",
+    "StoreFull",
 ]
 
 
@@ -30,6 +34,16 @@ class ShelfError(Exception):
 
 class NotFound(ShelfError, LookupError):
     """A model, version or file that was asked for does not exist."""
+
+
+class AmbiguousTag(ShelfError, LookupError):
+    """A version prefix matches several versions; `candidates` are their tags."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, candidates: list[Any] | None = None) -> None:
+        super().__init__(message)
+        self.candidates = list(candidates or [])
 
 
 class InvalidName(ShelfError, ValueError):
@@ -83,3 +97,17 @@ class ArchiveError(ShelfError):
 
 class RemoteError(ShelfError):
     """The remote store is not configured, not reachable, or refused the request."""
+
+
+class StoreFull(ShelfError):
+    """The store's filesystem has too little free space for a write; nothing was committed.
+
+    `root` is the store, `needed` the bytes the operation needed (None when unknown) and `free`
+    the bytes free once the failed write had been cleaned up.
+    """
+
+    def __init__(self, message: str, root: str, needed: int | None, free: int) -> None:
+        super().__init__(message)
+        self.root = root
+        self.needed = needed
+        self.free = free

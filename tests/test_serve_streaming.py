@@ -458,6 +458,20 @@ def test_a_cancelled_stream_ends_with_an_error_frame_and_closes_the_generator() 
     assert wire.sent[-1] == {"type": "http.response.body", "body": b"", "more_body": False}
 
 
+def test_protocols_without_streaming_get_a_clear_refusal(tmp_path: Path) -> None:
+    from torchshelf.serving.codecs import InputError
+    from torchshelf.serving.options import ServeOptions
+    from torchshelf.serving.registry import ModelRegistry
+    from torchshelf.serving.target import resolve_target
+
+    (tmp_path / "streams.py").write_text(SERVICE_SOURCE)
+    served = resolve_target(f"{tmp_path / 'streams.py'}:Streams")
+    registry = ModelRegistry([served], ServeOptions())
+    with pytest.raises(InputError, match="streams its answer") as info:
+        asyncio.run(registry.infer(served.name, "count", {"n": 1}))
+    assert info.value.status == 400 and "POST /count" in str(info.value)
+
+
 # -- a real server ---------------------------------------------------------------------------------
 
 
@@ -468,6 +482,10 @@ def test_items_arrive_as_sse_frames(http: httpx.Client) -> None:
     assert "content-length" not in r.headers  # chunked: sent as it is produced
     assert r.content == b'data: {"i":0}\n\ndata: {"i":1}\n\ndata: {"i":2}\n\n'
     assert http.post("/count", json={"n": 0}).content == b""
+    # The version that computes the items, as on every inference answer (the contract).
+    version = http.post("/echo", json={"text": "v"}).headers["x-model-version"]
+    assert version and r.headers["x-model-version"] == version
+    assert http.post("/fails", json={"after": -1}).headers["x-model-version"] == version
 
 
 def test_ndjson_when_asked_for(http: httpx.Client) -> None:

@@ -16,17 +16,20 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import sys
 import threading
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Sequence
 from types import FrameType
+from typing import Any
 
 import uvicorn
 
-from .app import ServeOptions, build_app
+from .app import HandlerFactory, build_app
+from .options import ServeOptions
 from .target import Served
 
-__all__ = ["run_server"]
+__all__ = ["run_server", "uvicorn_config"]
 
 
 class _Server(uvicorn.Server):
@@ -73,19 +76,39 @@ def _http_choice() -> str:
 
 
 def run_server(
-    served: Served,
+    targets: Served | Sequence[Served],
     options: ServeOptions,
     on_ready: Callable[[], None] | None = None,
+    protocols: Sequence[HandlerFactory] = (),
+    *,
+    sockets: list[socket.socket] | None = None,
+    wrap_app: Callable[[Any], Any] | None = None,
 ) -> int:
-    """Serve until SIGTERM/SIGINT; returns the exit code (0 after a clean drain, 1 if the
-    model failed to load)."""
+    """Serve until SIGTERM/SIGINT; returns the exit code (0 after a clean drain, 1 if a model
+    failed to load at start). `sockets`: listen on these (a `--workers` worker gets the
+    supervisor's) instead of binding host:port; `wrap_app` wraps the ASGI app (workers.py)."""
     # The worker thread re-takes the GIL after every torch op; while the loop is busy parsing
     # requests it would wait up to the default 5 ms switch interval each time (a convoy that
     # can double a forward pass). 1 ms bounds that wait at a negligible switching cost.
     sys.setswitchinterval(min(sys.getswitchinterval(), 0.001))
-    app = build_app(served, options)
-    app.state.on_ready = on_ready
-    config = uvicorn.Config(
+    holder: list[_Server] = []
+
+    def stop(_: str) -> None:
+        holder[0].should_exit = True
+
+    app = build_app(targets, options, protocols=protocols, on_ready=on_ready, on_failure=stop)
+    server = _Server(uvicorn_config(app if wrap_app is None else wrap_app(app), options))
+    holder.append(server)
+    server.on_exit = app.begin_drain
+    server.run(sockets=sockets)
+    if app.failed:
+        return 1
+    return 0 if server.started else 1
+
+
+def uvicorn_config(app: Any, options: ServeOptions) -> uvicorn.Config:
+    """uvicorn's settings for `app` (uvloop and httptools when installed)."""
+    return uvicorn.Config(
         app,
         host=options.host,
         port=options.port,
@@ -99,19 +122,3 @@ def run_server(
         timeout_graceful_shutdown=int(options.timeout) + 5,
         backlog=4096,
     )
-    server = _Server(config)
-    state = app.state.serve_state
-
-    def stop(_: str) -> None:
-        server.should_exit = True
-
-    state.on_failure = stop
-
-    def draining() -> None:
-        state.draining = True
-
-    server.on_exit = draining
-    server.run()
-    if state.failed:
-        return 1
-    return 0 if server.started else 1
