@@ -470,6 +470,9 @@ def test_protocols_without_streaming_get_a_clear_refusal(tmp_path: Path) -> None
     with pytest.raises(InputError, match="streams its answer") as info:
         asyncio.run(registry.infer(served.name, "count", {"n": 1}))
     assert info.value.status == 400 and "POST /count" in str(info.value)
+    from torchshelf.serving.v2 import v2_models_of
+
+    assert {m.name for m in v2_models_of(registry)} == {"echo"}  # V2 lists no stream
 
 
 # -- a real server ---------------------------------------------------------------------------------
