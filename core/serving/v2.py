@@ -322,17 +322,25 @@ def _default_api(endpoints: Sequence[Endpoint]) -> Endpoint:
 
 
 def v2_models_of(registry: ModelRegistry) -> list[V2Model]:
-    """Every V2 model of the served targets: a stored model by its name, a service api by the
-    api's name (`<target>.<api>` where two targets would give one name twice)."""
+    """Every V2 model of the served targets.
+
+    A stored model is named by its model name (its `predict`, i.e. `__call__`, or its first
+    signature method) and its other methods by `<model>.<method>`; a service api by the api's
+    name, or `<target>.<api>` where two targets would give one name twice. Streaming
+    (generator) apis have no V2 form and are left out.
+    """
     found: list[V2Model] = []
     for slot in registry.slots.values():
         served = slot.served
-        eps = [ep for ep in slot.endpoints if not getattr(ep, "streams", False)]
+        eps = [ep for ep in slot.endpoints if not getattr(ep, "stream", False)]
         if not eps:
             continue
-        chosen = [_default_api(eps)] if served.kind == "model" else eps
-        for ep in chosen:
-            name = slot.name if served.kind == "model" else ep.name
+        default = _default_api(eps) if served.kind == "model" else None
+        for ep in eps:
+            if served.kind != "model":
+                name = ep.name
+            else:
+                name = slot.name if ep is default else f"{slot.name}.{ep.name}"
             found.append(V2Model(name, slot.name, ep, _platform(served), slot.queues[ep.name]))
     names = [m.name for m in found]
     return [
