@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import NotFound, UsageError
+from ..resolver import is_file_target
 from .codecs import InputError, Param, TensorSpec, params_of, return_kind
 from .decorators import ApiConfig, api_configs, service_config
 
@@ -100,15 +101,11 @@ class Served:
 
 
 def _import_file(path: Path) -> Any:
-    from ..sources import import_file
+    from ..resolver import import_file
 
     if not Path(path).is_file():
         raise NotFound(f"no such file: {Path(path).resolve()}")
     return import_file(path, "torchshelf_service")
-
-
-def _is_file_target(left: str) -> bool:
-    return left.endswith(".py") or "/" in left or "\\" in left
 
 
 def _service_class(target: str) -> type | None:
@@ -117,7 +114,7 @@ def _service_class(target: str) -> type | None:
     left, sep, attr = target.rpartition(":")
     if not sep or not attr.isidentifier():
         return None
-    if _is_file_target(left):
+    if is_file_target(left):
         module = _import_file(Path(left))
     else:
         if not all(part.isidentifier() for part in left.split(".")):
@@ -134,7 +131,7 @@ def _service_class(target: str) -> type | None:
             raise UsageError(f"importing {left} failed: {type(exc).__name__}: {exc}") from exc
     obj = getattr(module, attr, None)
     if obj is None:
-        if not _is_file_target(left):
+        if not is_file_target(left):
             return None
         raise NotFound(f"{left} has no attribute {attr!r}")
     if not inspect.isclass(obj):
@@ -154,7 +151,7 @@ def resolve_target(target: str, device: str | None = None) -> Served:
     from ..errors import InvalidName
 
     left = target.rpartition(":")[0]
-    if not _is_file_target(left):
+    if not is_file_target(left):
         try:
             return _serve_model(target, device)
         except (NotFound, InvalidName) as exc:
