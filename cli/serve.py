@@ -50,6 +50,8 @@ def _banner(served: list[Any], options: Any, token_source: str | None, workers: 
                 f"max {ep.max_batch_size} items, wait <= {ep.max_latency_ms:g} ms under load, "
                 f"dim {ep.batch_dim}"
                 if ep.batch
+                else "streams items (SSE, or NDJSON)"
+                if ep.stream
                 else "one request per call"
             )
             path = ep.path if len(served) == 1 else f"/models/{one.name}/{ep.name}"

@@ -48,6 +48,7 @@ class Endpoint:
     is_async: bool = False
     input_spec: Any = None
     doc: str = ""
+    stream: bool = False  # a generator api: its items are streamed (`returns` is an item's kind)
 
     def rows_of(self, kwargs: dict[str, Any]) -> int:
         """How many batch items a request carries; every batched parameter must agree."""
@@ -334,8 +335,9 @@ def _endpoint_of(func: Callable[..., Any], api: ApiConfig) -> Endpoint:
         max_batch_size=api.max_batch_size,
         max_latency_ms=api.max_latency_ms,
         batch_dim=api.batch_dim,
-        is_async=inspect.iscoroutinefunction(func),
+        is_async=inspect.iscoroutinefunction(func) or inspect.isasyncgenfunction(func),
         doc=inspect.getdoc(func) or "",
+        stream=api.stream,
     )
 
 

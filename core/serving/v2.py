@@ -359,7 +359,7 @@ def v2_models_of(registry: ModelRegistry) -> list[V2Model]:
     found: list[V2Model] = []
     for slot in registry.slots.values():
         served = slot.served
-        eps = [ep for ep in slot.endpoints if not getattr(ep, "stream", False)]
+        eps = [ep for ep in slot.endpoints if not ep.stream]  # V2 REST cannot stream
         if not eps:
             continue
         default = _default_api(eps) if served.kind == "model" else None
