@@ -10,12 +10,57 @@ import os
 import time
 from typing import Annotated, Any
 
+import click
 import typer
 
+from .remote_cmds import RemoteFlagCommand
 from .render import fail, stderr
 
+FOLLOW_PANEL = "Serve a label (continuous delivery)"
 
-def _banner(served: Any, options: Any, token_source: str | None) -> None:
+
+def _follow_spec(
+    target: str,
+    label: list[str] | None,
+    remote: str | None,
+    watch: bool,
+    interval: float,
+    swap: str,
+    canary: str | None,
+) -> Any:
+    """The parsed `--label ...` options as a `FollowSpec`, or None when serving a plain TARGET."""
+    from torchshelf.errors import UsageError
+
+    if not label:
+        used = [
+            flag
+            for flag, on in (
+                ("--remote", remote is not None),
+                ("--watch", watch),
+                ("--canary", canary is not None),
+                ("--swap", swap != "live"),
+            )
+            if on
+        ]
+        if used:
+            raise UsageError(f"{', '.join(used)} need --label: shelf serve NAME --label K=V ...")
+        return None
+    from torchshelf.serving.follow import parse_canary, parse_selection
+    from torchshelf.serving.live import FollowSpec
+
+    if ":" in target:
+        raise UsageError(f"with --label, give a model NAME, not a tag or a service: {target!r}")
+    return FollowSpec(
+        selection=parse_selection(target, label),
+        canary=parse_canary(target, canary) if canary else None,
+        remote=remote,
+        watch=watch,
+        interval=interval,
+        swap=swap,
+    )
+
+
+def _banner(served: Any, options: Any, token_source: str | None, following: Any = None) -> None:
     from rich.panel import Panel
     from rich.table import Table
 
@@ -23,6 +68,15 @@ def _banner(served: Any, options: Any, token_source: str | None) -> None:
     grid.add_column(style="bold")
     grid.add_column()
     grid.add_row("target", f"{served.title} ({served.kind})")
+    if following is not None:
+        spec = following.spec
+        where = "the remote" if spec.remote is not None else "the local store"
+        how = f"watching every {spec.interval:g} s and on SIGHUP" if spec.watch else "not watching"
+        grid.add_row("follows", f"{', '.join(spec.selection.selectors)} on {where}; {how}")
+        grid.add_row("swap", spec.swap)
+        if spec.canary is not None:
+            sel = ", ".join(spec.canary.selection.selectors)
+            grid.add_row("canary", f"{spec.canary.percent:g}% to the newest matching {sel}")
     grid.add_row("device", served.device)
     if served.resources:
         grid.add_row("resources", ", ".join(f"{k}={v}" for k, v in served.resources.items()))
@@ -53,12 +107,13 @@ def _banner(served: Any, options: Any, token_source: str | None) -> None:
 def register(app: typer.Typer) -> None:
     """Add `serve` to the app."""
 
-    @app.command("serve", rich_help_panel="Serve")
+    @app.command("serve", rich_help_panel="Serve", cls=RemoteFlagCommand)
     def serve(
         target: Annotated[
             str,
             typer.Argument(
-                help="A model tag (name[:version]) or a service: file.py:Class / module:Class."
+                help="A model tag (name[:version]) or a service: file.py:Class / module:Class; "
+                "with --label, a model NAME."
             ),
         ],
         device: Annotated[
@@ -126,6 +181,67 @@ def register(app: typer.Typer) -> None:
         access_log: Annotated[
             bool, typer.Option("--access-log", help="Log every request (costs CPU).")
         ] = False,
+        label: Annotated[
+            list[str] | None,
+            typer.Option(
+                "--label",
+                help="Serve the newest version of NAME matching K=V, K!=V, K, 'K in (a,b)' (ANDed).",
+                show_default=False,
+                rich_help_panel=FOLLOW_PANEL,
+            ),
+        ] = None,
+        remote: Annotated[
+            str | None,
+            typer.Option(
+                "--remote",
+                metavar="[URL]",
+                help="Evaluate --label on the remote store s3://bucket/prefix (bare: the "
+                "configured remote) and pull the chosen version, verified, first.",
+                show_default=False,
+                rich_help_panel=FOLLOW_PANEL,
+            ),
+        ] = None,
+        watch: Annotated[
+            bool,
+            typer.Option(
+                "--watch",
+                help="Re-evaluate --label every --watch-interval seconds and on SIGHUP; swap "
+                "to a new match with no failed request.",
+                rich_help_panel=FOLLOW_PANEL,
+            ),
+        ] = False,
+        watch_interval: Annotated[
+            float,
+            typer.Option(
+                "--watch-interval",
+                min=0.01,
+                help="Seconds between checks with --watch.",
+                rich_help_panel=FOLLOW_PANEL,
+            ),
+        ] = 5.0,
+        swap: Annotated[
+            str,
+            typer.Option(
+                "--swap",
+                help="live: load the new version beside the old one, then switch; drain: finish "
+                "in-flight work and unload first (requests queue meanwhile), for models too big "
+                "to hold twice.",
+                click_type=click.Choice(["live", "drain"]),
+                metavar="live|drain",
+                rich_help_panel=FOLLOW_PANEL,
+            ),
+        ] = "live",
+        canary: Annotated[
+            str | None,
+            typer.Option(
+                "--canary",
+                metavar="'SELECTOR:PERCENT'",
+                help="Send PERCENT of requests to the newest version matching SELECTOR, e.g. "
+                "'stage=candidate:10'.",
+                show_default=False,
+                rich_help_panel=FOLLOW_PANEL,
+            ),
+        ] = None,
     ) -> None:
         """Serve a stored model or a @torchshelf.service class over HTTP, batching requests."""
         from torchshelf.config import ENV_API_TOKEN
@@ -149,7 +265,14 @@ def register(app: typer.Typer) -> None:
 
             if device is not None:
                 device = str(resolve_device(device))
-            served = resolve_target(target, device)
+            follow = _follow_spec(target, label, remote, watch, watch_interval, swap, canary)
+            following = None
+            if follow is not None:
+                from torchshelf.serving.live import prepare_following
+
+                served, following = prepare_following(follow, device)
+            else:
+                served = resolve_target(target, device)
             if device is None and served.device != "cpu":
                 served.device = str(resolve_device(served.device))
         except ShelfError as exc:
@@ -174,7 +297,7 @@ def register(app: typer.Typer) -> None:
                 f"{ENV_API_TOKEN}",
                 highlight=False,
             )
-        _banner(served, options, token_source)
+        _banner(served, options, token_source, following)
 
         def ready() -> None:
             stderr.print(
@@ -183,5 +306,5 @@ def register(app: typer.Typer) -> None:
                 highlight=False,
             )
 
-        code = run_server(served, options, on_ready=ready)
+        code = run_server(served, options, on_ready=ready, following=following)
         raise typer.Exit(code)

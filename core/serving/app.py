@@ -17,7 +17,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -39,9 +39,13 @@ from .codecs import (
     refuse_booleans,
 )
 from .docs import docs_routes
+from .live import Routed
 from .metrics import ServeMetrics
 from .openapi import openapi_document, schema_document
 from .target import Call, Endpoint, Served, make_runner
+
+if TYPE_CHECKING:
+    from .live import Following
 
 __all__ = ["ServeOptions", "build_app"]
 
@@ -123,10 +127,20 @@ def _wants_safetensors(accept: str, sent_safetensors: bool) -> bool:
     return sent_safetensors and (not accept or accept.startswith("*/*"))
 
 
-def build_app(served: Served, options: ServeOptions) -> _FastPath:
-    """Build the ASGI app; the model loads on the worker thread once the server starts."""
+def build_app(
+    served: Served, options: ServeOptions, following: Following | None = None
+) -> _FastPath:
+    """Build the ASGI app; the model loads on the worker thread once the server starts.
+
+    With `following` (`shelf serve NAME --label ...`), its `LiveModel` runs the batches, so a
+    swap changes the version under the queues, and every response names its version.
+    """
     endpoints = [_effective(ep, options) for ep in served.endpoints]
     served.endpoints = endpoints
+    live = following.live if following is not None else None
+    if live is not None:
+        live.endpoints = endpoints
+        live.wait_s = options.timeout
     names = [ep.name for ep in endpoints]
     metrics = ServeMetrics(names)
     state = _State()
@@ -141,7 +155,7 @@ def build_app(served: Served, options: ServeOptions) -> _FastPath:
     specs = [
         QueueSpec(
             name=ep.name,
-            run=trampoline(ep.name),
+            run=live.runner(ep.name) if live is not None else trampoline(ep.name),
             batchable=ep.batch,
             max_batch_size=ep.max_batch_size,
             max_latency_ms=ep.max_latency_ms,
@@ -286,6 +300,12 @@ def build_app(served: Served, options: ServeOptions) -> _FastPath:
                 binary = _wants_safetensors(accept.decode("latin-1") if accept else "", binary)
                 if ep.is_async:
                     result = await state.fns[name](**kwargs)
+                elif live is not None:
+                    rows = ep.rows_of(kwargs)
+                    routed = Routed(Call(kwargs, rows), live.route())
+                    out = await holder["b"].submit(name, routed, rows, timeout)
+                    result = out.value
+                    extra.append((b"x-model-version", out.version.encode()))
                 else:
                     rows = ep.rows_of(kwargs)
                     result = await holder["b"].submit(name, Call(kwargs, rows), rows, timeout)
@@ -326,6 +346,8 @@ def build_app(served: Served, options: ServeOptions) -> _FastPath:
     async def readyz(request: Request) -> Response:
         if state.draining:
             return Response(b'{"status":"draining"}', 503, media_type=JSON)
+        if state.ready and following is not None:
+            return Response(encode_json({"status": "ready", **following.status()}), media_type=JSON)
         if state.ready:
             return Response(b'{"status":"ready"}', media_type=JSON)
         status = "failed" if state.failed else "loading"
@@ -367,6 +389,9 @@ def build_app(served: Served, options: ServeOptions) -> _FastPath:
             import torch
 
             torch.set_num_threads(options.threads or default_threads())
+        if following is not None:
+            following.start()
+            return
         fns = served.load()
         state.fns = fns
         state.runners = {
@@ -428,6 +453,10 @@ def build_app(served: Served, options: ServeOptions) -> _FastPath:
     )
     app.state.serve_state = state
     app.state.metrics = metrics
+    if following is not None:
+        from .live import FollowCollector
+
+        metrics.registry.register(FollowCollector(following))
     app.state.on_ready = None
     return _FastPath(app, {ep.path: handlers[ep.name] for ep in endpoints})
 

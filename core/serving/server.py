@@ -20,11 +20,15 @@ import sys
 import threading
 from collections.abc import Callable, Generator
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import uvicorn
 
 from .app import ServeOptions, build_app
 from .target import Served
+
+if TYPE_CHECKING:
+    from .live import Following
 
 __all__ = ["run_server"]
 
@@ -76,15 +80,28 @@ def run_server(
     served: Served,
     options: ServeOptions,
     on_ready: Callable[[], None] | None = None,
+    following: Following | None = None,
 ) -> int:
     """Serve until SIGTERM/SIGINT; returns the exit code (0 after a clean drain, 1 if the
-    model failed to load)."""
+    model failed to load). With `following` and `--watch`, the follower starts once the first
+    version is ready, and SIGHUP makes it check at once."""
     # The worker thread re-takes the GIL after every torch op; while the loop is busy parsing
     # requests it would wait up to the default 5 ms switch interval each time (a convoy that
     # can double a forward pass). 1 ms bounds that wait at a negligible switching cost.
     sys.setswitchinterval(min(sys.getswitchinterval(), 0.001))
-    app = build_app(served, options)
+    app = build_app(served, options, following)
     app.state.on_ready = on_ready
+    restore_sighup: Callable[[], None] = lambda: None  # noqa: E731
+    if following is not None and following.spec.watch:
+        follower = following.follower
+        restore_sighup = follower.install_sighup()
+
+        def ready_then_watch() -> None:
+            follower.start()
+            if on_ready is not None:
+                on_ready()
+
+        app.state.on_ready = ready_then_watch
     config = uvicorn.Config(
         app,
         host=options.host,
@@ -111,7 +128,13 @@ def run_server(
         state.draining = True
 
     server.on_exit = draining
-    server.run()
+    try:
+        server.run()
+    finally:
+        if following is not None:
+            following.follower.stop()
+            restore_sighup()
+            following.live.release()
     if state.failed:
         return 1
     return 0 if server.started else 1
