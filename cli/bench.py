@@ -54,6 +54,12 @@ def _progress(enabled: bool) -> Iterator[Callable[[str, int, int, bool], None] |
         yield update
 
 
+def _given(ctx: typer.Context, name: str) -> bool:
+    """Whether the user passed option `name` (rather than taking its default)."""
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name != "DEFAULT"
+
+
 def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}" if value < 10 else f"{value:.1f}"
 
@@ -334,7 +340,7 @@ def register(app: typer.Typer) -> None:
         from torchshelf.errors import ShelfError, UsageError
 
         given = {p.opts[0] for p in ctx.command.params
-                 if getattr(p, "opts", None) and ctx.get_parameter_source(p.name).name != "DEFAULT"}  # fmt: skip
+                 if p.opts and p.name and _given(ctx, p.name)}  # fmt: skip
         if target is None and url is None:
             raise UsageError(
                 "pass a model TAG to benchmark, or --url http://HOST:PORT/API for a server"

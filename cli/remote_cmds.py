@@ -15,8 +15,6 @@ from typer.core import TyperCommand
 from .render import stderr, stdout
 
 if TYPE_CHECKING:
-    import click
-
     from torchshelf.remote import Remote, Transfer
 
 REMOTE_HELP = "Remote store s3://bucket/prefix; a bare --remote uses TORCHSHELF_REMOTE or [remote] url in shelf.toml."
@@ -31,7 +29,7 @@ class RemoteFlagCommand(TyperCommand):
     the configured remote rather than treating the name as a URL.
     """
 
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
         return super().parse_args(ctx, optional_remote_value(args))
 
 

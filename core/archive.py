@@ -138,7 +138,7 @@ def export_model(store: Store, tag: object, path: Path, progress: Progress | Non
             open(tmp, "wb") as raw,
             tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar,
         ):
-            tar.copybufsize = _COPY
+            tar.copybufsize = _COPY  # type: ignore[attr-defined]  # private, read by addfile
             data = manifest.to_json()
             info = _member(f"{prefix}/{MANIFEST}", len(data))
             import io

@@ -142,7 +142,7 @@ def save_model(
             fmt = "torchscript"
             torch.jit.save(model, str(staging / formats.TORCHSCRIPT))
             files[formats.TORCHSCRIPT] = hash_file(staging / formats.TORCHSCRIPT, progress)
-            module_class = model.original_name if hasattr(model, "original_name") else None
+            module_class: str | None = getattr(model, "original_name", None)
         else:
             fmt = "safetensors"
             module_class = formats.class_path(model)
@@ -316,7 +316,7 @@ def _cached(st: Store, tag: Any, remote: Any) -> Manifest:
     return st.read_manifest(transfer.tag.name, transfer.tag.version)
 
 
-def get(tag: Any, *, store: Store | str | None = None) -> Model:
+def get(tag: Any, *, store: Store | str | os.PathLike[str] | None = None) -> Model:
     """A `Model` reference to a stored version; loads no weights (and never imports torch)."""
     st = default_store(store)
     return Model(st, st.resolve(tag))

@@ -682,6 +682,7 @@ class Remote:
                 f"{name}:{version} needs {manifest.size} bytes but {store.root} has {free} free"
             )
         staging = store.stage()
+        committed = False
         try:
 
             async def get_all() -> None:
@@ -715,9 +716,9 @@ class Remote:
                 if not _same_files(staging_done, manifest):
                     raise
                 return Transfer(Tag(name, version), "unchanged", 0, time.perf_counter() - started)
-            staging = None
+            committed = True
         finally:
-            if staging is not None:
+            if not committed:
                 store.discard(staging)
         return Transfer(Tag(name, version), "pulled", manifest.size, time.perf_counter() - started)
 
@@ -823,9 +824,11 @@ def _callback(progress: Progress | None) -> Any:
     if progress is None:
         return NoOpCallback()
 
+    forward = progress
+
     class _Forward(Callback):
         def relative_update(self, inc: int = 1) -> None:
-            progress(inc)
+            forward(inc)
 
     return _Forward()
 

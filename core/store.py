@@ -15,6 +15,7 @@ leaves only `.tmp/` or `.trash/` entries, which `gc()` (and every save, for dead
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import errno
 import json
@@ -171,7 +172,7 @@ class Store:
         name: str | None = None,
         labels: Iterable[str] | dict[str, str] | None = None,
         latest_only: bool = False,
-    ) -> list[Manifest]:
+    ) -> builtins.list[Manifest]:
         """Versions newest first, filtered by label selectors (ANDed)."""
         sels = selectors.parse_selectors(labels)
         names = [validate_name(name)] if name else self.names()
@@ -340,7 +341,7 @@ class Store:
             os.replace(tmp, vdir / ORIGIN)
         return manifest
 
-    def delete(self, tag: object) -> list[Tag]:
+    def delete(self, tag: object) -> builtins.list[Tag]:
         """`name:version` deletes that version; a bare `name` (or `name:latest`?) all versions.
 
         Each version leaves `models/` by one rename into `.trash/`, then is removed.
@@ -349,7 +350,7 @@ class Store:
         explicit_latest = isinstance(tag, str) and tag.strip().endswith(":latest")
         if version is None and explicit_latest:
             version = self.resolve(tag).version
-        removed: list[Tag] = []
+        removed: builtins.list[Tag] = []
         with self.lock(name):
             if version is not None:
                 versions = [version]
@@ -409,7 +410,7 @@ class Store:
 
     def gc(self) -> GcReport:
         """Remove leftovers of interrupted writes and deletes; report what was freed."""
-        removed: list[str] = []
+        removed: builtins.list[str] = []
         freed = 0
         for base, alive_check in ((self.tmp_dir, True), (self.trash_dir, False)):
             try:
@@ -449,7 +450,7 @@ class Store:
                     freed += size
         return GcReport(tuple(removed), freed)
 
-    def version_names(self, name: str) -> list[str]:
+    def version_names(self, name: str) -> builtins.list[str]:
         """Every version directory of `name`, readable or not (sorted; none if the name is unknown)."""
         try:
             return sorted(
@@ -466,7 +467,7 @@ class Store:
         A bare name means all its versions. A version whose manifest is broken is reported with
         its `ManifestError` like any other failure; the others are still checked.
         """
-        targets: list[tuple[str, str]] = []
+        targets: builtins.list[tuple[str, str]] = []
         tags = list(tags)
         if tags:
             for tag in tags:

@@ -250,7 +250,7 @@ async def _worker_async(conn: Connection) -> None:
     # descriptor lets a window end early instead of running on after the decision.
     loop = asyncio.get_running_loop()
     stopped: asyncio.Future[None] = loop.create_future()
-    loop.add_reader(conn.fileno(), lambda: stopped.done() or stopped.set_result(None))
+    loop.add_reader(conn.fileno(), lambda: None if stopped.done() else stopped.set_result(None))
     boundary = start_ns + job["warmup_ns"]
     await asyncio.wait({stopped}, timeout=max(0.0, (boundary - time.perf_counter_ns()) / 1e9))
     latencies, statuses = pool.latencies, pool.statuses

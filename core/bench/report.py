@@ -85,7 +85,7 @@ class LatencyStats:
         p50, p90, p95, p99 = (_percentile(values, q) for q in PERCENTILES)
         return cls(p50, p90, p95, p99, mean, math.sqrt(var), n)
 
-    def to_dict(self) -> dict[str, float]:
+    def to_dict(self) -> dict[str, float | None]:
         """The contract's `latency_ms` object (count is kept out: it lives on the result)."""
         return {k: _round(v, 6) for k, v in asdict(self).items() if k != "count"}
 

@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from .. import dtypes
+
 try:
     import orjson
 except ImportError:  # pragma: no cover - orjson is in the `fast` extra
@@ -48,22 +50,6 @@ __all__ = [
 JSON = "application/json"
 SAFETENSORS = "application/vnd.safetensors"
 
-# Names accepted in input specs -> (numpy dtype or None when numpy has none, torch dtype name).
-_DTYPES: dict[str, tuple[str | None, str]] = {
-    "float32": ("float32", "float32"), "float": ("float32", "float32"),
-    "float64": ("float64", "float64"), "double": ("float64", "float64"),
-    "float16": ("float16", "float16"), "half": ("float16", "float16"),
-    "bfloat16": (None, "bfloat16"),
-    "int64": ("int64", "int64"), "long": ("int64", "int64"),
-    "int32": ("int32", "int32"), "int": ("int32", "int32"),
-    "int16": ("int16", "int16"), "short": ("int16", "int16"),
-    "int8": ("int8", "int8"), "uint8": ("uint8", "uint8"),
-    "bool": ("bool", "bool"), "complex64": ("complex64", "complex64"),
-}  # fmt: skip
-
-
-_TORCH_DTYPES: dict[str | None, Any] = {}
-
 
 class InputError(Exception):
     """A request body the server cannot use; `status` is the HTTP status to answer with."""
@@ -87,9 +73,8 @@ class TensorSpec:
             return None
         shape = spec.get("shape")
         dtype = spec.get("dtype")
-        dtype = str(dtype).removeprefix("torch.") if dtype is not None else None
-        if dtype is not None and dtype not in _DTYPES:
-            dtype = None
+        row = dtypes.find(dtype)
+        dtype = row.name if row is not None else None
         return cls(tuple(int(d) for d in shape) if shape is not None else None, dtype)
 
     def describe(self) -> str:
@@ -102,13 +87,9 @@ class TensorSpec:
         return ", ".join(parts) or "any tensor"
 
     def torch_dtype(self) -> Any:
-        """The torch dtype, or None (cached: this is on the per-request path)."""
-        cached = _TORCH_DTYPES.get(self.dtype)
-        if cached is None and self.dtype:
-            import torch
-
-            cached = _TORCH_DTYPES[self.dtype] = getattr(torch, _DTYPES[self.dtype][1])
-        return cached
+        """The torch dtype, or None (cached in the table: this is on the per-request path)."""
+        row = dtypes.find(self.dtype)
+        return row.torch if row is not None else None
 
     def check(self, name: str, tensor: Any) -> None:
         """Raise `InputError` unless `tensor` matches this spec."""
@@ -149,8 +130,8 @@ def _kind_of(hint: Any) -> tuple[str, str | None]:
     if origin is typing.Annotated:
         return _kind_of(typing.get_args(hint)[0])
     if origin in (list, tuple, typing.Sequence) or hint in (list, tuple):
-        args = typing.get_args(hint)
-        return "list", (_kind_of(args[0])[0] if args else None)
+        item_args = typing.get_args(hint)
+        return "list", (_kind_of(item_args[0])[0] if item_args else None)
     if origin is dict or hint is dict:
         return "dict", None
     if hint in (str, int, float, bool):
@@ -233,48 +214,59 @@ def _tensor_from_list(name: str, value: Any, spec: TensorSpec | None) -> Any:
         raise InputError(
             f"{name}: expected a tensor as a nested list of numbers, got {type(value).__name__}"
         )
-    np_name, torch_name = _DTYPES[spec.dtype] if spec and spec.dtype else (None, None)
+    row = dtypes.find(spec.dtype) if spec is not None else None
     try:
-        if np_name is not None and np_name.startswith(("float", "complex")):
-            arr = np.asarray(value)
-            # Numbers only: numpy would read "1.5" and true as floats, and raise TypeError on {}.
-            if arr.dtype.kind not in "iuf" and not (arr.dtype.kind == "O" and _all_numbers(value)):
-                raise InputError(
-                    f"{name}: expected a nested list of numbers for dtype {spec.dtype}"
-                )  # type: ignore[union-attr]
-            arr = arr.astype(np_name, copy=False)
-            # JSON has no NaN/inf, so a non-finite value was a null or out of the dtype's range.
-            if not np.isfinite(arr).all():
-                raise InputError(f"{name}: null or out-of-range value for dtype {spec.dtype}")  # type: ignore[union-attr]
-        else:
-            arr = np.asarray(value)
-            kind = arr.dtype.kind
-            if np_name is None and torch_name is None:
-                # No spec: numbers become float32, what nearly every model takes (JSON cannot
-                # tell 1 from 1.0 reliably); declare a dtype with Annotated[Tensor, {...}].
-                if kind in "fiu":
-                    arr = arr.astype(np.float32)
-                elif kind != "b":
-                    raise InputError(f"{name}: expected a nested list of numbers")
-            else:
-                want = np.dtype(np_name) if np_name else np.dtype(np.float32)
-                if want.kind in "iu" and kind not in "iu":
-                    raise InputError(f"{name}: expected integers for dtype {spec.dtype}")  # type: ignore[union-attr]
-                if want.kind == "b" and kind != "b":
-                    raise InputError(f"{name}: expected booleans for dtype {spec.dtype}")  # type: ignore[union-attr]
-                if kind not in "iubf":
-                    raise InputError(f"{name}: expected a nested list of numbers")
-                arr = arr.astype(want, copy=False)
+        arr = np.asarray(value) if row is None else _array_for(name, value, row)
     except ValueError as exc:
         raise InputError(f"{name}: not a rectangular nested list of numbers ({exc})") from None
+    if row is None:
+        # No spec: numbers become float32, what nearly every model takes (JSON cannot tell 1 from
+        # 1.0 reliably); declare a dtype with Annotated[Tensor, {...}].
+        if arr.dtype.kind in "fiu":
+            arr = arr.astype(np.float32)
+        elif arr.dtype.kind != "b":
+            raise InputError(f"{name}: expected a nested list of numbers")
     tensor = torch.from_numpy(arr)
-    if torch_name == "bfloat16":
-        tensor = tensor.to(torch.bfloat16)
-        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-            raise InputError(f"{name}: null or out-of-range value for dtype bfloat16")
+    if row is not None and row.numpy is None:
+        tensor = tensor.to(row.torch)  # bfloat16, float8: numpy has no such dtype
+        if not torch.isfinite(tensor.float()).all():
+            raise InputError(f"{name}: null or out-of-range value for dtype {row.name}")
     if spec is not None:
         spec.check(name, tensor)
     return tensor
+
+
+def _array_for(name: str, value: Any, row: dtypes.DType) -> Any:
+    """A nested list -> a numpy array of the row's dtype (float32 where numpy has none)."""
+    arr = np.asarray(value)
+    kind = arr.dtype.kind
+    if row.kind in ("float", "complex"):
+        # Numbers only: numpy would read "1.5" and true as floats, and raise TypeError on {}.
+        if kind not in "iuf" and not (kind == "O" and _all_numbers(value)):
+            raise InputError(f"{name}: expected a nested list of numbers for dtype {row.name}")
+        # torch saturates some float8 casts silently, so the range is checked before the cast.
+        if (
+            row.numpy is None
+            and row.overflow is not None
+            and not (np.abs(arr.astype(np.float64, copy=False)) < row.overflow).all()
+        ):
+            raise InputError(f"{name}: null or out-of-range value for dtype {row.name}")
+        arr = arr.astype(row.numpy or "float32", copy=False)
+        # JSON has no NaN/inf, so a non-finite value was a null or out of the dtype's range.
+        if not np.isfinite(arr).all():
+            raise InputError(f"{name}: null or out-of-range value for dtype {row.name}")
+        return arr
+    if row.kind in ("int", "uint") and kind not in "iu":
+        raise InputError(f"{name}: expected integers for dtype {row.name}")
+    if row.kind == "bool" and kind != "b":
+        raise InputError(f"{name}: expected booleans for dtype {row.name}")
+    if kind not in "iub":
+        raise InputError(f"{name}: expected a nested list of numbers")
+    if row.value_range is not None and arr.size and kind in "iu":
+        low, high = row.value_range
+        if int(arr.min()) < low or int(arr.max()) > high:
+            raise InputError(f"{name}: value out of range [{low}, {high}] for dtype {row.name}")
+    return arr.astype(row.numpy or "float32", copy=False)
 
 
 def _all_numbers(value: Any) -> bool:
@@ -307,8 +299,8 @@ def refuse_booleans(params: list[Param], data: dict[str, Any]) -> None:
                 stack.extend(v)
             elif isinstance(v, bool):
                 raise InputError(
-                    f"{p.name}: expected numbers for dtype {p.spec.dtype}, got a boolean"
-                )  # type: ignore[union-attr]
+                    f"{p.name}: expected numbers for dtype {p.spec.dtype}, got a boolean"  # type: ignore[union-attr]
+                )
 
 
 def _decode_image(name: str, value: Any) -> Any:
@@ -356,7 +348,7 @@ def _decode_value(name: str, kind: str, value: Any, spec: TensorSpec | None) -> 
         ok = _SCALARS[kind]
         if not isinstance(value, ok) or (kind in ("int", "float") and isinstance(value, bool)):
             raise InputError(f"{name}: expected {kind}, got {type(value).__name__}")
-        return float(value) if kind == "float" else value
+        return float(value) if kind == "float" else value  # type: ignore[arg-type]
     if kind == "list" and not isinstance(value, list):
         raise InputError(f"{name}: expected a list, got {type(value).__name__}")
     return value
@@ -444,12 +436,6 @@ else:  # pragma: no cover
         return json.dumps(obj, default=default).encode()
 
 
-_ST_NAMES = {
-    "float32": "F32", "float16": "F16", "bfloat16": "BF16", "float64": "F64", "int64": "I64",
-    "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL",
-}  # fmt: skip
-
-
 def encode_safetensors(tensors: dict[str, Any], metadata: dict[str, str] | None = None) -> bytes:
     """Encode tensors (moved to CPU, made contiguous) as a safetensors body.
 
@@ -469,13 +455,19 @@ def encode_safetensors(tensors: dict[str, Any], metadata: dict[str, str] | None 
         if t.device.type != "cpu":
             t = t.cpu()
         t = t.contiguous()
-        dtype = str(t.dtype).removeprefix("torch.")
-        code = _ST_NAMES.get(dtype)
-        if code is None:
+        row = dtypes.of(t.dtype)
+        code = row.safetensors if row is not None else None
+        # The direct path covers what numpy can view (bfloat16 as int16); the rest via the library.
+        if (
+            row is None
+            or code is None
+            or row.kind == "complex"
+            or (not row.numpy and code != "BF16")
+        ):
             from safetensors.torch import save
 
             return save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata)
-        raw = t.view(torch.int16) if dtype == "bfloat16" else t
+        raw = t.view(torch.int16) if code == "BF16" else t
         blob = raw.numpy().tobytes()
         if sys.byteorder != "little" and raw.element_size() > 1:  # pragma: no cover
             blob = raw.numpy().byteswap().tobytes()

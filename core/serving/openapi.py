@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from .. import dtypes
 from .codecs import SAFETENSORS, Param, TensorSpec
 
 if TYPE_CHECKING:
@@ -22,31 +23,11 @@ _SCALAR = {"str": "string", "int": "integer", "float": "number", "bool": "boolea
 _ERROR_REF = {"$ref": "#/components/schemas/Error"}
 
 
-# Where each float dtype overflows: a number at or past the bound rounds to infinity, which the
-# server refuses (422), so the schema says so and fuzzers do not count that refusal as a valid
-# body rejected. The bound is the largest finite value plus half its spacing (exact in float64).
-_FLOAT_OVERFLOW = {
-    "float32": 2.0**128 - 2.0**103, "float": 2.0**128 - 2.0**103,
-    "float16": 65520.0, "half": 65520.0, "bfloat16": 2.0**128 - 2.0**119,
-}  # fmt: skip
-_INT_RANGE = {
-    "int8": (-(2**7), 2**7 - 1), "uint8": (0, 2**8 - 1), "int16": (-(2**15), 2**15 - 1),
-    "short": (-(2**15), 2**15 - 1), "int32": (-(2**31), 2**31 - 1), "int": (-(2**31), 2**31 - 1),
-    "int64": (-(2**63), 2**63 - 1), "long": (-(2**63), 2**63 - 1),
-}  # fmt: skip
-
-
 def _number_schema(spec: TensorSpec | None) -> dict[str, Any]:
-    dtype = (spec.dtype if spec else None) or ""
-    if dtype in _INT_RANGE:
-        low, high = _INT_RANGE[dtype]
-        return {"type": "integer", "minimum": low, "maximum": high}
-    if dtype == "bool":
-        return {"type": "boolean"}
-    if dtype in _FLOAT_OVERFLOW:
-        bound = _FLOAT_OVERFLOW[dtype]
-        return {"type": "number", "exclusiveMinimum": -bound, "exclusiveMaximum": bound}
-    return {"type": "number"}
+    # A float number at or past the dtype's overflow rounds to infinity, which the server refuses
+    # (422), so the schema says so and fuzzers do not count that refusal as a valid body rejected.
+    row = dtypes.find(spec.dtype) if spec is not None else None
+    return row.json_schema() if row is not None else {"type": "number"}
 
 
 def tensor_schema(spec: TensorSpec | None, free_first: bool = False) -> dict[str, Any]:

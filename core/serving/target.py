@@ -265,7 +265,7 @@ def _serve_class(klass: type, device: str | None) -> Served:
             raise UsageError(f"api route {p} is used twice or reserved; rename the method")
 
     def load(dev: str) -> dict[str, Callable[..., Any]]:
-        init = inspect.signature(klass.__init__)
+        init = inspect.signature(klass)
         instance = klass(device=dev) if "device" in init.parameters else klass()
         if dev != "cpu":
             _move_modules(instance, dev)
@@ -403,8 +403,8 @@ def _split(out: Any, rows: list[int], total: int, dim: int) -> list[Any]:
         parts = {k: _split(v, rows, total, dim) for k, v in out.items()}
         return [{k: parts[k][i] for k in out} for i in range(len(rows))]
     if isinstance(out, tuple) and out and all(isinstance(v, torch.Tensor) for v in out):
-        parts = [_split(v, rows, total, dim) for v in out]
-        return [tuple(p[i] for p in parts) for i in range(len(rows))]
+        items = [_split(v, rows, total, dim) for v in out]
+        return [tuple(p[i] for p in items) for i in range(len(rows))]
     if isinstance(out, list):
         if len(out) != total:
             raise ValueError(f"the batch api returned {len(out)} results for {total} items")
