@@ -186,7 +186,12 @@ def test_a_canary_follows_its_own_selection(store: Store) -> None:
     v2 = save(store, 2, stage="candidate")
     assert f.check() == ["canary:ok"]
     assert f.live == {PRIMARY: v1, CANARY: v2}
-    assert f.status()[CANARY] == {"selector": ["stage=candidate"], "version": v2, "percent": 10}
+    assert f.status()[CANARY] == {
+        "selector": ["stage=candidate"],
+        "version": v2,
+        "since_check": 2,
+        "percent": 10,
+    }
 
 
 def test_the_watcher_checks_every_interval_and_at_once_when_woken(store: Store) -> None:

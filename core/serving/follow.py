@@ -23,6 +23,7 @@ import re
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -302,7 +303,8 @@ class Follower:
         self.counts = counts or SwapCounts()
         self.failed = FailedVersions()
         self.live: dict[str, str] = {}
-        self.checks = 0
+        self.checks = 0  # evaluations so far; `live_since[role]` is the one that swapped it in
+        self.live_since: dict[str, int] = {}
         self._log, self._warn = log, warn
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -353,6 +355,7 @@ class Follower:
     def _swap(self, role: str, manifest: Manifest) -> str:
         tag = f"{manifest.name}:{manifest.version}"
         old = self.live.get(role)
+        started = time.perf_counter()
         self._log(f"{role}: {self.selections[role]} now names {tag}; swapping from {old}")
         try:
             local = self.source.fetch(manifest)
@@ -364,8 +367,9 @@ class Follower:
             self._warn(f"{failure}; {old or 'the current version'} keeps serving {role}")
             return f"{role}:{failure.stage}_failed"
         self.live[role] = manifest.version
+        self.live_since[role] = self.checks
         self.counts.add(self.name, "ok")
-        self._log(f"{role}: {tag} is live")
+        self._log(f"{role}: {tag} is live ({time.perf_counter() - started:.2f} s after the check)")
         return f"{role}:ok"
 
     def _warn_once(self, role: str, message: str) -> None:
@@ -432,11 +436,12 @@ class Follower:
 
     def status(self) -> dict[str, Any]:
         """What /readyz shows about the selections: live versions, last failures, checks."""
-        out: dict[str, Any] = {}
+        out: dict[str, Any] = {"checks": self.checks}
         for role, sel in self.selections.items():
             entry: dict[str, Any] = {
                 "selector": list(sel.selectors),
                 "version": self.live.get(role),
+                "since_check": self.live_since.get(role, 0),
             }
             if failed := self.failed.get(role):
                 entry["failed"] = {"version": failed[0], "error": failed[1]}
