@@ -10,7 +10,7 @@ import sys
 
 import typer
 
-from . import bench, remote_cmds, serve, store_cmds
+from . import bench, deploy, remote_cmds, serve, store_cmds
 from .render import fail
 
 PROG = "shelf"
@@ -65,6 +65,7 @@ store_cmds.register(app)
 remote_cmds.register(app)
 serve.register(app)
 bench.register(app)
+deploy.register(app)
 
 
 def main() -> None:
