@@ -21,7 +21,6 @@ from typing import Any
 
 import httpx
 import pytest
-import torch
 from conftest import child_env
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -372,3 +371,166 @@ def test_promotions_under_load_swap_with_no_failed_request_and_never_to_a_tamper
     # No growth across 100 swaps: a leaked 8 MiB version per swap would add ~720 MiB.
     growth = rss[-1] - rss[0]
     assert growth < 3 * PAD * 4, [r >> 20 for r in rss]
+
+
+# --- bad versions, drain swaps, canary ----------------------------------------------------------
+
+
+def _save_gone_class(store: Store, tmp: Path) -> str:
+    """A version whose class lives in a module the server cannot import (it was removed)."""
+    name = f"gone_{secrets.token_hex(4)}"
+    module_dir = tmp / "modules"
+    module_dir.mkdir()
+    (module_dir / f"{name}.py").write_text(
+        "import torch\n"
+        "class Net(torch.nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.lin = torch.nn.Linear(4, 4, bias=False)\n"
+        "    def forward(self, x):\n"
+        "        return self.lin(x)\n"
+    )
+    sys.path.insert(0, str(module_dir))
+    try:
+        import importlib
+
+        net = importlib.import_module(name).Net()
+        version = torchshelf.save_model("clf", net, signatures=SIGNATURES, store=store).version
+    finally:
+        sys.path.remove(str(module_dir))
+        sys.modules.pop(name, None)
+    (module_dir / f"{name}.py").unlink()
+    return version
+
+
+def _promote_with_sighup(server: Server, store: Store, version: str) -> dict[str, Any]:
+    store.set_labels(f"clf:{version}", {"stage": "production"})
+    checks = server.status()["checks"]
+    server.proc.send_signal(signal.SIGHUP)
+    return wait_for(  # type: ignore[no-any-return]
+        lambda: (s := server.status())["checks"] > checks and s, 60, "a check after SIGHUP"
+    )
+
+
+def test_a_bad_version_never_goes_live_and_is_not_retried(tmp_path: Path) -> None:
+    store = Store(tmp_path / "store")
+    v0 = save_scaled(store, 1.0, pad=0, labels={"stage": "production"})
+    tampered = save_scaled(store, 2.0, pad=0)
+    tamper_local(store, tampered)
+    gone = _save_gone_class(store, tmp_path)
+    unwarmable = save_scaled(
+        store,
+        3.0,
+        pad=0,
+        signatures={"__call__": {"batchable": True, "input_spec": {"shape": [-1, 5]}}},
+    )
+    good = save_scaled(store, 4.0, pad=0)
+    scales = {v0: 1.0, tampered: 2.0, unwarmable: 3.0, good: 4.0}
+    server = Server("--watch", "--watch-interval", "3600", env=child_env(store.root))
+    try:
+        with Load(server.url, scales, clients=1) as load:
+            for version, stage in ((tampered, "verify"), (gone, "load"), (unwarmable, "warmup")):
+                st = _promote_with_sighup(server, store, version)
+                assert st["version"] == v0
+                assert st["primary"]["failed"]["version"] == version
+                assert server.metric("torchshelf_model_swaps_total", result=f"{stage}_failed") == 1
+            st = _promote_with_sighup(server, store, unwarmable)  # the same selection: no retry
+            assert server.metric("torchshelf_model_swaps_total", result="warmup_failed") == 1
+            _promote_with_sighup(server, store, good)
+            wait_for(lambda: load.seen(good), 30, "the good version")
+        counts = {
+            r: server.metric("torchshelf_model_swaps_total", result=r)
+            for r in ("ok", "verify_failed", "load_failed", "warmup_failed")
+        }
+    finally:
+        log = server.stop()
+    assert load.problems == [] and set(load.statuses) == {200}, (load.problems[:3], load.statuses)
+    assert set(load.first_seen) == {v0, good}
+    assert counts == {"ok": 1, "verify_failed": 1, "load_failed": 1, "warmup_failed": 1}
+    for version in (tampered, gone, unwarmable):
+        assert f"clf:{version} failed to" in log
+
+
+def test_a_drain_swap_queues_requests_and_fails_none(tmp_path: Path) -> None:
+    store = Store(tmp_path / "store")
+    v0 = save_scaled(store, 1.0, labels={"stage": "production"})
+    v1, v2 = save_scaled(store, 2.0), save_scaled(store, 3.0)
+    scales = {v0: 1.0, v1: 2.0, v2: 3.0}
+    server = Server("--watch", "--swap", "drain", env=child_env(store.root))
+    try:
+        with Load(server.url, scales) as load:
+            for v in (v1, v2):
+                _promote_with_sighup(server, store, v)
+                wait_for(lambda v=v: load.seen(v), 60, f"the header to flip to {v}")
+    finally:
+        log = server.stop()
+    assert load.problems == [] and set(load.statuses) == {200}, (load.problems[:3], load.statuses)
+    assert "requests queue meanwhile" in log
+
+
+def test_a_canary_gets_its_share_and_every_answer_names_its_version(tmp_path: Path) -> None:
+    store = Store(tmp_path / "store")
+    v0 = save_scaled(store, 1.0, pad=0, labels={"stage": "production"})
+    c1 = save_scaled(store, 5.0, pad=0, labels={"stage": "candidate"})
+    server = Server("--canary", "stage=candidate:10", env=child_env(store.root))
+    try:
+        st = server.status()
+        assert st["version"] == v0 and st["canary"]["version"] == c1
+        assert st["canary"]["percent"] == 10
+        seen: dict[str, int] = {}
+        with httpx.Client(timeout=30) as client:
+            for i in range(200):
+                row = [float(i % 5), 1.0, 2.0, 3.0]
+                r = client.post(server.url + "/predict", json={"inputs": [row]})
+                assert r.status_code == 200
+                version = r.headers["x-model-version"]
+                scale = {v0: 1.0, c1: 5.0}[version]
+                assert r.json()["outputs"] == [[scale * sum(row)] * 4]
+                seen[version] = seen.get(version, 0) + 1
+        assert seen == {v0: 180, c1: 20}
+        assert server.metric("torchshelf_model_info", model="clf", version=c1) == 1
+        assert server.metric("torchshelf_model_info", model="clf", version=v0) == 1
+    finally:
+        server.stop()
+
+
+@pytest.mark.gpu
+def test_a_swap_on_cuda_gives_the_old_versions_memory_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CUDA memory: one version before, two during the swap (built beside), one after."""
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    from torchshelf.serving.follow import parse_selection
+    from torchshelf.serving.live import FollowSpec, prepare_following
+
+    store = Store(tmp_path / "store")
+    monkeypatch.setenv("TORCHSHELF_HOME", str(store.root))
+    pad = 1 << 24  # 64 MiB per version
+    save_scaled(store, 1.0, pad=pad, labels={"stage": "production"})
+    b = save_scaled(store, 2.0, pad=pad)
+    spec = FollowSpec(parse_selection("clf", ["stage=production"]))
+    served, following = prepare_following(spec, "cuda")
+    following.live.endpoints = served.endpoints
+    following.start()
+    before = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    store.set_labels(f"clf:{b}", {"stage": "production"})
+    assert following.follower.check() == ["primary:ok"]
+    during, after = torch.cuda.max_memory_allocated(), torch.cuda.memory_allocated()
+    assert during >= before + pad * 4  # the new version was built beside the old one
+    assert after < before + pad  # and the old one's memory went back
+    from torchshelf.serving.target import Call
+
+    out = following.live.runner("predict")([_routed(Call({"inputs": torch.ones(1, 4)}))])
+    assert out[0].version == b and out[0].value.tolist() == [[8.0] * 4]
+    following.live.release()
+    assert torch.cuda.memory_allocated() < before - pad * 3
+
+
+def _routed(call: Any) -> Any:
+    from torchshelf.serving.live import Routed
+
+    return Routed(call)

@@ -303,7 +303,7 @@ class Follower:
         self.counts = counts or SwapCounts()
         self.failed = FailedVersions()
         self.live: dict[str, str] = {}
-        self.checks = 0  # evaluations so far; `live_since[role]` is the one that swapped it in
+        self.checks = 0  # evaluations finished; `live_since[role]`: the one that swapped it in
         self.live_since: dict[str, int] = {}
         self._log, self._warn = log, warn
         self._wake = threading.Event()
@@ -331,8 +331,10 @@ class Follower:
     def check(self) -> list[str]:
         """Evaluate every selection once and swap what changed; returns what happened, per role."""
         with self._lock:
-            self.checks += 1
-            return [r for role in self.selections if (r := self._check_role(role))]
+            try:
+                return [r for role in self.selections if (r := self._check_role(role))]
+            finally:
+                self.checks += 1
 
     def _check_role(self, role: str) -> str:
         sel = self.selections[role]
@@ -367,7 +369,7 @@ class Follower:
             self._warn(f"{failure}; {old or 'the current version'} keeps serving {role}")
             return f"{role}:{failure.stage}_failed"
         self.live[role] = manifest.version
-        self.live_since[role] = self.checks
+        self.live_since[role] = self.checks + 1  # this check's number
         self.counts.add(self.name, "ok")
         self._log(f"{role}: {tag} is live ({time.perf_counter() - started:.2f} s after the check)")
         return f"{role}:ok"
