@@ -77,7 +77,8 @@ class Server:
         import tempfile
 
         self.url = f"http://127.0.0.1:{_free_port()}"
-        self.log = tempfile.TemporaryFile("w+")  # a file, not a pipe: a full pipe would block it
+        # A file, not a pipe: a full pipe would block the server. Closed with the test process.
+        self.log = tempfile.TemporaryFile("w+")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "torchshelf", "serve", "clf", "--label", "stage=production"]
             + [*args, "--port", self.url.rsplit(":", 1)[1]],
