@@ -43,7 +43,7 @@ def _progress(enabled: bool) -> Iterator[Callable[[str, int, int, bool], None] |
         TextColumn("window {task.fields[windows]}/{task.total:.0f}"),
         TimeElapsedColumn(),
     )
-    with Progress(*columns, console=stderr, transient=True) as bar:
+    with Progress(*columns, console=stderr.console, transient=True) as bar:
         tasks: dict[str, Any] = {}
 
         def update(label: str, done: int, most: int, finished: bool) -> None:

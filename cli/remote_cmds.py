@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from typer.core import TyperCommand
 
-from .render import stderr, stdout
+from .render import human_size, stderr, stdout
 
 if TYPE_CHECKING:
     from torchshelf.remote import Remote, Transfer
@@ -63,12 +63,10 @@ def open_remote(url: str | None) -> Remote:
 
 
 def _human_rate(transfer: Transfer) -> str:
-    from .store_cmds import _human
-
     if transfer.seconds <= 0 or not transfer.bytes:
-        return _human(transfer.bytes)
+        return human_size(transfer.bytes)
     rate = transfer.bytes / transfer.seconds
-    return f"{_human(transfer.bytes)} in {transfer.seconds:.1f} s, {_human(int(rate))}/s"
+    return f"{human_size(transfer.bytes)} in {transfer.seconds:.1f} s, {human_size(int(rate))}/s"
 
 
 def register(app: typer.Typer) -> None:
@@ -115,7 +113,7 @@ def register(app: typer.Typer) -> None:
         rem, store = open_remote(remote), default_store()
         for tag in tags:
             target = rem.get(tag)
-            with byte_progress(f"pulling {target.tag}", target.manifest.size) as progress:
+            with byte_progress(f"pulling {target.tag}", target.size) as progress:
                 done = rem.pull(store, target.tag, progress)
             _report(done, "from", rem.url)
 

@@ -60,7 +60,9 @@ def _follow_spec(
     )
 
 
-def _banner(served: Any, options: Any, token_source: str | None, following: Any = None) -> None:
+def _banner(
+    served: Any, options: Any, token_source: str | None, workers: int = 1, following: Any = None
+) -> None:
     from rich.panel import Panel
     from rich.table import Table
 
@@ -82,6 +84,10 @@ def _banner(served: Any, options: Any, token_source: str | None, following: Any 
         grid.add_row("resources", ", ".join(f"{k}={v}" for k, v in served.resources.items()))
     url = f"http://{options.host}:{options.port}"
     grid.add_row("url", url)
+    if workers > 1:
+        grid.add_row(
+            "workers", f"{workers} processes on one socket (a supervisor replaces dead ones)"
+        )
     grid.add_row("auth", f"bearer token ({token_source})" if options.api_token else "none")
     grid.add_row(
         "limits",
@@ -242,6 +248,14 @@ def register(app: typer.Typer) -> None:
                 rich_help_panel=FOLLOW_PANEL,
             ),
         ] = None,
+        workers: Annotated[
+            int,
+            typer.Option(
+                "--workers",
+                min=1,
+                help="Server processes on one port, each with every replica; dead ones are replaced.",
+            ),
+        ] = 1,
     ) -> None:
         """Serve a stored model or a @torchshelf.service class over HTTP, batching requests."""
         from torchshelf.config import ENV_API_TOKEN
@@ -266,6 +280,11 @@ def register(app: typer.Typer) -> None:
             if device is not None:
                 device = str(resolve_device(device))
             follow = _follow_spec(target, label, remote, watch, watch_interval, swap, canary)
+            if follow is not None and workers > 1:
+                raise UsageError(
+                    "--workers with --label is not supported yet: each worker would follow the "
+                    "label on its own; run one server per port instead"
+                )
             following = None
             if follow is not None:
                 from torchshelf.serving.live import prepare_following
@@ -297,14 +316,20 @@ def register(app: typer.Typer) -> None:
                 f"{ENV_API_TOKEN}",
                 highlight=False,
             )
-        _banner(served, options, token_source, following)
+        _banner(served, options, token_source, workers, following)
 
         def ready() -> None:
             stderr.print(
                 f"[green]ready[/] in {time.perf_counter() - started:.1f} s "
-                f"(model loaded and warmed up on {served.device})",
+                f"(model loaded and warmed up on {served.device}"
+                + (f" in each of {workers} workers)" if workers > 1 else ")"),
                 highlight=False,
             )
 
-        code = run_server(served, options, on_ready=ready, following=following)
+        if workers > 1:
+            from torchshelf.serving.workers import run_workers
+
+            code = run_workers(target, served.device, options, workers, on_ready=ready)
+        else:
+            code = run_server(served, options, on_ready=ready, following=following)
         raise typer.Exit(code)

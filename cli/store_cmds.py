@@ -10,12 +10,15 @@ import json
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from .remote_cmds import REMOTE_HELP, RemoteFlagCommand, open_remote
-from .render import fail, print_columns, print_json, stderr, stdout
+from .render import fail, human_size, print_columns, print_json, stderr, stdout
+
+if TYPE_CHECKING:
+    from torchshelf.records import ModelStore
 
 
 class Output(str, Enum):
@@ -29,13 +32,13 @@ class InfoOutput(str, Enum):
     json = "json"
 
 
-def _human(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{size} B"
+def _source(remote: str | None) -> ModelStore:
+    """The store a command works on: the remote for `--remote [URL]`, else the local store."""
+    if remote is not None:
+        return open_remote(remote)
+    from torchshelf.store import default_store
+
+    return default_store()
 
 
 def _parse_signature(text: str) -> tuple[str, dict[str, Any]]:
@@ -226,28 +229,26 @@ def register(app: typer.Typer) -> None:
         ] = None,
     ) -> None:
         """List stored versions, newest first (with --remote: the versions on the remote)."""
-        import torchshelf
-
-        if remote is not None:
-            models: list[Any] = open_remote(remote).list(name, label, latest_only=latest)
-        else:
-            models = torchshelf.models.list(name, label, latest=latest)
+        source = _source(remote)
         if output is Output.json:
-            print_json([m.to_dict() if remote is not None else m.info.to_dict() for m in models])
-        elif output is Output.tags:
-            sys.stdout.write("".join(f"{m.tag}\n" for m in models))
-        else:
-            rows = [
-                [
-                    str(m.tag),
-                    m.manifest.creation_time[:19].replace("T", " "),
-                    m.manifest.format,
-                    _human(m.manifest.size),
-                    ",".join(f"{k}={v}" for k, v in sorted(m.manifest.labels.items())),
-                ]
-                for m in models
-            ]
-            print_columns(["TAG", "CREATED (UTC)", "FORMAT", "SIZE", "LABELS"], rows)
+            print_json([i.to_dict() for i in source.list_info(name, label, latest=latest)])
+            return
+        found = source.list(name, label, latest=latest)
+        if output is Output.tags:
+            sys.stdout.write("".join(f"{m.name}:{m.version}\n" for m in found))
+            return
+        sizes: dict[int, str] = {}
+        label_text: dict[int, str] = {}  # by id: versions of one name share their label sets
+        rows = []
+        for m in found:
+            labels = label_text.get(id(m.labels))
+            if labels is None:
+                labels = ",".join(f"{k}={v}" for k, v in sorted(m.labels.items()))
+                label_text[id(m.labels)] = labels
+            size = sizes.get(m.size) or sizes.setdefault(m.size, human_size(m.size))
+            created = m.creation_time[:19].replace("T", " ")
+            rows.append([f"{m.name}:{m.version}", created, m.format, size, labels])
+        print_columns(["TAG", "CREATED (UTC)", "FORMAT", "SIZE", "LABELS"], rows)
 
     @app.command(rich_help_panel="Store", cls=RemoteFlagCommand)
     def get(
@@ -261,12 +262,7 @@ def register(app: typer.Typer) -> None:
         ] = None,
     ) -> None:
         """Show one version's manifest: labels, metadata, signatures, files."""
-        import torchshelf
-
-        if remote is not None:
-            info = open_remote(remote).get(tag).to_dict()
-        else:
-            info = torchshelf.get(tag).info.to_dict()
+        info = _source(remote).get(tag).to_dict()
         if output is InfoOutput.json:
             print_json(info)
             return
@@ -285,12 +281,12 @@ def register(app: typer.Typer) -> None:
             "trusted",
         ):
             table.add_row(key, str(info[key]))
-        table.add_row("size", _human(info["size"]))
+        table.add_row("size", human_size(info["size"]))
         for key in ("labels", "metadata", "signatures"):
             table.add_row(key, json.dumps(info[key], sort_keys=True) if info[key] else "-")
         table.add_row("custom_objects", ", ".join(info["custom_objects"]) or "-")
         for rel, rec in info["files"].items():
-            table.add_row("file", f"{rel}  {_human(rec['size'])}  sha256:{rec['sha256'][:16]}")
+            table.add_row("file", f"{rel}  {human_size(rec['size'])}  sha256:{rec['sha256'][:16]}")
         stdout.print(table)
 
     @app.command(rich_help_panel="Store", cls=RemoteFlagCommand)
@@ -308,19 +304,15 @@ def register(app: typer.Typer) -> None:
         ] = None,
     ) -> None:
         """Set or remove labels on one version (e.g. promote: stage=production)."""
-        import torchshelf
         from torchshelf.errors import UsageError
         from torchshelf.selectors import parse_assignments
 
         if not labels and not remove:
             raise UsageError("nothing to do: give K=V labels and/or --remove K")
-        if remote is not None:
-            model: Any = open_remote(remote).set_labels(tag, parse_assignments(labels), remove)
-        else:
-            model = torchshelf.models.set_labels(tag, parse_assignments(labels), remove)
+        m = _source(remote).set_labels(tag, parse_assignments(labels), remove)
         stderr.print(
-            f"{model.tag}: "
-            + (",".join(f"{k}={v}" for k, v in sorted(model.labels.items())) or "(no labels)"),
+            f"{m.name}:{m.version}: "
+            + (",".join(f"{k}={v}" for k, v in sorted(m.labels.items())) or "(no labels)"),
             highlight=False,
         )
 
@@ -339,7 +331,7 @@ def register(app: typer.Typer) -> None:
         if not yes and sys.stdin.isatty():
             from rich.prompt import Confirm
 
-            if not Confirm.ask(f"Delete {', '.join(tags)}?", console=stderr, default=False):
+            if not Confirm.ask(f"Delete {', '.join(tags)}?", console=stderr.console, default=False):
                 stderr.print("aborted")
                 raise typer.Exit(1)
         for tag in tags:
@@ -449,7 +441,7 @@ def register(app: typer.Typer) -> None:
         for entry in report.removed:
             stdout.print(f"removed {entry}", highlight=False)
         stdout.print(
-            f"freed {_human(report.bytes_freed)} ({report.bytes_freed} bytes) in {len(report.removed)} entries",
+            f"freed {human_size(report.bytes_freed)} ({report.bytes_freed} bytes) in {len(report.removed)} entries",
             highlight=False,
         )
 

@@ -11,11 +11,11 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from . import models, pytorch
 from .errors import (
     AlreadyExists,
+    AmbiguousTag,
     ArchiveError,
     DeviceError,
     FormatError,
@@ -28,17 +28,33 @@ from .errors import (
     UntrustedError,
     UsageError,
 )
-from .lifecycle import get, load_model, save_model
-from .model import Model, ModelInfo
-from .serving import api, service
-from .store import Store
 from .tag import Tag
+
+if TYPE_CHECKING:
+    from . import models, pytorch
+    from .lifecycle import get, load_model, save_model
+    from .model import Model, ModelInfo
+    from .remote import Remote
+    from .serving import api, service
+    from .serving.client import Client, RequestError
+    from .store import Store
 
 __version__ = "0.1.0"
 
-# Imported on first use, so that `import torchshelf` (and `shelf list`) loads neither httpx nor
-# s3fs: `Client`/`RequestError` need httpx, `Remote` needs s3fs.
+# Everything else is imported on first use: `import torchshelf` (and so `shelf list`, which
+# must answer in well under 100 ms) then costs only the errors and tags. httpx (`Client`) and
+# s3fs (`Remote`) are never imported unless used.
 _LAZY = {
+    "models": ("models", None),
+    "pytorch": ("pytorch", None),
+    "get": ("lifecycle", "get"),
+    "load_model": ("lifecycle", "load_model"),
+    "save_model": ("lifecycle", "save_model"),
+    "Model": ("model", "Model"),
+    "ModelInfo": ("model", "ModelInfo"),
+    "api": ("serving", "api"),
+    "service": ("serving", "service"),
+    "Store": ("store", "Store"),
     "Client": ("serving.client", "Client"),
     "RequestError": ("serving.client", "RequestError"),
     "Remote": ("remote", "Remote"),
@@ -49,13 +65,21 @@ def __getattr__(name: str) -> Any:
     if name in _LAZY:
         import importlib
 
-        module, attr = _LAZY[name]
-        return getattr(importlib.import_module(f".{module}", __name__), attr)
+        module_name, attr = _LAZY[name]
+        module = importlib.import_module(f".{module_name}", __name__)
+        value = module if attr is None else getattr(module, attr)
+        globals()[name] = value  # later lookups skip __getattr__
+        return value
     raise AttributeError(f"module 'torchshelf' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
 
 
 __all__ = [
     "AlreadyExists",
+    "AmbiguousTag",
     "ArchiveError",
     "Client",
     "DeviceError",

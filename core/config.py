@@ -12,11 +12,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on Python 3.10 only
-    import tomli as tomllib
-
 from .errors import UsageError
 
 ENV_HOME = "TORCHSHELF_HOME"
@@ -27,6 +22,12 @@ DEFAULT_HOME = Path("~/.torchshelf")
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
+    # Imported here: with TORCHSHELF_HOME set, `shelf list` never reads a config file.
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - exercised on Python 3.10 only
+        import tomli as tomllib
+
     try:
         with path.open("rb") as fh:
             return tomllib.load(fh)

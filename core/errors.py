@@ -6,9 +6,12 @@ with: 1 when an operation failed, 2 when the request itself was wrong (bad usage
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "ShelfError",
     "NotFound",
+    "AmbiguousTag",
     "InvalidName",
     "AlreadyExists",
     "IntegrityError",
@@ -30,6 +33,16 @@ class ShelfError(Exception):
 
 class NotFound(ShelfError, LookupError):
     """A model, version or file that was asked for does not exist."""
+
+
+class AmbiguousTag(ShelfError, LookupError):
+    """A version prefix matches several versions; `candidates` are their tags."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, candidates: list[Any] | None = None) -> None:
+        super().__init__(message)
+        self.candidates = list(candidates or [])
 
 
 class InvalidName(ShelfError, ValueError):

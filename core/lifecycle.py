@@ -7,15 +7,16 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import config, formats
-from .errors import FormatError, NotFound, UntrustedError, UsageError
-from .manifest import MANIFEST, Manifest, Progress, hash_file
+from . import formats
+from .errors import FormatError, NotFound, UsageError
+from .loading import load_manifest
+from .manifest import Manifest, Progress, hash_file
 from .model import Model
-from .store import Store, now_iso
+from .store import Store, default_store, now_iso
 from .tag import Tag, new_version, validate_name, validate_version
 
 if TYPE_CHECKING:
-    import torch
+    pass
 
 _DTYPE_NAMES = {
     "float32",
@@ -36,13 +37,6 @@ _DTYPE_NAMES = {
     "bool",
     "complex64",
 }
-
-
-def default_store(store: Store | str | os.PathLike[str] | None = None) -> Store:
-    """The store to use: an explicit `Store` or path, else `config.store_root()`."""
-    if isinstance(store, Store):
-        return store
-    return Store(config.store_root(store))
 
 
 def _check_input_spec(method: str, spec: Any) -> dict[str, Any]:
@@ -213,69 +207,6 @@ def _save_custom_objects(
     return out
 
 
-def load_manifest(store: Store, manifest: Manifest, device_id: Any = None) -> Any:
-    """Check a version's files (stat-cached) and rebuild its module on the device.
-
-    A version deleted while it loads is `NotFound` (as if it had gone a moment earlier), never
-    an `IntegrityError` about its vanished files.
-    """
-    from .devices import resolve_device
-
-    device = resolve_device(device_id)
-    vdir = store.version_dir(manifest.name, manifest.version)
-    try:
-        return _load_checked(store, manifest, vdir, device)
-    except Exception:
-        if (vdir / MANIFEST).exists():
-            raise
-        raise NotFound(
-            f"model {manifest.name}:{manifest.version} was deleted while loading; see "
-            f"`shelf list {manifest.name}`"
-        ) from None
-
-
-def _load_checked(store: Store, manifest: Manifest, vdir: Path, device: torch.device) -> Any:
-    store.check(manifest)
-    tag = f"{manifest.name}:{manifest.version}"
-    if manifest.format == "torchscript":
-        return formats.torchscript_load(vdir / formats.TORCHSCRIPT, device).eval()
-    from .weights import read_safetensors
-
-    structure = manifest.structure
-    trusted = store.is_trusted(manifest.name, manifest.version)
-    pickle_rel = structure.get("pickle")
-    if trusted and pickle_rel:
-        import hashlib
-
-        data = (vdir / pickle_rel).read_bytes()
-        if hashlib.sha256(data).hexdigest() != manifest.files[pickle_rel]["sha256"]:
-            from .errors import IntegrityError
-
-            raise IntegrityError(f"{tag}: file {pickle_rel} does not match its sha256", pickle_rel)
-        weights = read_safetensors(vdir / formats.WEIGHTS, _st_device(device))
-        try:
-            model = formats.load_with_tensors(data, weights.__getitem__)
-        except (ImportError, AttributeError) as exc:
-            raise FormatError(
-                f"cannot rebuild {tag}: {exc}; is the module that defines "
-                f"{manifest.module_class} installed?"
-            ) from None
-    elif structure.get("class"):
-        weights = read_safetensors(vdir / formats.WEIGHTS, _st_device(device))
-        model = formats.build_from_class(structure["class"], weights, structure.get("aliases", {}))
-    else:
-        raise UntrustedError(
-            f"{tag} was imported from an archive and its structure is a pickle, which runs code "
-            f"when loaded; if you trust its source, run `shelf trust {tag}`"
-        )
-    formats.check_no_meta(model)
-    return model.eval()
-
-
-def _st_device(device: torch.device) -> str:
-    return "cpu" if device.type == "cpu" else str(device)
-
-
 def load_model(
     tag: Any, device_id: str | None = None, *, store: Store | str | None = None, remote: Any = None
 ) -> Any:
@@ -301,14 +232,13 @@ def load_model(
 
 def _cached(st: Store, tag: Any, remote: Any) -> Manifest:
     """The local manifest of `tag`, pulling it from `remote` when the cache lacks it."""
-    from .errors import NotFound
     from .remote import open_remote
     from .tag import parse_tag
 
     name, version = parse_tag(tag)
     if version is not None:
         try:
-            return st.read_manifest(name, version)
+            return st.resolve(tag)  # exact, or a unique prefix of a cached version
         except NotFound:
             pass
     rem = open_remote(remote)

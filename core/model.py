@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import IntegrityError
 from .manifest import Manifest
 from .tag import Tag
 
@@ -36,6 +34,28 @@ class ModelInfo:
     files: dict[str, dict[str, Any]]
     custom_objects: tuple[str, ...]
     trusted: bool
+
+    @classmethod
+    def from_manifest(cls, manifest: Manifest, path: Path | str, trusted: bool) -> ModelInfo:
+        """The record of a version, local (`path` its directory) or remote (`path` its URL)."""
+        m = manifest
+        return cls(
+            tag=Tag(m.name, m.version),
+            name=m.name,
+            version=m.version,
+            path=Path(path) if not isinstance(path, str) or "://" not in path else path,  # type: ignore[arg-type]
+            creation_time=datetime.fromisoformat(m.creation_time),
+            format=m.format,
+            labels=dict(m.labels),
+            metadata=dict(m.metadata),
+            signatures={k: dict(v) for k, v in m.signatures.items()},
+            torch_version=m.torch_version,
+            module_class=m.module_class,
+            size=m.size,
+            files={k: dict(v) for k, v in m.files.items()},
+            custom_objects=tuple(m.custom_objects),
+            trusted=trusted,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (what `shelf get --output json` prints)."""
@@ -68,20 +88,10 @@ class CustomObjects(Mapping[str, Any]):
         self._cache: dict[str, Any] = {}
 
     def _read_checked(self, rel: str) -> bytes:
+        from .loading import read_verified
+
         vdir = self._store.version_dir(self._manifest.name, self._manifest.version)
-        try:
-            data = (vdir / rel).read_bytes()
-        except FileNotFoundError:
-            raise IntegrityError(
-                f"{self._manifest.name}:{self._manifest.version}: file {rel} is missing", rel
-            ) from None
-        if hashlib.sha256(data).hexdigest() != self._manifest.files[rel]["sha256"]:
-            raise IntegrityError(
-                f"{self._manifest.name}:{self._manifest.version}: file {rel} does not match its "
-                "sha256 in the manifest; the version is corrupt, delete and re-import it",
-                rel,
-            )
-        return data
+        return read_verified(self._manifest, vdir, rel)
 
     def __getitem__(self, key: str) -> Any:
         if key in self._cache:
@@ -163,24 +173,7 @@ class Model:
 
     @property
     def info(self) -> ModelInfo:
-        m = self._manifest
-        return ModelInfo(
-            tag=self.tag,
-            name=m.name,
-            version=m.version,
-            path=self.path,
-            creation_time=self.creation_time,
-            format=m.format,
-            labels=dict(m.labels),
-            metadata=dict(m.metadata),
-            signatures=self.signatures,
-            torch_version=m.torch_version,
-            module_class=m.module_class,
-            size=m.size,
-            files={k: dict(v) for k, v in m.files.items()},
-            custom_objects=tuple(m.custom_objects),
-            trusted=self.trusted,
-        )
+        return ModelInfo.from_manifest(self._manifest, self.path, self.trusted)
 
     @property
     def custom_objects(self) -> CustomObjects:
@@ -191,7 +184,7 @@ class Model:
 
     def load_model(self, device_id: str | None = None) -> Any:
         """Load this version's module onto `device_id` (see `torchshelf.load_model`)."""
-        from .lifecycle import load_manifest
+        from .loading import load_manifest
 
         return load_manifest(self._store, self._manifest, device_id)
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import builtins
+import contextlib
 import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .errors import ManifestError, NotFound
 from .lifecycle import default_store
 from .lifecycle import get as _get
 from .manifest import Progress
@@ -44,7 +46,11 @@ def list(  # noqa: A001 - the seed's API name
 ) -> builtins.list[Model]:
     """Stored versions, newest first; `labels` is `{"k": "v"}` or selector strings."""
     st = default_store(store)
-    return [Model(st, m) for m in st.list(name, labels, latest_only=latest)]
+    out = []
+    for row in st.list(name, labels, latest=latest):
+        with contextlib.suppress(NotFound, ManifestError):  # deleted or broken since listed
+            out.append(Model(st, st.read_manifest(row.name, row.version)))
+    return out
 
 
 def get(tag: Any, *, store: StoreLike = None) -> Model:

@@ -70,7 +70,10 @@ from .errors import (
     RemoteError,
     UsageError,
 )
+from .index import ModelSummary
 from .manifest import MANIFEST, HashingWriter, Manifest, Progress, check_relpath, parse_manifest
+from .model import ModelInfo
+from .records import Labels, check_labels, pick_prefix
 from .store import GcReport, Store, now_iso
 from .tag import NAME_RE, VERSION_RE, Tag, parse_tag, validate_name
 
@@ -87,47 +90,6 @@ UPLOAD_PARTS_AT_ONCE = 8  # s3fs max_concurrency: multipart parts in flight per 
 FILES_AT_ONCE = 4  # files transferred in parallel
 LABEL_RETRIES = 20
 INSTALL_HINT = "remote stores need s3fs: pip install 'torchshelf[s3]'"
-
-
-@dataclass(frozen=True)
-class RemoteModel:
-    """One version on the remote: its manifest (labels from `labels.json` applied) and URL."""
-
-    manifest: Manifest
-    url: str
-
-    @property
-    def tag(self) -> Tag:
-        return Tag(self.manifest.name, self.manifest.version)
-
-    @property
-    def labels(self) -> dict[str, str]:
-        return dict(self.manifest.labels)
-
-    @property
-    def creation_time(self) -> datetime:
-        return datetime.fromisoformat(self.manifest.creation_time)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The same keys as a local `ModelInfo.to_dict()`; `path` is the remote URL."""
-        m = self.manifest
-        return {
-            "tag": str(self.tag),
-            "name": m.name,
-            "version": m.version,
-            "path": self.url,
-            "creation_time": self.creation_time.isoformat(),
-            "format": m.format,
-            "labels": dict(m.labels),
-            "metadata": dict(m.metadata),
-            "signatures": {k: dict(v) for k, v in m.signatures.items()},
-            "torch_version": m.torch_version,
-            "module_class": m.module_class,
-            "size": m.size,
-            "files": {k: dict(v) for k, v in m.files.items()},
-            "custom_objects": list(m.custom_objects),
-            "trusted": True,  # what a pull makes of it: the configured remote is trusted
-        }
 
 
 @dataclass(frozen=True)
@@ -400,37 +362,53 @@ class Remote:
         out.sort(key=lambda m: (m.creation_time, m.version), reverse=True)
         return out
 
-    def list(
-        self,
-        name: str | None = None,
-        labels: Iterable[str] | dict[str, str] | None = None,
-        latest_only: bool = False,
-    ) -> builtins.list[RemoteModel]:
-        """Versions on the remote, newest first, filtered by label selectors (ANDed)."""
+    def _select(self, name: str | None, labels: Labels, latest: bool) -> builtins.list[Manifest]:
         sels = selectors.parse_selectors(labels)
         seen: set[str] = set()
         out = []
         for m in self._scan(name):
-            if not selectors.matches(m.labels, sels) or (latest_only and m.name in seen):
+            if not selectors.matches(m.labels, sels) or (latest and m.name in seen):
                 continue
             seen.add(m.name)
-            out.append(RemoteModel(m, self.version_url(m.name, m.version)))
+            out.append(m)
         return out
 
-    def resolve(self, tag: object) -> Manifest:
-        """`name`, `name:latest` or `name:version` -> the remote manifest, or NotFound."""
-        name, version = parse_tag(tag)
-        if version is not None:
-            return self.read_manifest(name, version)
-        found = self._scan(name)
-        if not found:
-            raise NotFound(f"model {name!r} not found on {self.url}; see `shelf list --remote`")
-        return found[0]
+    def list(
+        self, name: str | None = None, labels: Labels = None, *, latest: bool = False
+    ) -> builtins.list[ModelSummary]:
+        """Versions on the remote, newest first, filtered by label selectors (ANDed)."""
+        from .store import summary_of
 
-    def get(self, tag: object) -> RemoteModel:
-        """A reference to one remote version; downloads only its manifest and labels."""
-        m = self.resolve(tag)
-        return RemoteModel(m, self.version_url(m.name, m.version))
+        return [summary_of(m) for m in self._select(name, labels, latest)]
+
+    def list_info(
+        self, name: str | None = None, labels: Labels = None, *, latest: bool = False
+    ) -> builtins.list[ModelInfo]:
+        """`list`, each version's whole record (`path` is its URL)."""
+        return [self._info(m) for m in self._select(name, labels, latest)]
+
+    def _info(self, m: Manifest) -> ModelInfo:
+        # trusted: what a pull makes of it, since the configured remote is trusted
+        return ModelInfo.from_manifest(m, self.version_url(m.name, m.version), True)
+
+    def resolve(self, tag: object) -> Manifest:
+        """`name`, `name:latest`, `name:version` or a unique version prefix -> the manifest."""
+        name, version = parse_tag(tag)
+        if version is None:
+            found = self._scan(name)
+            if not found:
+                raise NotFound(f"model {name!r} not found on {self.url}; see `shelf list --remote`")
+            return found[0]
+        try:
+            return self.read_manifest(name, version)
+        except NotFound:
+            versions = [m.version for m in self._scan(name)]
+            where = f" on {self.url}"
+            return self.read_manifest(name, pick_prefix(name, version, versions, where))
+
+    def get(self, tag: object) -> ModelInfo:
+        """The record of one remote version; downloads only its manifest and labels."""
+        return self._info(self.resolve(tag))
 
     def leftovers(self) -> builtins.list[str]:
         """Version prefixes holding objects but no manifest (interrupted or refused pushes)."""
@@ -516,11 +494,9 @@ class Remote:
 
     def set_labels(
         self, tag: object, labels: dict[str, str], remove: Iterable[str] = ()
-    ) -> RemoteModel:
+    ) -> Manifest:
         """Add/overwrite `labels` and drop `remove` keys, by compare-and-swap on `labels.json`."""
-        for key, value in labels.items():
-            if not isinstance(key, str) or not key or not isinstance(value, str):
-                raise UsageError(f"invalid label {key!r}={value!r}: keys and values are strings")
+        check_labels(labels)
         remove = builtins.list(remove)
         target = self.resolve(tag)
         name, version = target.name, target.version
@@ -556,7 +532,7 @@ class Remote:
         for attempt in range(LABEL_RETRIES):
             manifest = self._run(swap())
             if manifest is not None:
-                return RemoteModel(manifest, self.version_url(name, version))
+                return manifest
             time.sleep(min(0.05 * 2**attempt, 1.0))
         raise RemoteError(f"{self.url}: labels of {name}:{version} keep changing; try again")
 

@@ -6,6 +6,7 @@ Layout under the root (see `config.store_root`)::
     .tmp/<host>.<pid>.<rand>/  a version being written; renamed into models/ when complete
     .trash/<rand>/             a version being deleted; renamed out of models/ first
     .locks/<name>.lock         one filelock per model name
+    .index/<name>.json, .gen   the listing cache of each name (see `index`; never the truth)
 
 A version appears by one `rename(2)` of a fully written and fsynced staging directory, and
 disappears by one rename into `.trash/`, so readers see it whole or not at all. The name lock
@@ -20,9 +21,7 @@ import contextlib
 import errno
 import json
 import os
-import secrets
 import shutil
-import socket
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -31,7 +30,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import selectors
-from .errors import AlreadyExists, IntegrityError, InvalidName, ManifestError, NotFound, UsageError
+from .errors import (
+    AlreadyExists,
+    IntegrityError,
+    InvalidName,
+    ManifestError,
+    NotFound,
+)
+from .index import NEWEST, ModelSummary, Rows, StoreIndex
 from .manifest import (
     MANIFEST,
     MANIFEST_SUM,
@@ -46,10 +52,13 @@ from .manifest import (
     write_manifest_sums,
     write_stat_cache,
 )
+from .records import Labels, check_labels, pick_prefix
 from .tag import NAME_RE, Tag, new_version, parse_tag, validate_name, validate_version
 
 if TYPE_CHECKING:
     from filelock import FileLock
+
+    from .model import ModelInfo
 
 LOCK_TIMEOUT = 60.0
 FOREIGN_STALE_SECONDS = 24 * 3600  # gc removes another host's staging after a day untouched
@@ -82,8 +91,32 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def summary_of(m: Manifest) -> ModelSummary:
+    return ModelSummary(m.name, m.version, m.creation_time, m.format, m.size, dict(m.labels))
+
+
+def _rename_new(staging: Path, target: Path) -> bool:
+    """Rename `staging` to `target`; True when `target` already existed (nothing moved)."""
+    try:
+        os.rename(staging, target)
+    except OSError as exc:
+        if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+            raise
+        return True
+    return False
+
+
 def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+
+
+def default_store(store: Store | str | os.PathLike[str] | None = None) -> Store:
+    """The store to use: an explicit `Store` or path, else `config.store_root()`."""
+    if isinstance(store, Store):
+        return store
+    from . import config
+
+    return Store(config.store_root(store))
 
 
 class Store:
@@ -95,6 +128,7 @@ class Store:
         self.tmp_dir = self.root / ".tmp"
         self.trash_dir = self.root / ".trash"
         self.locks_dir = self.root / ".locks"
+        self.index = StoreIndex(self.root, self.models_dir, self._scan_rows)
 
     def __repr__(self) -> str:
         return f"Store({str(self.root)!r})"
@@ -104,11 +138,11 @@ class Store:
     def version_dir(self, name: str, version: str) -> Path:
         return self.models_dir / validate_name(name) / validate_version(version)
 
-    def lock(self, name: str) -> FileLock:
+    def lock(self, name: str, timeout: float = LOCK_TIMEOUT) -> FileLock:
         from filelock import FileLock  # imported here: most commands never take a lock
 
         self.locks_dir.mkdir(parents=True, exist_ok=True)
-        return FileLock(str(self.locks_dir / f"{validate_name(name)}.lock"), timeout=LOCK_TIMEOUT)
+        return FileLock(str(self.locks_dir / f"{validate_name(name)}.lock"), timeout=timeout)
 
     # --- reading ----------------------------------------------------------------------------
 
@@ -137,51 +171,91 @@ class Store:
                 if e.is_dir() and not e.name.startswith(".") and NAME_RE.match(e.name)
             )
 
-    def manifests(self, name: str, *, skip_broken: bool = True) -> list[Manifest]:
-        """Every readable version of `name`, newest first. Vanishing versions are skipped."""
-        try:
-            entries = os.scandir(self.models_dir / validate_name(name))
-        except (FileNotFoundError, NotADirectoryError):
-            return []
-        found = []
-        with entries:
-            versions = [e.name for e in entries if not e.name.startswith(".")]
-        for version in versions:
+    def _scan_rows(self, name: str) -> Rows:
+        """The truth the index caches: every version directory of `name`, its manifest read."""
+        rows: Rows = {}
+        for version in self.version_names(name):
             try:
-                found.append(self.read_manifest(name, version))
-            except (NotFound, InvalidName):
-                continue  # deleted while we looked, or not a version directory at all
-            except ManifestError:
-                if not skip_broken:
-                    raise
-        found.sort(key=lambda m: (m.creation_time, m.version), reverse=True)
+                m = self.read_manifest(name, version)
+            except NotFound:
+                continue  # deleted while we looked
+            except (ManifestError, InvalidName):
+                rows[version] = None  # broken, or not a version directory: listings skip it
+            else:
+                rows[version] = summary_of(m)
+        return rows
+
+    def summaries(self, name: str) -> builtins.list[ModelSummary]:
+        """Every readable version of `name`, newest first, from the index (see `index`)."""
+        name = validate_name(name)
+        rows = self.index.rows(name, lambda: self.lock(name, timeout=0))
+        found = [r for r in rows.values() if r is not None]
+        found.sort(key=NEWEST, reverse=True)  # linear: the index keeps them in this order
+        return found
+
+    def manifests(self, name: str) -> builtins.list[Manifest]:
+        """Every readable version of `name`, newest first. Vanishing versions are skipped."""
+        found = []
+        for row in self.summaries(name):
+            with contextlib.suppress(NotFound, ManifestError):
+                found.append(self.read_manifest(row.name, row.version))
         return found
 
     def resolve(self, tag: object) -> Manifest:
-        """`name`, `name:latest` or `name:version` -> that version's manifest, or NotFound."""
+        """`name`, `name:latest`, `name:version` or a unique version prefix -> its manifest.
+
+        A version that is not an exact match is looked up as a prefix, as git does: one
+        match resolves, several are `AmbiguousTag` naming them, none is `NotFound`.
+        """
         name, version = parse_tag(tag)
-        if version is not None:
-            return self.read_manifest(name, version)
-        found = self.manifests(name)
-        if not found:
+        if version is None:
+            # Newest first; one deleted since the index was read, or whose manifest was damaged
+            # by hand (the index cannot know), is passed over as a directory scan would.
+            for row in self.summaries(name):
+                with contextlib.suppress(NotFound, ManifestError):
+                    return self.read_manifest(name, row.version)
             raise NotFound(f"model {name!r} not found; see `shelf list`")
-        return found[0]
+        try:
+            return self.read_manifest(name, version)
+        except NotFound:
+            return self.read_manifest(name, pick_prefix(name, version, self.version_names(name)))
 
     def list(
         self,
         name: str | None = None,
-        labels: Iterable[str] | dict[str, str] | None = None,
-        latest_only: bool = False,
-    ) -> builtins.list[Manifest]:
-        """Versions newest first, filtered by label selectors (ANDed)."""
+        labels: Labels = None,
+        *,
+        latest: bool = False,
+    ) -> builtins.list[ModelSummary]:
+        """Versions newest first, filtered by label selectors (ANDed); read from the index."""
         sels = selectors.parse_selectors(labels)
         names = [validate_name(name)] if name else self.names()
-        out: list[Manifest] = []
+        out: builtins.list[ModelSummary] = []
         for n in names:
-            versions = [m for m in self.manifests(n) if selectors.matches(m.labels, sels)]
-            out.extend(versions[:1] if latest_only else versions)
-        out.sort(key=lambda m: (m.creation_time, m.version), reverse=True)
+            versions = [r for r in self.summaries(n) if selectors.matches(r.labels, sels)]
+            out.extend(versions[:1] if latest else versions)
+        if len(names) > 1:
+            out.sort(key=NEWEST, reverse=True)
         return out
+
+    def list_info(
+        self, name: str | None = None, labels: Labels = None, *, latest: bool = False
+    ) -> builtins.list[ModelInfo]:
+        """`list`, each version's whole record (reads every listed manifest)."""
+        out = []
+        for row in self.list(name, labels, latest=latest):
+            with contextlib.suppress(NotFound, ManifestError):  # deleted or broken since listed
+                out.append(self.get(Tag(row.name, row.version)))
+        return out
+
+    def get(self, tag: object) -> ModelInfo:
+        """The record of one version (what `shelf get` shows)."""
+        from .model import ModelInfo
+
+        m = self.resolve(tag)
+        return ModelInfo.from_manifest(
+            m, self.version_dir(m.name, m.version), self.is_trusted(m.name, m.version)
+        )
 
     def origin(self, name: str, version: str) -> dict[str, Any]:
         """Where a version came from; locally saved versions have no origin file and are trusted."""
@@ -236,7 +310,9 @@ class Store:
         """A fresh staging directory on the store's filesystem; cleans dead writers' leftovers."""
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
         self._collect_dead_staging()
-        path = self.tmp_dir / f"{socket.gethostname()}.{os.getpid()}.{secrets.token_hex(6)}"
+        import socket
+
+        path = self.tmp_dir / f"{socket.gethostname()}.{os.getpid()}.{os.urandom(6).hex()}"
         path.mkdir()
         return path
 
@@ -269,21 +345,19 @@ class Store:
                 fsync_dir(sub)
             name_dir = self.models_dir / manifest.name
             target = name_dir / manifest.version
-            with self.lock(manifest.name):
+            with self.lock(manifest.name), self.index.changing(manifest.name) as rows:
                 name_dir.mkdir(parents=True, exist_ok=True)
-                try:
-                    os.rename(staging, target)
-                except OSError as exc:
-                    if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
-                        raise
-                    if not auto_version:
-                        raise AlreadyExists(
-                            f"model {manifest.name}:{manifest.version} already exists; versions "
-                            "are immutable, pick another --version"
-                        ) from None
-                else:
+                taken = _rename_new(staging, target)
+                if not taken:
                     fsync_dir(name_dir)
-                    break
+                    rows[manifest.version] = summary_of(manifest)
+            if not taken:
+                break
+            if not auto_version:
+                raise AlreadyExists(
+                    f"model {manifest.name}:{manifest.version} already exists; versions "
+                    "are immutable, pick another --version"
+                )
             manifest.version = new_version()
         write_stat_cache(target, {rel: stat_signature(target / rel) for rel in manifest.files})
         return manifest
@@ -299,7 +373,7 @@ class Store:
         """
         vdir = self.version_dir(manifest.name, manifest.version)
         data = manifest.to_json()
-        tmp = vdir / f".{MANIFEST}.{secrets.token_hex(4)}.tmp"
+        tmp = vdir / f".{MANIFEST}.{os.urandom(4).hex()}.tmp"
         tmp.write_bytes(data)
         fd = os.open(tmp, os.O_RDONLY)
         try:
@@ -318,16 +392,15 @@ class Store:
         self, tag: object, labels: dict[str, str], remove: Iterable[str] = ()
     ) -> Manifest:
         """Add/overwrite `labels` and drop `remove` keys on one version, under the name lock."""
+        check_labels(labels)
         target = self.resolve(tag)
-        for key, value in labels.items():
-            if not isinstance(key, str) or not key or not isinstance(value, str):
-                raise UsageError(f"invalid label {key!r}={value!r}: keys and values are strings")
-        with self.lock(target.name):
+        with self.lock(target.name), self.index.changing(target.name) as rows:
             manifest = self.read_manifest(target.name, target.version)
             for key in remove:
                 manifest.labels.pop(key, None)
             manifest.labels.update(labels)
             self.write_manifest(manifest)
+            rows[manifest.version] = summary_of(manifest)
         return manifest
 
     def set_trusted(self, tag: object) -> Manifest:
@@ -336,7 +409,7 @@ class Store:
             vdir = self.version_dir(manifest.name, manifest.version)
             origin = self.origin(manifest.name, manifest.version)
             origin.update(trusted=True, trusted_at=now_iso())
-            tmp = vdir / f"{ORIGIN}.{secrets.token_hex(4)}.tmp"
+            tmp = vdir / f"{ORIGIN}.{os.urandom(4).hex()}.tmp"
             tmp.write_text(json.dumps(origin))
             os.replace(tmp, vdir / ORIGIN)
         return manifest
@@ -351,7 +424,7 @@ class Store:
         if version is None and explicit_latest:
             version = self.resolve(tag).version
         removed: builtins.list[Tag] = []
-        with self.lock(name):
+        with self.lock(name), self.index.changing(name) as rows:
             if version is not None:
                 versions = [version]
                 if not (self.models_dir / name / version).is_dir():
@@ -366,13 +439,14 @@ class Store:
             self.trash_dir.mkdir(parents=True, exist_ok=True)
             doomed = []
             for v in versions:
-                dest = self.trash_dir / f"{name}.{v}.{secrets.token_hex(6)}"
+                dest = self.trash_dir / f"{name}.{v}.{os.urandom(6).hex()}"
                 try:
                     os.rename(self.models_dir / name / v, dest)
                 except FileNotFoundError:
                     continue
                 doomed.append(dest)
                 removed.append(Tag(name, v))
+                rows.pop(v, None)
             with contextlib.suppress(OSError):
                 (self.models_dir / name).rmdir()  # only if empty
         for dest in doomed:
@@ -388,6 +462,8 @@ class Store:
         checked: saves skip its entries, and `gc` (`stale_after` seconds) removes them only once
         they have not changed for that long.
         """
+        import socket
+
         parts = entry.split(".")
         if len(parts) < 3:
             return False

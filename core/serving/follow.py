@@ -34,6 +34,7 @@ from ..tag import validate_name
 
 if TYPE_CHECKING:
     from ..manifest import Manifest
+    from ..records import ModelStore
     from ..remote import Remote
     from ..store import Store
 
@@ -204,6 +205,21 @@ class SwapCounts:
             return dict(self._counts)
 
 
+def _newest(source: ModelStore, selection: Selection) -> Manifest | None:
+    """The manifest of the newest version matching `selection` on `source`, or None.
+
+    The listing is a summary; the manifest is read after it, so a version deleted in between
+    is passed over by listing again.
+    """
+    for _ in range(3):
+        found = source.list(selection.name, list(selection.selectors), latest=True)
+        if not found:
+            return None
+        with contextlib.suppress(NotFound):
+            return source.read_manifest(found[0].name, found[0].version)
+    return None
+
+
 class LocalSource:
     """Evaluates selections on the local store; a chosen version is verified before loading."""
 
@@ -214,8 +230,7 @@ class LocalSource:
 
     def newest(self, selection: Selection) -> Manifest | None:
         """The newest version matching, through the store's listing (no directory walks here)."""
-        found = self.store.list(selection.name, list(selection.selectors), latest_only=True)
-        return found[0] if found else None
+        return _newest(self.store, selection)
 
     def fetch(self, manifest: Manifest) -> Manifest:
         """Check the version's files against its manifest (stat-cached, as every load does)."""
@@ -242,8 +257,7 @@ class RemoteSource(LocalSource):
         self.remote_store = remote
 
     def newest(self, selection: Selection) -> Manifest | None:
-        found = self.remote_store.list(selection.name, list(selection.selectors), latest_only=True)
-        return found[0].manifest if found else None
+        return _newest(self.remote_store, selection)
 
     def fetch(self, manifest: Manifest) -> Manifest:
         tag = f"{manifest.name}:{manifest.version}"

@@ -16,11 +16,12 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Callable, Generator
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
@@ -81,10 +82,15 @@ def run_server(
     options: ServeOptions,
     on_ready: Callable[[], None] | None = None,
     following: Following | None = None,
+    *,
+    sockets: list[socket.socket] | None = None,
+    wrap_app: Callable[[Any], Any] | None = None,
 ) -> int:
     """Serve until SIGTERM/SIGINT; returns the exit code (0 after a clean drain, 1 if the
-    model failed to load). With `following` and `--watch`, the follower starts once the first
-    version is ready, and SIGHUP makes it check at once."""
+    model failed to load). `sockets`: listen on these (a `--workers` worker gets the
+    supervisor's) instead of binding host:port; `wrap_app` wraps the ASGI app (workers.py).
+    With `following` and `--watch`, the follower starts once the first version is ready, and
+    SIGHUP makes it check at once."""
     # The worker thread re-takes the GIL after every torch op; while the loop is busy parsing
     # requests it would wait up to the default 5 ms switch interval each time (a convoy that
     # can double a forward pass). 1 ms bounds that wait at a negligible switching cost.
@@ -103,7 +109,7 @@ def run_server(
 
         app.state.on_ready = ready_then_watch
     config = uvicorn.Config(
-        app,
+        app if wrap_app is None else wrap_app(app),
         host=options.host,
         port=options.port,
         loop=_loop_choice(),
@@ -129,7 +135,7 @@ def run_server(
 
     server.on_exit = draining
     try:
-        server.run()
+        server.run(sockets=sockets)
     finally:
         if following is not None:
             following.follower.stop()
