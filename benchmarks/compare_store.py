@@ -1,10 +1,11 @@
 """Store comparison: torchshelf vs raw safetensors, torch.save/torch.load and BentoML, in one run.
 
-    python benchmarks/compare_store.py [--size-mib 1024] [--repeats 3] [--versions 1000] [--json OUT]
+    python benchmarks/compare_store.py [--size-mib 1024] [--repeats 3] [--versions 1000 10000] [--json OUT]
 
 * save and load (warm page cache, and first touch in a fresh process) of the same float32 MLP;
   every load is followed by one read of every weight (a load that only mmaps is not a load);
-* `shelf list` vs `bentoml models list` with N versions in each store, as whole processes;
+* `shelf list` (and `--latest`) at 1,000 and 10,000 versions beside `python -c pass` and
+  `bentoml models list` (1,000 versions), as whole processes taking turns in one run;
 * `shelf get TAG --output json` vs `bentoml models get TAG`, as whole processes.
 
 Each operation runs in its own process (store_worker.py); BentoML runs in the venv made by
@@ -115,14 +116,24 @@ def bench_io(
 
 
 def time_cmd(cmd: list[str], env: dict[str, str], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        subprocess.run(
-            cmd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return time_round_robin({"cmd": (cmd, env)}, repeats)["cmd"]
+
+
+def time_round_robin(
+    cmds: dict[str, tuple[list[str], dict[str, str]]], repeats: int
+) -> dict[str, float]:
+    """Median wall time of each whole process, run in turns (A B C A B C ...) so that load from
+    the rest of the machine falls on every command alike; one untimed warm-up turn first."""
+    times: dict[str, list[float]] = {k: [] for k in cmds}
+    for turn in range(repeats + 1):
+        for key, (cmd, env) in cmds.items():
+            t0 = time.perf_counter()
+            subprocess.run(
+                cmd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
+            if turn:
+                times[key].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
 _POPULATE_TS = """
@@ -143,35 +154,58 @@ print(getattr(tag, "tag", tag))
 """
 
 
-def bench_cli(versions: int, repeats: int, work: Path) -> dict[str, Any]:
-    res: dict[str, Any] = {"versions": versions}
-    home = work / "ts-cli"
-    tag = subprocess.run(
-        [sys.executable, "-c", _POPULATE_TS, str(home), str(versions)],
+def _populate(python: str | Path, script: str, home: Path, versions: int) -> str:
+    out = subprocess.run(
+        [str(python), "-c", script, str(home), str(versions)],
         capture_output=True,
         text=True,
         check=True,
-    ).stdout.strip()
-    env = {**os.environ, "TORCHSHELF_HOME": str(home)}
+    )
+    return out.stdout.strip().splitlines()[-1]
+
+
+def bench_cli(sizes: list[int], repeats: int, work: Path) -> dict[str, Any]:
+    """`shelf list`, `shelf list --latest` and `shelf get` at each store size, `bentoml models
+    list/get` at the first size, and `python -c pass`, all in one round-robin so the figures
+    share the machine's load. Also `shelf list` right after its index was deleted (rebuild)."""
     shelf = [sys.executable, "-m", "torchshelf"]
-    res["python"] = time_cmd([sys.executable, "-c", "pass"], env, repeats)
-    res["shelf_list"] = time_cmd([*shelf, "list"], env, repeats)
-    res["shelf_get"] = time_cmd([*shelf, "get", tag, "--output", "json"], env, repeats)
+    cmds: dict[str, tuple[list[str], dict[str, str]]] = {
+        "python": ([sys.executable, "-c", "pass"], dict(os.environ))
+    }
+    homes = {}
+    for n in sizes:
+        home = work / f"ts-cli-{n}"
+        tag = _populate(sys.executable, _POPULATE_TS, home, n)
+        env = {**os.environ, "TORCHSHELF_HOME": str(home)}
+        homes[n] = home
+        cmds[f"shelf_list@{n}"] = ([*shelf, "list"], env)
+        cmds[f"shelf_latest@{n}"] = ([*shelf, "list", "--latest"], env)
+        cmds[f"shelf_get@{n}"] = ([*shelf, "get", tag, "--output", "json"], env)
     bentoml_py = peers_python("bentoml")
     if bentoml_py is not None:
         bhome = work / "bento-cli"
-        btag = subprocess.run(
-            [str(bentoml_py), "-c", _POPULATE_BENTO, str(bhome), str(versions)],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
+        btag = _populate(bentoml_py, _POPULATE_BENTO, bhome, sizes[0])
         benv = {**os.environ, "BENTOML_HOME": str(bhome), "BENTOML_DO_NOT_TRACK": "true"}
         bentoml_cli = [str(bentoml_py.parent / "bentoml")]
-        res["bentoml_list"] = time_cmd([*bentoml_cli, "models", "list"], benv, max(3, repeats // 2))
-        res["bentoml_get"] = time_cmd(
-            [*bentoml_cli, "models", "get", btag], benv, max(3, repeats // 2)
-        )
+        cmds["bentoml_list"] = ([*bentoml_cli, "models", "list"], benv)
+        cmds["bentoml_get"] = ([*bentoml_cli, "models", "get", btag], benv)
+    load_before = os.getloadavg()
+    res: dict[str, Any] = {"sizes": sizes, "versions": sizes[0], "repeats": repeats}
+    res.update(time_round_robin(cmds, repeats))
+    rebuilds = []
+    for n in sizes:  # the cold path: every manifest read once, the index written again
+        times = []
+        for _ in range(max(3, repeats // 3)):
+            shutil.rmtree(homes[n] / ".index", ignore_errors=True)
+            times.append(time_cmd([*shelf, "list"], cmds[f"shelf_list@{n}"][1], 1))
+        res[f"shelf_list_rebuild@{n}"] = statistics.median(times)
+        rebuilds.append(n)
+    res["load_avg"] = [round(x, 2) for x in (*load_before, *os.getloadavg())]
+    # the keys the single-size report used (run.py's targets read them)
+    res["shelf_list"], res["shelf_get"] = (
+        res[f"shelf_list@{sizes[0]}"],
+        res[f"shelf_get@{sizes[0]}"],
+    )
     return res
 
 
@@ -206,24 +240,52 @@ def render(io: dict[str, Any] | None, cli: dict[str, Any] | None) -> str:
                 f"| BentoML load / torchshelf load (first touch) | {b['load_first'] / ts['load_first']:.2f}x | >= 3x |",
             ]
     if cli:
+        sizes = cli.get("sizes", [cli["versions"]])
+        ms = lambda key: f"{cli[key] * 1000:.0f}" if key in cli else "n/a"  # noqa: E731
         lines += [
             "",
-            f"| command ({cli['versions']} versions, whole process) | median ms |",
-            "|---|---|",
-            f"| python -c pass | {cli['python'] * 1000:.0f} |",
-            f"| shelf list | {cli['shelf_list'] * 1000:.0f} |",
-            f"| shelf get TAG --output json | {cli['shelf_get'] * 1000:.0f} |",
+            "| command (whole process, median ms) | "
+            + " | ".join(f"{n} versions" for n in sizes)
+            + " |",
+            "|---|" + "---|" * len(sizes),
+            "| python -c pass | " + " | ".join(ms("python") for _ in sizes) + " |",
+            "| shelf list | " + " | ".join(ms(f"shelf_list@{n}") for n in sizes) + " |",
+            "| shelf list --latest | " + " | ".join(ms(f"shelf_latest@{n}") for n in sizes) + " |",
+            "| shelf get TAG --output json | "
+            + " | ".join(ms(f"shelf_get@{n}") for n in sizes)
+            + " |",
+            "| shelf list, index just deleted (rebuild) | "
+            + " | ".join(ms(f"shelf_list_rebuild@{n}") for n in sizes)
+            + " |",
         ]
         if "bentoml_list" in cli:
             lines += [
-                f"| bentoml models list | {cli['bentoml_list'] * 1000:.0f} |",
-                f"| bentoml models get TAG | {cli['bentoml_get'] * 1000:.0f} |",
-                "",
-                "| ratio | value | target |",
-                "|---|---|---|",
-                f"| bentoml models list / shelf list | {cli['bentoml_list'] / cli['shelf_list']:.1f}x | >= 5x (and shelf list <= 250 ms) |",
-                f"| bentoml models get / shelf get | {cli['bentoml_get'] / cli['shelf_get']:.1f}x | |",
+                f"| bentoml models list | {ms('bentoml_list')} | "
+                + " | ".join("-" for _ in sizes[1:])
+                + " |",
+                f"| bentoml models get TAG | {ms('bentoml_get')} | "
+                + " | ".join("-" for _ in sizes[1:])
+                + " |",
             ]
+        lines += ["", "| ratio / figure | value | target |", "|---|---|---|"]
+        goals = {1000: 0.100, 10000: 0.150}
+        for n in sizes:
+            key = f"shelf_list@{n}"
+            goal = f"<= {goals[n] * 1000:.0f} ms" if n in goals else ""
+            lines.append(f"| shelf list at {n} versions | {cli[key] * 1000:.0f} ms | {goal} |")
+            lines.append(
+                f"| shelf list at {n} / python -c pass | {cli[key] / cli['python']:.1f}x | |"
+            )
+        if "bentoml_list" in cli:
+            first = f"shelf_list@{sizes[0]}"
+            lines += [
+                f"| bentoml models list / shelf list ({sizes[0]} versions) | {cli['bentoml_list'] / cli[first]:.1f}x | >= 15x |",
+                f"| bentoml models get / shelf get | {cli['bentoml_get'] / cli[f'shelf_get@{sizes[0]}']:.1f}x | |",
+            ]
+        if "load_avg" in cli:
+            lines.append(
+                f"\nLoad average (1, 5, 15 min) before / after: {cli['load_avg'][:3]} / {cli['load_avg'][3:]}"
+            )
     return "\n".join(lines)
 
 
@@ -231,7 +293,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--versions", type=int, default=1000)
+    parser.add_argument(
+        "--versions",
+        type=int,
+        nargs="+",
+        default=[1000, 10000],
+        help="store sizes for the cli part",
+    )
     parser.add_argument("--cli-repeats", type=int, default=11)
     parser.add_argument("--only", choices=["io", "cli"])
     parser.add_argument("--json", type=Path, help="also write the raw figures here")

@@ -1,4 +1,4 @@
-"""`shelf serve TARGET`: check the target and device, print the banner, run the server.
+"""`shelf serve TARGET...`: parse the options, print the banner, run the server.
 
 Everything that can be wrong with the command (target, device, token) fails here, before the
 server binds. torch and the server stack are imported inside the command, never at import time.
@@ -20,7 +20,7 @@ FOLLOW_PANEL = "Serve a label (continuous delivery)"
 
 
 def _follow_spec(
-    target: str,
+    targets: list[str],
     label: list[str] | None,
     remote: str | None,
     watch: bool,
@@ -28,7 +28,7 @@ def _follow_spec(
     swap: str,
     canary: str | None,
 ) -> Any:
-    """The parsed `--label ...` options as a `FollowSpec`, or None when serving a plain TARGET."""
+    """The parsed `--label ...` options as a `FollowSpec`, or None when serving plain TARGETs."""
     from torchshelf.errors import UsageError
 
     if not label:
@@ -48,11 +48,13 @@ def _follow_spec(
     from torchshelf.serving.follow import parse_canary, parse_selection
     from torchshelf.serving.live import FollowSpec
 
-    if ":" in target:
-        raise UsageError(f"with --label, give a model NAME, not a tag or a service: {target!r}")
+    if len(targets) != 1 or ":" in targets[0]:
+        raise UsageError(
+            f"with --label, give one model NAME (not a tag or a service): {' '.join(targets)}"
+        )
     return FollowSpec(
-        selection=parse_selection(target, label),
-        canary=parse_canary(target, canary) if canary else None,
+        selection=parse_selection(targets[0], label),
+        canary=parse_canary(targets[0], canary) if canary else None,
         remote=remote,
         watch=watch,
         interval=interval,
@@ -60,8 +62,18 @@ def _follow_spec(
     )
 
 
+def _follow_rows(grid: Any, follow: Any) -> None:
+    where = "the remote" if follow.remote is not None else "the local store"
+    how = f"watching every {follow.interval:g} s and on SIGHUP" if follow.watch else "not watching"
+    grid.add_row("follows", f"{', '.join(follow.selection.selectors)} on {where}; {how}")
+    grid.add_row("swap", follow.swap)
+    if follow.canary is not None:
+        sel = ", ".join(follow.canary.selection.selectors)
+        grid.add_row("canary", f"{follow.canary.percent:g}% to the newest matching {sel}")
+
+
 def _banner(
-    served: Any, options: Any, token_source: str | None, workers: int = 1, following: Any = None
+    served: list[Any], options: Any, token_source: str | None, workers: int = 1, follow: Any = None
 ) -> None:
     from rich.panel import Panel
     from rich.table import Table
@@ -69,19 +81,14 @@ def _banner(
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold")
     grid.add_column()
-    grid.add_row("target", f"{served.title} ({served.kind})")
-    if following is not None:
-        spec = following.spec
-        where = "the remote" if spec.remote is not None else "the local store"
-        how = f"watching every {spec.interval:g} s and on SIGHUP" if spec.watch else "not watching"
-        grid.add_row("follows", f"{', '.join(spec.selection.selectors)} on {where}; {how}")
-        grid.add_row("swap", spec.swap)
-        if spec.canary is not None:
-            sel = ", ".join(spec.canary.selection.selectors)
-            grid.add_row("canary", f"{spec.canary.percent:g}% to the newest matching {sel}")
-    grid.add_row("device", served.device)
-    if served.resources:
-        grid.add_row("resources", ", ".join(f"{k}={v}" for k, v in served.resources.items()))
+    for one in served:
+        grid.add_row("target", f"{one.title} ({one.kind}, version {one.version})")
+    if follow is not None:
+        _follow_rows(grid, follow)
+    grid.add_row("device", ", ".join(sorted({one.device for one in served})))
+    for one in served:
+        if one.resources:
+            grid.add_row("resources", ", ".join(f"{k}={v}" for k, v in one.resources.items()))
     url = f"http://{options.host}:{options.port}"
     grid.add_row("url", url)
     if workers > 1:
@@ -94,17 +101,21 @@ def _banner(
         f"queue {options.max_queue} items/api, timeout {options.timeout:g} s, "
         f"body {options.max_body_bytes // (1024 * 1024)} MiB",
     )
+    if options.max_loaded:
+        grid.add_row("memory", f"at most {options.max_loaded} models loaded (LRU)")
     apis = Table(box=None, padding=(0, 2), show_edge=False)
     apis.add_column("api")
     apis.add_column("batching")
-    for ep in served.endpoints:
-        how = (
-            f"max {ep.max_batch_size} items, wait <= {ep.max_latency_ms:g} ms under load, "
-            f"dim {ep.batch_dim}"
-            if ep.batch
-            else "one request per call"
-        )
-        apis.add_row(f"POST {ep.path}", how)
+    for one in served:
+        for ep in one.endpoints:
+            how = (
+                f"max {ep.max_batch_size} items, wait <= {ep.max_latency_ms:g} ms under load, "
+                f"dim {ep.batch_dim}"
+                if ep.batch
+                else "one request per call"
+            )
+            path = ep.path if len(served) == 1 else f"/models/{one.name}/{ep.name}"
+            apis.add_row(f"POST {path}", how)
     grid.add_row("apis", apis)
     grid.add_row("docs", f"{url}/docs · {url}/openapi.json · {url}/metrics")
     stderr.print(Panel(grid, title="[bold]shelf serve[/]", expand=False))
@@ -115,11 +126,13 @@ def register(app: typer.Typer) -> None:
 
     @app.command("serve", rich_help_panel="Serve", cls=RemoteFlagCommand)
     def serve(
-        target: Annotated[
-            str,
+        targets: Annotated[
+            list[str],
             typer.Argument(
-                help="A model tag (name[:version]) or a service: file.py:Class / module:Class; "
-                "with --label, a model NAME."
+                help="Model tags (name[:version]) or services (file.py:Class / module:Class); "
+                "with several, each is served under /models/<name>/<api>. With --label, one "
+                "model NAME.",
+                show_default=False,
             ),
         ],
         device: Annotated[
@@ -187,6 +200,24 @@ def register(app: typer.Typer) -> None:
         access_log: Annotated[
             bool, typer.Option("--access-log", help="Log every request (costs CPU).")
         ] = False,
+        max_loaded: Annotated[
+            int | None,
+            typer.Option(
+                "--max-loaded",
+                min=1,
+                help="Keep at most N models in memory: load on first use, unload the least "
+                "recently used (default: all, loaded at start).",
+                show_default=False,
+            ),
+        ] = None,
+        workers: Annotated[
+            int,
+            typer.Option(
+                "--workers",
+                min=1,
+                help="Server processes on one port, each with every replica; dead ones are replaced.",
+            ),
+        ] = 1,
         label: Annotated[
             list[str] | None,
             typer.Option(
@@ -248,54 +279,16 @@ def register(app: typer.Typer) -> None:
                 rich_help_panel=FOLLOW_PANEL,
             ),
         ] = None,
-        workers: Annotated[
-            int,
-            typer.Option(
-                "--workers",
-                min=1,
-                help="Server processes on one port, each with every replica; dead ones are replaced.",
-            ),
-        ] = 1,
     ) -> None:
-        """Serve a stored model or a @torchshelf.service class over HTTP, batching requests."""
+        """Serve stored models or @torchshelf.service classes over HTTP, batching requests."""
         from torchshelf.config import ENV_API_TOKEN
-        from torchshelf.devices import parse_device, resolve_device
         from torchshelf.errors import ShelfError, UsageError
+        from torchshelf.serving.options import ServeOptions
 
-        try:
-            token_source = "--api-token" if api_token else None
-            if not api_token and os.environ.get(ENV_API_TOKEN):
-                api_token, token_source = os.environ[ENV_API_TOKEN], ENV_API_TOKEN
-            if metrics_auth and not api_token:
-                raise UsageError(
-                    "--metrics-auth needs a token: pass --api-token or set " + ENV_API_TOKEN
-                )
-            if device is not None:
-                parse_device(device)  # a malformed string fails before torch is imported
-            started = time.perf_counter()
-            from torchshelf.serving.app import ServeOptions
-            from torchshelf.serving.server import run_server
-            from torchshelf.serving.target import resolve_target
-
-            if device is not None:
-                device = str(resolve_device(device))
-            follow = _follow_spec(target, label, remote, watch, watch_interval, swap, canary)
-            if follow is not None and workers > 1:
-                raise UsageError(
-                    "--workers with --label is not supported yet: each worker would follow the "
-                    "label on its own; run one server per port instead"
-                )
-            following = None
-            if follow is not None:
-                from torchshelf.serving.live import prepare_following
-
-                served, following = prepare_following(follow, device)
-            else:
-                served = resolve_target(target, device)
-            if device is None and served.device != "cpu":
-                served.device = str(resolve_device(served.device))
-        except ShelfError as exc:
-            fail(exc)
+        started = time.perf_counter()
+        token_source = "--api-token" if api_token else None
+        if not api_token and os.environ.get(ENV_API_TOKEN):
+            api_token, token_source = os.environ[ENV_API_TOKEN], ENV_API_TOKEN
         options = ServeOptions(
             host=host,
             port=port,
@@ -308,28 +301,47 @@ def register(app: typer.Typer) -> None:
             metrics_auth=metrics_auth,
             access_log=access_log,
             threads=threads,
+            max_loaded=max_loaded,
         )
-        if host in ("0.0.0.0", "::", "") and not options.api_token:
-            stderr.print(
-                f"[yellow]warning:[/] binding {host or 'all interfaces'} without an API token: "
-                f"anyone who can reach this port can call the model; pass --api-token or set "
-                f"{ENV_API_TOKEN}",
-                highlight=False,
-            )
-        _banner(served, options, token_source, workers, following)
+        devices: list[str] = []
+        follow = None
+
+        def resolved(served: list[Any]) -> None:
+            devices.extend(sorted({one.device for one in served}))
+            if host in ("0.0.0.0", "::", "") and not options.api_token:
+                stderr.print(
+                    f"[yellow]warning:[/] binding {host or 'all interfaces'} without an API "
+                    "token: anyone who can reach this port can call the model; pass "
+                    f"--api-token or set {ENV_API_TOKEN}",
+                    highlight=False,
+                )
+            _banner(served, options, token_source, workers, follow)
 
         def ready() -> None:
             stderr.print(
                 f"[green]ready[/] in {time.perf_counter() - started:.1f} s "
-                f"(model loaded and warmed up on {served.device}"
+                f"(loaded and warmed up on {', '.join(devices)}"
                 + (f" in each of {workers} workers)" if workers > 1 else ")"),
                 highlight=False,
             )
 
-        if workers > 1:
-            from torchshelf.serving.workers import run_workers
+        try:
+            if metrics_auth and not api_token:
+                raise UsageError(
+                    "--metrics-auth needs a token: pass --api-token or set " + ENV_API_TOKEN
+                )
+            follow = _follow_spec(targets, label, remote, watch, watch_interval, swap, canary)
+            from torchshelf.serving.launch import serve as run
 
-            code = run_workers(target, served.device, options, workers, on_ready=ready)
-        else:
-            code = run_server(served, options, on_ready=ready, following=following)
+            code = run(
+                targets,
+                options,
+                device=device,
+                workers=workers,
+                on_resolved=resolved,
+                on_ready=ready,
+                follow=follow,
+            )
+        except ShelfError as exc:
+            fail(exc)
         raise typer.Exit(code)

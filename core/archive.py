@@ -19,14 +19,14 @@ import hashlib
 import lzma
 import os
 import secrets
-import shutil
 import tarfile
 import time
 import zlib
 from pathlib import Path
 from typing import IO, Any
 
-from .errors import AlreadyExists, ArchiveError, IntegrityError, ManifestError
+from .diskspace import ensure_free, is_disk_full, store_full
+from .errors import AlreadyExists, ArchiveError, IntegrityError, ManifestError, UsageError
 from .manifest import MANIFEST, HashingWriter, Manifest, Progress, check_relpath, parse_manifest
 from .store import Store, now_iso
 from .tag import Tag, validate_name, validate_version
@@ -125,12 +125,35 @@ class _HashingReader:
         return data
 
 
-def export_model(store: Store, tag: object, path: Path, progress: Progress | None = None) -> Path:
+ARCHIVE_SUFFIX = ".shelf"
+
+
+def archive_path(path: str | os.PathLike[str], name: str, version: str) -> Path:
+    """Where `export` writes: into a directory as `<name>-<version>.shelf`, else `path`, with
+    `.shelf` added when it has no extension (BentoML's rules, with its `.bentomodel`)."""
+    text = os.fspath(path)
+    if not text:
+        raise UsageError("export needs a file or directory to write to")
+    target = Path(text).expanduser()
+    if text.endswith(("/", os.sep)) or target.is_dir():
+        if not target.is_dir():
+            raise UsageError(f"directory {text!r} does not exist; create it first")
+        return target / f"{name}-{version}{ARCHIVE_SUFFIX}"
+    if not target.suffix:
+        target = target.with_name(target.name + ARCHIVE_SUFFIX)
+    if not target.parent.is_dir():
+        raise UsageError(f"directory {str(target.parent)!r} does not exist; create it first")
+    return target
+
+
+def export_model(
+    store: Store, tag: object, path: str | os.PathLike[str], progress: Progress | None = None
+) -> Path:
     """Write one version to `path` as a tar; the file appears only when complete and verified."""
     manifest = store.resolve(tag)
     vdir = store.version_dir(manifest.name, manifest.version)
     store.check(manifest)
-    path = Path(path)
+    path = archive_path(path, manifest.name, manifest.version)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     prefix = f"{manifest.name}/{manifest.version}"
     try:
@@ -188,6 +211,7 @@ def import_model(
     except (*_READ_ERRORS, OSError) as exc:
         raise ArchiveError(f"{path} is not a readable tar archive: {exc}") from None
     staging: Path | None = None
+    needed: int | None = None
     try:
         with tar:
             members = iter(tar)
@@ -213,10 +237,8 @@ def import_model(
                     f"{path}: the version holds {total} bytes, over the import limit "
                     f"({ENV_MAX_IMPORT}={_max_import_bytes()})"
                 )
-            store.root.mkdir(parents=True, exist_ok=True)
-            free = shutil.disk_usage(store.root).free
-            if total > free:
-                raise ArchiveError(f"{path}: needs {total} bytes but the store has {free} free")
+            needed = total
+            ensure_free(store.root, total, f"importing {name}:{version} from {path.name}")
             if store.version_dir(name, version).exists():
                 raise AlreadyExists(f"model {name}:{version} already exists in {store.root}")
             staging = store.stage()
@@ -276,6 +298,13 @@ def import_model(
             return result
     except _READ_ERRORS as exc:
         raise ArchiveError(f"{path}: corrupt archive: {exc}") from None
+    except OSError as exc:
+        if not is_disk_full(exc):
+            raise
+        if staging is not None:  # cleaned first, so the message reports the real free space
+            store.discard(staging)
+            staging = None
+        raise store_full(store.root, f"importing {path.name}", needed) from None
     finally:
         tar.fileobj.close()  # type: ignore[union-attr]
         if staging is not None:

@@ -22,6 +22,7 @@ __all__ = [
     "ArchiveError",
     "UsageError",
     "RemoteError",
+    "StoreFull",
 ]
 
 
@@ -96,3 +97,17 @@ class ArchiveError(ShelfError):
 
 class RemoteError(ShelfError):
     """The remote store is not configured, not reachable, or refused the request."""
+
+
+class StoreFull(ShelfError):
+    """The store's filesystem has too little free space for a write; nothing was committed.
+
+    `root` is the store, `needed` the bytes the operation needed (None when unknown) and `free`
+    the bytes free once the failed write had been cleaned up.
+    """
+
+    def __init__(self, message: str, root: str, needed: int | None, free: int) -> None:
+        super().__init__(message)
+        self.root = root
+        self.needed = needed
+        self.free = free

@@ -37,6 +37,8 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from .diskspace import is_disk_full
+
 SCHEMA = 1
 DIRTY = "dirty-"
 
@@ -174,7 +176,7 @@ class StoreIndex:
         """
         rows = self.read(name)
         self.dir.mkdir(parents=True, exist_ok=True)
-        _write_atomic(self.dir / f"{name}.gen", DIRTY + os.urandom(8).hex(), durable=True)
+        self._mark_dirty(name)
         if rows is None:
             rows = self._scan(name)
         try:
@@ -183,4 +185,26 @@ class StoreIndex:
             with contextlib.suppress(Exception):
                 self._commit(name, self._scan(name))
             raise
-        self._commit(name, rows)
+        try:
+            self._commit(name, rows)
+        except OSError as exc:
+            if not is_disk_full(exc):
+                raise
+            # The change itself is done; the name stays dirty (or unmarked), so readers rescan
+            # until a writer with room rewrites the index.
+
+    def _mark_dirty(self, name: str) -> None:
+        gen = self.dir / f"{name}.gen"
+        try:
+            _write_atomic(gen, DIRTY + os.urandom(8).hex(), durable=True)
+        except OSError as exc:
+            if not is_disk_full(exc):
+                raise
+            # A full disk has no room for the mark; no generation file at all makes every
+            # reader rescan just as surely, and removing one needs no space.
+            gen.unlink(missing_ok=True)
+            fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)

@@ -298,14 +298,18 @@ def read_manifest_sums(version_dir: Path) -> set[str] | None:
 def write_manifest_sums(version_dir: Path, digests: list[str], *, fsync: bool = True) -> None:
     """Atomically replace `.manifest.sha256` with `digests`."""
     tmp = version_dir / f"{MANIFEST_SUM}.{os.getpid()}.{threading.get_ident()}.tmp"
-    tmp.write_text("".join(f"{d}\n" for d in digests))
-    if fsync:
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    os.replace(tmp, version_dir / MANIFEST_SUM)
+    try:
+        tmp.write_text("".join(f"{d}\n" for d in digests))
+        if fsync:
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        os.replace(tmp, version_dir / MANIFEST_SUM)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # e.g. a full disk: the old sums file is untouched
+        raise
 
 
 def read_stat_cache(version_dir: Path) -> dict[str, list[int]]:

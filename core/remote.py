@@ -53,7 +53,6 @@ import builtins
 import collections
 import contextlib
 import json
-import shutil
 import time
 from collections.abc import Awaitable, Iterable, Iterator
 from dataclasses import dataclass
@@ -61,6 +60,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from . import config, selectors
+from .diskspace import ensure_free, is_disk_full, store_full, translate_full
 from .errors import (
     AlreadyExists,
     IntegrityError,
@@ -234,6 +234,8 @@ class Remote:
                 f"{self.url}: access denied ({exc}); check your AWS credentials"
             ) from None
         except Exception as exc:
+            if is_disk_full(exc):
+                raise  # the local disk, not the remote: the caller names the store
             name = type(exc).__name__
             if name in ("NoCredentialsError", "PartialCredentialsError"):
                 raise RemoteError(
@@ -651,13 +653,10 @@ class Remote:
                     f"delete the local copy (`shelf delete {name}:{version}`) to pull it"
                 )
             return Transfer(Tag(name, version), "unchanged", 0, time.perf_counter() - started)
-        store.root.mkdir(parents=True, exist_ok=True)
-        free = shutil.disk_usage(store.root).free
-        if manifest.size > free:
-            raise RemoteError(
-                f"{name}:{version} needs {manifest.size} bytes but {store.root} has {free} free"
-            )
-        staging = store.stage()
+        what = f"pulling {name}:{version}"
+        ensure_free(store.root, manifest.size, what)
+        with translate_full(store.root, what, manifest.size):
+            staging = store.stage()
         committed = False
         try:
 
@@ -693,6 +692,12 @@ class Remote:
                     raise
                 return Transfer(Tag(name, version), "unchanged", 0, time.perf_counter() - started)
             committed = True
+        except BaseException as exc:
+            if not committed and is_disk_full(exc):
+                store.discard(staging)  # first, so the message reports the real free space
+                committed = True  # nothing left for the finally below to discard
+                raise store_full(store.root, what, manifest.size) from None
+            raise
         finally:
             if not committed:
                 store.discard(staging)

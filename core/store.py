@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import selectors
+from .diskspace import remove_quietly, translate_full
 from .errors import (
     AlreadyExists,
     IntegrityError,
@@ -309,6 +310,8 @@ class Store:
     def stage(self) -> Path:
         """A fresh staging directory on the store's filesystem; cleans dead writers' leftovers."""
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        # made now, while there is room: a delete on a full disk needs it (a mkdir takes a block)
+        self.trash_dir.mkdir(exist_ok=True)
         self._collect_dead_staging()
         import socket
 
@@ -374,12 +377,16 @@ class Store:
         vdir = self.version_dir(manifest.name, manifest.version)
         data = manifest.to_json()
         tmp = vdir / f".{MANIFEST}.{os.urandom(4).hex()}.tmp"
-        tmp.write_bytes(data)
-        fd = os.open(tmp, os.O_RDONLY)
         try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+            tmp.write_bytes(data)
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except BaseException:
+            remove_quietly(tmp)  # e.g. a full disk: the old manifest is untouched
+            raise
         new = manifest_digest(data)
         old = read_manifest_sums(vdir)
         if old is not None:
@@ -394,7 +401,11 @@ class Store:
         """Add/overwrite `labels` and drop `remove` keys on one version, under the name lock."""
         check_labels(labels)
         target = self.resolve(tag)
-        with self.lock(target.name), self.index.changing(target.name) as rows:
+        with (
+            self.lock(target.name),
+            translate_full(self.root, f"labelling {target.name}:{target.version}"),
+            self.index.changing(target.name) as rows,
+        ):
             manifest = self.read_manifest(target.name, target.version)
             for key in remove:
                 manifest.labels.pop(key, None)
@@ -410,8 +421,13 @@ class Store:
             origin = self.origin(manifest.name, manifest.version)
             origin.update(trusted=True, trusted_at=now_iso())
             tmp = vdir / f"{ORIGIN}.{os.urandom(4).hex()}.tmp"
-            tmp.write_text(json.dumps(origin))
-            os.replace(tmp, vdir / ORIGIN)
+            with translate_full(self.root, f"trusting {manifest.name}:{manifest.version}"):
+                try:
+                    tmp.write_text(json.dumps(origin))
+                    os.replace(tmp, vdir / ORIGIN)
+                except BaseException:
+                    remove_quietly(tmp)
+                    raise
         return manifest
 
     def delete(self, tag: object) -> builtins.list[Tag]:
@@ -436,7 +452,8 @@ class Store:
                     ]
                 except FileNotFoundError:
                     raise NotFound(f"model {name!r} not found; see `shelf list`") from None
-            self.trash_dir.mkdir(parents=True, exist_ok=True)
+            with translate_full(self.root, f"deleting {tag}"):
+                self.trash_dir.mkdir(parents=True, exist_ok=True)
             doomed = []
             for v in versions:
                 dest = self.trash_dir / f"{name}.{v}.{os.urandom(6).hex()}"

@@ -312,8 +312,9 @@ def _promote_and_follow(server: Server, load: Load, d: Delivery, v: str, tampere
     wait_for(lambda: load.seen(v), 60, f"the header to flip to {v}")
     st = server.status()
     assert st["version"] == v
-    # Within two intervals: the swap began at one of the next two checks after the promotion.
-    assert before["checks"] <= st["primary"]["since_check"] <= before["checks"] + 2, (before, st)
+    # Within two intervals: the check that swapped it in is at most the second one after the
+    # promotion returned (it may also be one that ran while `shelf label` was exiting).
+    assert st["primary"]["since_check"] <= before["checks"] + 2, (before, st)
 
 
 def _hundred_swaps(server: Server, _load: Load, d: Delivery, a: str, b: str) -> list[int]:
@@ -499,39 +500,48 @@ def test_a_canary_gets_its_share_and_every_answer_names_its_version(tmp_path: Pa
 def test_a_swap_on_cuda_gives_the_old_versions_memory_back(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """CUDA memory: one version before, two during the swap (built beside), one after."""
+    """CUDA memory: one version before, two at the peak (built beside), one after the swap."""
+    import asyncio
+
     import torch
 
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
     from torchshelf.serving.follow import parse_selection
     from torchshelf.serving.live import FollowSpec, prepare_following
+    from torchshelf.serving.options import ServeOptions
+    from torchshelf.serving.registry import ModelRegistry
 
     store = Store(tmp_path / "store")
     monkeypatch.setenv("TORCHSHELF_HOME", str(store.root))
     pad = 1 << 24  # 64 MiB per version
     save_scaled(store, 1.0, pad=pad, labels={"stage": "production"})
     b = save_scaled(store, 2.0, pad=pad)
-    spec = FollowSpec(parse_selection("clf", ["stage=production"]))
-    served, following = prepare_following(spec, "cuda")
-    following.live.endpoints = served.endpoints
-    following.start()
-    before = torch.cuda.memory_allocated()
-    torch.cuda.reset_peak_memory_stats()
-    store.set_labels(f"clf:{b}", {"stage": "production"})
-    assert following.follower.check() == ["primary:ok"]
-    during, after = torch.cuda.max_memory_allocated(), torch.cuda.memory_allocated()
-    assert during >= before + pad * 4  # the new version was built beside the old one
+    served, following = prepare_following(
+        FollowSpec(parse_selection("clf", ["stage=production"])), "cuda"
+    )
+    registry = ModelRegistry([served], ServeOptions())
+
+    async def main() -> tuple[int, int, int, Any]:
+        loop = asyncio.get_running_loop()
+        await registry.start()
+        following.attach(registry, loop)
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        store.set_labels(f"clf:{b}", {"stage": "production"})
+        assert await loop.run_in_executor(None, following.follower.check) == ["primary:ok"]
+        await loop.run_in_executor(registry._loader, lambda: None)  # the release has run
+        peak, after = torch.cuda.max_memory_allocated(), torch.cuda.memory_allocated()
+        res = await registry.infer("clf", "predict", {"inputs": torch.ones(1, 4)}, 1)
+        registry.close()
+        return before, peak, after, res
+
+    before, peak, after, res = asyncio.run(main())
+    print(
+        f"CUDA memory_allocated: before {before >> 20} MiB, peak during the swap "
+        f"{peak >> 20} MiB, after {after >> 20} MiB"
+    )
+    assert peak >= before + pad * 4  # the new version was built beside the old one
     assert after < before + pad  # and the old one's memory went back
-    from torchshelf.serving.target import Call
-
-    out = following.live.runner("predict")([_routed(Call({"inputs": torch.ones(1, 4)}))])
-    assert out[0].version == b and out[0].value.tolist() == [[8.0] * 4]
-    following.live.release()
-    assert torch.cuda.memory_allocated() < before - pad * 3
-
-
-def _routed(call: Any) -> Any:
-    from torchshelf.serving.live import Routed
-
-    return Routed(call)
+    assert res.version == b and res.value.tolist() == [[8.0] * 4]

@@ -185,3 +185,82 @@ def test_apis_share_one_worker_with_one_batch_in_flight() -> None:
         batcher.close()
 
     asyncio.run(main())
+
+
+def test_queues_take_turns_so_one_backlog_does_not_starve_another() -> None:
+    async def main() -> None:
+        order: list[str] = []
+        gate = threading.Event()
+        entered = threading.Event()
+
+        def run(tag: str) -> Any:
+            def batch(payloads: list[Any]) -> list[Any]:
+                order.append(tag)
+                entered.set()
+                gate.wait(10)
+                return payloads
+
+            return batch
+
+        batcher = Batcher(
+            [QueueSpec("a", run("a"), batchable=False), QueueSpec("b", run("b"), batchable=False)]
+        )
+        backlog = [batcher.submit("a", i) for i in range(10)]
+        await _until(entered)  # a's first request is running; nine more of a's wait
+        late = batcher.submit("b", 99)
+        gate.set()
+        await asyncio.gather(late, *backlog)
+        assert order[:3] == ["a", "b", "a"]  # b goes next, not after a's whole backlog
+        batcher.close()
+
+    asyncio.run(main())
+
+
+def test_a_queue_measured_below_inline_max_runs_on_the_loop_and_a_slow_one_never_does() -> None:
+    async def main() -> None:
+        threads: dict[str, list[str]] = {"tiny": [], "slow": []}
+
+        def run(tag: str, seconds: float) -> Any:
+            def batch(payloads: list[Any]) -> list[Any]:
+                threads[tag].append(threading.current_thread().name)
+                if seconds:
+                    threading.Event().wait(seconds)
+                return payloads
+
+            return batch
+
+        batcher = Batcher(
+            [QueueSpec("tiny", run("tiny", 0)), QueueSpec("slow", run("slow", 0.02))],
+            inline_max_s=0.01,
+        )
+        for i in range(4):
+            assert await batcher.submit("tiny", i) == i
+            assert await batcher.submit("slow", i) == i
+        loop_thread = threading.current_thread().name
+        # The first tiny batch is measured on the worker; after that it runs on the loop.
+        assert threads["tiny"][0] != loop_thread
+        assert threads["tiny"][1:] == [loop_thread] * 3
+        assert loop_thread not in threads["slow"]
+        batcher.close()
+
+    asyncio.run(main())
+
+
+def test_after_running_waits_for_the_batch_in_flight() -> None:
+    async def main() -> None:
+        rec = Recorder()
+        rec.gate.clear()
+        batcher = Batcher([QueueSpec("q", rec)])
+        calls: list[str] = []
+        batcher.after_running(lambda: calls.append("idle"))  # nothing running: at once
+        assert calls == ["idle"]
+        fut = batcher.submit("q", 1)
+        await _until(rec.entered)
+        batcher.after_running(lambda: calls.append("after"))
+        assert calls == ["idle"]
+        rec.gate.set()
+        assert await fut == 10
+        assert calls == ["idle", "after"]
+        batcher.close()
+
+    asyncio.run(main())

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import UsageError
+from ..signature import batch_dims
 from .report import (
     BenchReport,
     LatencyStats,
@@ -121,7 +122,7 @@ def input_spec_from_signatures(
     if not isinstance(spec, dict) or not isinstance(spec.get("shape"), (list, tuple)):
         return None
     shape = [int(d) for d in spec["shape"]]
-    batch_dim = int(sig.get("batch_dim", 0)) if sig.get("batchable", True) else None
+    batch_dim = batch_dims(sig.get("batch_dim", 0))[0] if sig.get("batchable", True) else None
     if batch_dim is None:
         # Not batchable: the stored shape is the shape of the one input; bench adds no batch dim
         # of its own, so only batch size 1 makes sense and we model it as a leading dim of 1.

@@ -14,7 +14,12 @@ Policy, in the order it is applied when the worker is free:
   only while requests keep arriving (an arrival expected within the recent inter-arrival gap),
   never longer than `max_latency_ms` counted from the first queued request, and never past any
   queued request's deadline;
-- a full batch (`max_batch_size` rows; a request carrying k rows counts as k) goes at once.
+- a full batch (`max_batch_size` rows; a request carrying k rows counts as k) goes at once;
+- queues take turns: the one served longest ago goes first, so one queue's backlog (one model,
+  or one api) never starves another's;
+- a batch whose queue's measured compute time is below `inline_max_s` runs on the event loop
+  itself: for a tiny model the handoff to the worker thread costs more than the forward pass. A
+  queue starts on the worker, so a big model is measured there and never blocks the loop.
 
 If a batch raises, it is split in halves and re-run until the failing requests are isolated, so
 the others still get their answers and each bad item gets its own error.
@@ -111,6 +116,7 @@ class _Queue:
     compute_ewma: float = 0.0  # seconds per batch, 0 until measured
     gap_ewma: float = 0.0  # seconds between arrivals
     last_arrival: float = 0.0
+    turn: int = 0  # when this queue was last dispatched (a counter), for taking turns
 
 
 class Batcher:
@@ -134,6 +140,7 @@ class Batcher:
         default_timeout: float = 30.0,
         fill_wait: bool = True,
         thread_name: str = "torchshelf-worker",
+        inline_max_s: float = 0.0,
     ) -> None:
         self._queues: dict[str, _Queue] = {q.name: _Queue(q) for q in queues}
         self._own_executor = executor is None
@@ -141,6 +148,9 @@ class Batcher:
         self._observer: BatchObserver = observer or _NullObserver()
         self._timeout = default_timeout
         self._fill_wait = fill_wait
+        self._inline_max_s = inline_max_s
+        self._turns = 0
+        self._after_batch: list[Callable[[], None]] = []
         self._busy = False
         self._pending = False
         self._closing = False
@@ -157,6 +167,30 @@ class Batcher:
     def depth(self, queue: str) -> int:
         """Rows waiting in `queue` (not counting the batch in flight)."""
         return self._queues[queue].rows
+
+    def add_queue(self, spec: QueueSpec) -> None:
+        """Add a queue (a model loaded after start); replacing a queue keeps its waiting items."""
+        q = self._queues.get(spec.name)
+        if q is None:
+            self._queues[spec.name] = _Queue(spec)
+        else:
+            q.spec = spec
+
+    @property
+    def running(self) -> bool:
+        """True while a batch is on the worker thread."""
+        return self._busy
+
+    def after_running(self, callback: Callable[[], None]) -> None:
+        """Call `callback` (on the loop) once the batch now running, if any, has finished.
+
+        A slot swap uses it: batches dispatched from now on read the new version, so the old one
+        can be released when this returns.
+        """
+        if self._busy:
+            self._after_batch.append(callback)
+        else:
+            callback()
 
     def submit(
         self, queue: str, payload: Any, rows: int = 1, timeout: float | None = None
@@ -230,9 +264,14 @@ class Batcher:
         return max(1.0, round(batches * (q.compute_ewma or 0.01) + 0.5))
 
     def _pick(self) -> _Queue | None:
+        """The non-empty queue served longest ago (the oldest head among equals)."""
         best: _Queue | None = None
         for q in self._queues.values():
-            if q.items and (best is None or q.items[0].enqueued < best.items[0].enqueued):
+            if q.items and (
+                best is None
+                or q.turn < best.turn
+                or (q.turn == best.turn and q.items[0].enqueued < best.items[0].enqueued)
+            ):
                 best = q
         return best
 
@@ -321,10 +360,24 @@ class Batcher:
         if not batch:
             self._schedule()
             return
-        self._busy = True
+        self._turns += 1
+        q.turn = self._turns
         waits = [now - r.enqueued for r in batch]
         payloads = [r.payload for r in batch]
         assert self._loop is not None
+        if q.compute_ewma and q.compute_ewma < self._inline_max_s:
+            # Cheaper here than a thread handoff; the next batch waits for the loop's next turn,
+            # so a backlog of tiny batches never holds the loop for long.
+            outcomes, compute_s = _run_isolating(spec.run, payloads)
+            self._complete(q, batch, rows, waits, outcomes, compute_s)
+            if any(x.items for x in self._queues.values()):
+                if not self._pending:
+                    self._pending = True
+                    self._loop.call_soon(self._deferred)
+            else:
+                self._idle.set()
+            return
+        self._busy = True
         task = self._loop.run_in_executor(self._executor, _run_isolating, spec.run, payloads)
         task.add_done_callback(lambda t: self._finish(q, batch, rows, waits, t))
 
@@ -341,6 +394,22 @@ class Batcher:
             outcomes, compute_s = task.result()
         except BaseException as exc:  # the executor itself failed (e.g. shut down)
             outcomes, compute_s = [(False, exc)] * len(batch), 0.0
+        self._complete(q, batch, rows, waits, outcomes, compute_s)
+        if self._after_batch:
+            callbacks, self._after_batch = self._after_batch, []
+            for callback in callbacks:
+                callback()
+        self._schedule()
+
+    def _complete(
+        self,
+        q: _Queue,
+        batch: list[_Request],
+        rows: int,
+        waits: list[float],
+        outcomes: list[tuple[bool, Any]],
+        compute_s: float,
+    ) -> None:
         q.compute_ewma = compute_s if not q.compute_ewma else 0.7 * q.compute_ewma + 0.3 * compute_s
         for req, (ok, value) in zip(batch, outcomes, strict=False):
             fut = req.future
@@ -351,7 +420,6 @@ class Batcher:
             else:
                 fut.set_exception(value)
         self._observer.batch(q.spec.name, rows, waits, compute_s)
-        self._schedule()
 
 
 def _run_isolating(run: BatchFn, payloads: list[Any]) -> tuple[list[tuple[bool, Any]], float]:

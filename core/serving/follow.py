@@ -400,11 +400,13 @@ class Follower:
         """Check at once (the SIGHUP handler; safe to call from a signal handler)."""
         self._wake.set()
 
-    def start(self) -> None:
-        """Check every `interval` seconds on a daemon thread until `stop()`."""
+    def start(self, *, once: bool = False) -> None:
+        """Check every `interval` seconds on a daemon thread until `stop()` (`once`: check one
+        time at once, e.g. to load the canary of a server that does not watch)."""
         if self._thread is not None:
             return
-        self._thread = threading.Thread(target=self._run, name="torchshelf-follow", daemon=True)
+        target = self._check_logged if once else self._run
+        self._thread = threading.Thread(target=target, name="torchshelf-follow", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
@@ -413,10 +415,13 @@ class Follower:
             self._wake.clear()
             if self._stop.is_set():
                 return
-            try:
-                self.check()
-            except Exception as exc:  # never let the watcher die: the server keeps serving
-                self._warn(f"watching {self.selections[PRIMARY]} failed: {exc!r}")
+            self._check_logged()
+
+    def _check_logged(self) -> None:
+        try:
+            self.check()
+        except Exception as exc:  # never let the watcher die: the server keeps serving
+            self._warn(f"watching {self.selections[PRIMARY]} failed: {exc!r}")
 
     def stop(self, timeout: float | None = 10.0) -> None:
         self._stop.set()

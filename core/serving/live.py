@@ -1,24 +1,24 @@
-"""The versions a followed model serves (`shelf serve NAME --label ...`): load, warm up, swap.
+"""Serving a followed label (`shelf serve NAME --label ...`): build versions, swap them in.
 
-`LiveModel` holds one `LiveSlot` per role (the primary selection, and the canary when there is
-one) and is what the batch queues run: each request is routed to a role when it arrives
-(`route`), and `run` computes every request of a batch wholly on the version its role's slot
-held when the batch started, returning each result tagged with that version (`Versioned`), so
-responses can say which version computed them.
+The registry slot of NAME holds the live `LoadedModel` (and, with `--canary`, a second one);
+this module connects it to the `Follower` (follow.py), which decides *which* version to serve:
 
-`apply(role, manifest)` is the `Follower`'s callback: it builds a `LoadedVersion` (load, then
-warm up, each failure a `VersionFailed` naming its stage) and swaps it in with `swap_live` or
-`swap_drain`; the old version is released once its last batch has finished.
+- `build_version` loads a version from the local store onto the slot's device, then warms it up,
+  each failure a `VersionFailed` naming its stage, and returns a `LoadedModel` ready to swap in;
+- `Following.apply` is the follower's callback (it runs on the follower's thread): it builds the
+  new version there, beside the old one, then asks the event loop to swap it into the slot
+  (`ModelRegistry.swap`: new batches take it, the batch running finishes on the old one, which
+  is released after it) or, with `--swap drain`, to drain the slot, release the old version and
+  only then build the new one (`ModelRegistry.drain_swap`);
+- `prepare_following` evaluates the selection before the server binds.
 """
 
 from __future__ import annotations
 
-import gc
+import asyncio
 import sys
-import threading
-import weakref
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from ..errors import UsageError
@@ -33,87 +33,33 @@ from .follow import (
     LocalSource,
     RemoteSource,
     Selection,
-    SwapCounts,
     VersionFailed,
 )
-from .swap import LiveSlot, swap_drain, swap_live
-from .target import Call, Endpoint, Served, make_runner
+from .loaded import LoadedModel
+from .target import Endpoint, Served
 
 if TYPE_CHECKING:
     from prometheus_client.core import Metric
 
     from ..manifest import Manifest
     from ..store import Store
+    from .app import ServeApp
+    from .options import ServeOptions
+    from .protocol import HandlerFactory
+    from .registry import ModelRegistry
 
 __all__ = [
     "FollowCollector",
     "FollowSpec",
     "Following",
-    "LiveModel",
-    "LoadedVersion",
-    "Routed",
-    "Versioned",
-    "load_version",
+    "build_version",
     "prepare_following",
+    "serve_label",
 ]
-
-
-@dataclass(frozen=True)
-class Routed:
-    """A queued request and the role (primary or canary) it was routed to on arrival."""
-
-    call: Call
-    role: str = PRIMARY
-
-
-@dataclass(frozen=True)
-class Versioned:
-    """One request's result and the version that computed it."""
-
-    value: Any
-    version: str
-
-
-@dataclass
-class LoadedVersion:
-    """One loaded, warmed-up version: the callable of each api and its batch runners."""
-
-    version: str
-    device: str
-    fns: dict[str, Callable[..., Any]]
-    runners: dict[str, Callable[[list[Call]], Sequence[Any]]]
-    model: Any = None
-
-    def release(self) -> None:
-        """Drop every reference to the module and free its memory (CUDA's cache too).
-
-        Reference counting frees the tensors at once; a full `gc.collect()` (~0.2 s of GIL with
-        torch loaded, felt by every request in flight) runs only if a reference cycle kept the
-        module alive.
-        """
-        alive = _weak(self.model)
-        self.fns.clear()
-        self.runners.clear()
-        self.model = None
-        if alive() is not None:
-            gc.collect()
-        if self.device.startswith("cuda"):
-            import torch
-
-            torch.cuda.empty_cache()
-
-
-def _weak(obj: Any) -> Callable[[], Any]:
-    try:
-        return weakref.ref(obj)
-    except TypeError:  # None, or an object without weak references
-        return lambda: None
 
 
 def _api_methods(ref: Any, endpoints: Sequence[Endpoint]) -> dict[str, tuple[str, Endpoint]]:
     """api name -> (model method, the served endpoint with this version's input spec)."""
-    from dataclasses import replace
-
     from .codecs import Param, TensorSpec
 
     served = {ep.name: ep for ep in endpoints}
@@ -134,16 +80,18 @@ def _api_methods(ref: Any, endpoints: Sequence[Endpoint]) -> dict[str, tuple[str
     return out
 
 
-def load_version(
-    store: Store, manifest: Manifest, endpoints: Sequence[Endpoint], device: str
-) -> LoadedVersion:
-    """Load `manifest` onto `device` and warm every api up; its apis must be the served ones."""
+def build_version(
+    store: Store, manifest: Manifest, served: Served, endpoints: Sequence[Endpoint]
+) -> LoadedModel:
+    """Load `manifest` onto `served.device` and warm every api up; its apis must be the served
+    ones. The answer carries this version's name (`X-Model-Version`)."""
     from ..model import Model
     from .target import _positional, _warm_up
 
     tag = f"{manifest.name}:{manifest.version}"
     ref = Model(store, manifest)
     apis = _api_methods(ref, endpoints)
+    device = served.device
     try:
         model = ref.load_model(device_id=device)
         fns = {}
@@ -154,117 +102,17 @@ def load_version(
             fns[name] = _positional(fn)
     except Exception as exc:
         raise VersionFailed("load", tag, exc) from exc
+    del model
+    version = replace(served, version=manifest.version, title=tag)
+    loaded = LoadedModel(version, endpoints, fns)
     try:
         for name, fn in fns.items():
             _warm_up(fn, apis[name][1], device)
     except Exception as exc:
-        LoadedVersion(manifest.version, device, fns, {}, model).release()
+        fns.clear()
+        loaded.release()
         raise VersionFailed("warmup", tag, exc) from exc
-    runners = {ep.name: make_runner(ep, fns[ep.name], device) for ep in endpoints}
-    return LoadedVersion(manifest.version, device, fns, runners, model)
-
-
-@dataclass
-class LiveModel:
-    """The primary (and canary) versions of one followed model, swapped as the follower says."""
-
-    name: str
-    store: Store
-    endpoints: Sequence[Endpoint]
-    device: str
-    swap: str = "live"
-    canary_percent: float | None = None
-    counts: SwapCounts = field(default_factory=SwapCounts)
-    wait_s: float = 30.0
-    slots: dict[str, LiveSlot[LoadedVersion]] = field(default_factory=dict)
-    follower: Follower | None = None
-
-    def __post_init__(self) -> None:
-        self.slots = {PRIMARY: LiveSlot(), CANARY: LiveSlot()}
-        self._split = CanarySplit(self.canary_percent) if self.canary_percent else None
-        self._manifests: dict[str, Manifest] = {}
-        self._swap_lock = threading.Lock()
-
-    # --- serving ----------------------------------------------------------------------------
-
-    def route(self) -> str:
-        """The role the next request goes to: the canary's share, when a canary is live."""
-        split = self._split
-        if split is not None and self.slots[CANARY].current() is not None and split.take():
-            return CANARY
-        return PRIMARY
-
-    def runner(self, api: str) -> Callable[[list[Routed]], list[Versioned]]:
-        """The batch function of `api`: each role's requests run on that role's version."""
-
-        def run(payloads: list[Routed]) -> list[Versioned]:
-            roles = {p.role for p in payloads}
-            if len(roles) == 1:
-                return self._run_on(roles.pop(), api, [p.call for p in payloads])
-            out: list[Versioned | None] = [None] * len(payloads)
-            for role in roles:
-                idx = [i for i, p in enumerate(payloads) if p.role == role]
-                results = self._run_on(role, api, [payloads[i].call for i in idx])
-                for i, res in zip(idx, results, strict=True):
-                    out[i] = res
-            return out  # type: ignore[return-value]
-
-        return run
-
-    def _run_on(self, role: str, api: str, calls: list[Call]) -> list[Versioned]:
-        slot = self.slots[role]
-        if role == CANARY and slot.current() is None:
-            slot = self.slots[PRIMARY]  # the canary went away after routing
-        with slot.use(self.wait_s) as loaded:
-            results = loaded.runners[api](calls)
-            return [Versioned(r, loaded.version) for r in results]
-
-    def live_versions(self) -> dict[str, str]:
-        """role -> the version serving it now (a role being drain-swapped is absent)."""
-        return {role: v.version for role, slot in self.slots.items() if (v := slot.current())}
-
-    def call_direct(self, api: str) -> Callable[..., Any]:
-        """The live primary callable of a non-batched async api (services only; unused here)."""
-        loaded = self.slots[PRIMARY].current()
-        if loaded is None:
-            raise RuntimeError("no version is live")
-        return loaded.fns[api]
-
-    # --- swapping ---------------------------------------------------------------------------
-
-    def apply(self, role: str, manifest: Manifest) -> None:
-        """Load, warm up and swap `manifest` in for `role` (the `Follower` callback)."""
-        with self._swap_lock:
-            slot = self.slots[role]
-
-            def build() -> LoadedVersion:
-                return load_version(self.store, manifest, self.endpoints, self.device)
-
-            old = self._manifests.get(role)
-            if self.swap == "drain" and slot.current() is not None and old is not None:
-                print(
-                    f"torchshelf: draining {self.name}:{old.version} before loading "
-                    f"{manifest.version}; requests queue meanwhile (up to their timeout)",
-                    file=sys.stderr,
-                    flush=True,
-                )
-                swap_drain(
-                    slot,
-                    build,
-                    lambda: load_version(self.store, old, self.endpoints, self.device),
-                    LoadedVersion.release,
-                )
-            else:
-                swap_live(slot, build, LoadedVersion.release)
-            self._manifests[role] = manifest
-
-    def release(self) -> None:
-        """Release every loaded version (server shutdown)."""
-        for slot in self.slots.values():
-            loaded = slot.hold()
-            if loaded is not None:
-                loaded.release()
-            slot.clear_if_held()
+    return loaded
 
 
 @dataclass(frozen=True)
@@ -279,37 +127,83 @@ class FollowSpec:
     swap: str = "live"
 
 
-@dataclass
 class Following:
-    """A followed model ready to serve: the first version chosen, nothing loaded yet."""
+    """A followed model: its follower, and how the versions it chooses are swapped in.
 
-    spec: FollowSpec
-    live: LiveModel
-    follower: Follower
-    first: Manifest
+    `first` is the version to serve at start (already pulled and verified); the registry loads
+    it like any target. Once the server is ready, `attach` hands over the registry and its event
+    loop; from then on `apply` (the follower's callback, on the follower's thread) builds each new
+    version on that thread and swaps it in on the loop.
+    """
 
-    def start(self) -> None:
-        """Load the first version (a failure fails the server), then evaluate the canary."""
-        self.live.apply(PRIMARY, self.first)
-        self.follower.live[PRIMARY] = self.first.version
+    def __init__(self, spec: FollowSpec, store: Store, source: LocalSource) -> None:
+        self.spec = spec
+        self.store = store
+        self.follower = Follower(
+            source, spec.selection, self.apply, canary=spec.canary, interval=spec.interval
+        )
+        self.first = self.follower.start_version()
+        self.manifests: dict[str, Manifest] = {PRIMARY: self.first}
+        self.registry: ModelRegistry | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def name(self) -> str:
+        return self.spec.selection.name
+
+    def attach(self, registry: ModelRegistry, loop: asyncio.AbstractEventLoop) -> None:
+        """Called on the loop once the first version is live: swaps can start."""
+        self.registry, self.loop = registry, loop
+        slot = registry.slot(self.name)
         if self.spec.canary is not None:
-            self.follower.check()
+            slot.split = CanarySplit(self.spec.canary.percent)
+        self.follower.live[PRIMARY] = slot.version
+
+    def apply(self, role: str, manifest: Manifest) -> None:
+        """The follower's callback: build `manifest` and make it `role`'s live version."""
+        registry, loop = self.registry, self.loop
+        if registry is None or loop is None:
+            raise RuntimeError("the server is not running yet")
+        slot = registry.slot(self.name)
+
+        def build(m: Manifest = manifest) -> LoadedModel:
+            return build_version(self.store, m, slot.served, slot.endpoints)
+
+        old = self.manifests.get(role)
+        if self.spec.swap == "drain" and role == PRIMARY and old is not None:
+            print(
+                f"torchshelf: draining {self.name}:{old.version} before loading "
+                f"{manifest.version}; requests queue meanwhile (up to their timeout)",
+                file=sys.stderr,
+                flush=True,
+            )
+            drain = registry.drain_swap(self.name, build, lambda: build(old))
+            asyncio.run_coroutine_threadsafe(drain, loop).result()
+        else:
+            new = build()  # on this thread, beside the old version
+
+            async def swap() -> None:
+                registry.swap(self.name, new, canary=role == CANARY)
+
+            asyncio.run_coroutine_threadsafe(swap(), loop).result()
+        self.manifests[role] = manifest
 
     def status(self) -> dict[str, Any]:
-        """The /readyz view: the live version and each selection's state."""
-        live = self.live.live_versions()
-        return {"model": self.live.name, "version": live.get(PRIMARY), **self.follower.status()}
+        """The /readyz view: the live version, and each selection's state."""
+        registry = self.registry
+        version = registry.slot(self.name).version if registry is not None else None
+        return {"model": self.name, "version": version, **self.follower.status()}
 
 
 def prepare_following(spec: FollowSpec, device: str | None) -> tuple[Served, Following]:
     """Evaluate the selection (pulling from the remote when asked) and resolve what to serve.
 
     Everything that can fail before the server binds fails here: no match, a failed pull or
-    verify, a bad remote.
+    verify, a bad remote, a bad device.
     """
     from ..lifecycle import default_store
     from ..remote import open_remote
-    from .target import resolve_target
+    from .launch import resolve_targets
 
     if spec.swap not in SWAP_MODES:
         raise UsageError(f"--swap must be one of {', '.join(SWAP_MODES)}; got {spec.swap!r}")
@@ -319,49 +213,67 @@ def prepare_following(spec: FollowSpec, device: str | None) -> tuple[Served, Fol
         if spec.remote is not None
         else LocalSource(store)
     )
-    live = LiveModel(
-        spec.selection.name,
-        store,
-        [],
-        device or "cpu",
-        swap=spec.swap,
-        canary_percent=spec.canary.percent if spec.canary else None,
-    )
-    follower = Follower(
-        source,
-        spec.selection,
-        live.apply,
-        canary=spec.canary,
-        interval=spec.interval,
-        counts=live.counts,
-    )
-    first = follower.start_version()
-    served = resolve_target(f"{first.name}:{first.version}", device)
-    live.device = served.device
-    return served, Following(spec, live, follower, first)
+    following = Following(spec, store, source)
+    first = following.first
+    return resolve_targets([f"{first.name}:{first.version}"], device)[0], following
+
+
+def serve_label(
+    spec: FollowSpec,
+    options: ServeOptions,
+    *,
+    device: str | None = None,
+    on_resolved: Callable[[list[Served]], None] | None = None,
+    on_ready: Callable[[], None] | None = None,
+    protocols: Sequence[HandlerFactory] = (),
+) -> int:
+    """`shelf serve NAME --label ...`: serve the selection's version and follow it until stopped."""
+    from .registry import ModelRegistry
+    from .server import run_server
+
+    served, following = prepare_following(spec, device)
+    if on_resolved is not None:
+        on_resolved([served])
+    registry = ModelRegistry([served], options)
+    follower = following.follower
+
+    def ready() -> None:
+        following.attach(registry, asyncio.get_running_loop())
+        if spec.watch:
+            follower.start()
+        if spec.canary is not None and spec.watch:
+            follower.wake()  # the canary loads at once, not one interval later
+        elif spec.canary is not None:
+            follower.start(once=True)
+        if on_ready is not None:
+            on_ready()
+
+    def setup(app: ServeApp) -> None:
+        app.ready_details = following.status
+        app.metrics.registry.register(FollowCollector(following))
+
+    restore = follower.install_sighup() if spec.watch else (lambda: None)
+    try:
+        return run_server(registry, options, on_ready=ready, protocols=protocols, setup=setup)
+    finally:
+        follower.stop()
+        restore()
 
 
 class FollowCollector:
-    """`torchshelf_model_info{model,version}` and `torchshelf_model_swaps_total{model,result}`."""
+    """`torchshelf_model_swaps_total{model,result}` (model_info comes from the registry)."""
 
     def __init__(self, following: Following) -> None:
         self.following = following
 
     def collect(self) -> Iterator[Metric]:
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+        from prometheus_client.core import CounterMetricFamily
 
-        live = self.following.live
-        info = GaugeMetricFamily(
-            "torchshelf_model_info", "1 for each live model version.", labels=["model", "version"]
-        )
-        for version in sorted(set(live.live_versions().values())):
-            info.add_metric([live.name, version], 1)
-        yield info
         swaps = CounterMetricFamily(
             "torchshelf_model_swaps",
             "Version swaps by result: ok, or the stage that failed (pull, verify, load, warmup).",
             labels=["model", "result"],
         )
-        for (model, result), n in sorted(live.counts.snapshot().items()):
+        for (model, result), n in sorted(self.following.follower.counts.snapshot().items()):
             swaps.add_metric([model, result], n)
         yield swaps

@@ -10,7 +10,7 @@ one process, as in tests).
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import (
@@ -53,18 +53,50 @@ class _Histogram:
 
 
 class ServeMetrics:
-    """Requests by api and status, latency, batch sizes, queue depth, queue wait vs compute."""
+    """Requests by api and status, latency, batch sizes, queue depth, queue wait vs compute.
 
-    def __init__(self, apis: Sequence[str]) -> None:
-        self.apis = list(apis)
+    Each series is keyed by a string (the batch queue's name) and carries one value per label
+    name: `ServeMetrics(["predict"])` labels by `api`; with several models the app uses
+    `labels=("model", "api")` and `add_series("a/predict", ("a", "predict"))`. A later label
+    (`device`, `replica`) is one more name here and one more value per series.
+    `live_versions`, when given, yields (model, version) for `torchshelf_model_info`.
+    """
+
+    def __init__(
+        self,
+        apis: Sequence[str] = (),
+        *,
+        labels: Sequence[str] = ("api",),
+        live_versions: Callable[[], Iterable[tuple[str, str]]] | None = None,
+    ) -> None:
+        self.label_names = tuple(labels)
+        self.series: dict[str, tuple[str, ...]] = {}
         self.counts: dict[tuple[str, int], int] = {}
-        self.latency = {a: _Histogram(_LATENCY_BUCKETS) for a in apis}
-        self.batch_size = {a: _Histogram(_BATCH_BUCKETS) for a in apis}
-        self.wait = {a: _Histogram(_LATENCY_BUCKETS) for a in apis}
-        self.compute = {a: _Histogram(_LATENCY_BUCKETS) for a in apis}
-        self.depth = dict.fromkeys(apis, 0)
+        self.latency: dict[str, _Histogram] = {}
+        self.batch_size: dict[str, _Histogram] = {}
+        self.wait: dict[str, _Histogram] = {}
+        self.compute: dict[str, _Histogram] = {}
+        self.depth: dict[str, int] = {}
+        self.live_versions = live_versions
+        for api in apis:
+            self.add_series(api, (api,))
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_Collector(self))
+
+    @property
+    def apis(self) -> list[str]:
+        return list(self.series)
+
+    def add_series(self, key: str, values: Sequence[str]) -> None:
+        """Start recording series `key` with these label values (one per label name)."""
+        if len(values) != len(self.label_names):
+            raise ValueError(f"series {key!r} needs values for {self.label_names}")
+        self.series[key] = tuple(values)
+        self.latency[key] = _Histogram(_LATENCY_BUCKETS)
+        self.batch_size[key] = _Histogram(_BATCH_BUCKETS)
+        self.wait[key] = _Histogram(_LATENCY_BUCKETS)
+        self.compute[key] = _Histogram(_LATENCY_BUCKETS)
+        self.depth[key] = 0
 
     def request(self, api: str, status: int, seconds: float) -> None:
         """Count one answered request and observe its latency."""
@@ -77,10 +109,13 @@ class ServeMetrics:
     # BatchObserver
     def queue_depth(self, queue: str, rows: int) -> None:
         """Set the queue depth gauge."""
-        self.depth[queue] = rows
+        if queue in self.depth:
+            self.depth[queue] = rows
 
     def batch(self, queue: str, rows: int, waits: Sequence[float], compute_s: float) -> None:
         """Record one model call: its size, each request's queue wait and the compute time."""
+        if queue not in self.series:
+            return
         self.batch_size[queue].observe(rows)
         self.compute[queue].observe(compute_s)
         observe = self.wait[queue].observe
@@ -96,13 +131,15 @@ class _Collector:
 
     def collect(self) -> Iterator[Metric]:
         m = self.m
+        names = list(m.label_names)
         requests = CounterMetricFamily(
             "torchshelf_requests",
             "Requests answered, by api and HTTP status.",
-            labels=["api", "status"],
+            labels=[*names, "status"],
         )
-        for (api, status), n in sorted(m.counts.items()):
-            requests.add_metric([api, str(status)], n)
+        for (key, status), n in sorted(m.counts.items()):
+            if key in m.series:
+                requests.add_metric([*m.series[key], str(status)], n)
         yield requests
         for name, doc, hists in (
             (
@@ -114,13 +151,22 @@ class _Collector:
             ("torchshelf_queue_wait_seconds", "Time a request waited in the queue.", m.wait),
             ("torchshelf_compute_seconds", "Time of one model call (a whole batch).", m.compute),
         ):
-            family = HistogramMetricFamily(name, doc, labels=["api"])
-            for api, hist in hists.items():
-                family.add_metric([api], hist.cumulative(), sum_value=hist.total)
+            family = HistogramMetricFamily(name, doc, labels=names)
+            for key, hist in hists.items():
+                family.add_metric(list(m.series[key]), hist.cumulative(), sum_value=hist.total)
             yield family
         depth = GaugeMetricFamily(
-            "torchshelf_queue_depth", "Items waiting for the worker.", labels=["api"]
+            "torchshelf_queue_depth", "Items waiting for the worker.", labels=names
         )
-        for api, rows in m.depth.items():
-            depth.add_metric([api], rows)
+        for key, rows in m.depth.items():
+            depth.add_metric(list(m.series[key]), rows)
         yield depth
+        if m.live_versions is not None:
+            info = GaugeMetricFamily(
+                "torchshelf_model_info",
+                "1 for each live model version.",
+                labels=["model", "version"],
+            )
+            for model, version in m.live_versions():
+                info.add_metric([model, version], 1)
+            yield info

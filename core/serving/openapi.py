@@ -14,8 +14,9 @@ from .. import dtypes
 from .codecs import SAFETENSORS, Param, TensorSpec
 
 if TYPE_CHECKING:
-    from .app import ServeOptions
-    from .target import Endpoint, Served
+    from .options import ServeOptions
+    from .registry import ModelRegistry
+    from .target import Endpoint
 
 __all__ = ["openapi_document", "schema_document"]
 
@@ -126,55 +127,80 @@ def _errors(codes: list[int]) -> dict[str, Any]:
     }
 
 
-def openapi_document(served: Served, options: ServeOptions) -> dict[str, Any]:
-    """The OpenAPI 3.1 document for every api and the health/metrics routes."""
+def _api_operation(
+    ep: Endpoint, operation_id: str, codes: list[int], secured: bool
+) -> dict[str, Any]:
+    ok: dict[str, Any] = {"application/json": {"schema": _response_schema(ep)}}
+    if ep.returns == "tensor" or ep.wrap_outputs:
+        ok[SAFETENSORS] = {"schema": {"type": "string", "format": "binary"}}
+    op: dict[str, Any] = {
+        "operationId": operation_id,
+        "summary": (ep.doc.splitlines()[0] if ep.doc else f"Call {ep.name}"),
+        "requestBody": _request_body(ep),
+        "responses": {
+            "200": {
+                "description": "the result (header X-Model-Version: the version that computed it)",
+                "content": ok,
+            },
+            **_errors(sorted(codes)),
+        },
+        "x-torchshelf": {
+            "batch": ep.batch,
+            "max_batch_size": ep.max_batch_size,
+            "max_latency_ms": ep.max_latency_ms,
+            "batch_dim": ep.batch_dim,
+            "input_spec": ep.input_spec,
+        },
+    }
+    if secured:
+        op["security"] = [{"bearer": []}]
+    return op
+
+
+def _plain(summary: str, secured: bool = False) -> dict[str, Any]:
+    op: dict[str, Any] = {"summary": summary, "responses": {"200": {"description": "OK"}}}
+    if secured:
+        op["security"] = [{"bearer": []}]
+        op["responses"]["401"] = {"description": "missing or wrong API token"}
+    return {"get": op}
+
+
+def title_of(registry: ModelRegistry) -> str:
+    """The target's title with one model; the served names with several."""
+    slots = list(registry.slots.values())
+    return slots[0].served.title if len(slots) == 1 else ", ".join(registry.names())
+
+
+def openapi_document(
+    registry: ModelRegistry,
+    options: ServeOptions,
+    extra_paths: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The OpenAPI 3.1 document for every api of every model, the health/metrics routes and
+    `extra_paths` (other protocols' routes)."""
     from .. import __version__
 
     paths: dict[str, Any] = {}
     codes = [400, 408, 413, 415, 422, 500, 503] + ([401] if options.api_token else [])
-    for ep in served.endpoints:
-        ok: dict[str, Any] = {"application/json": {"schema": _response_schema(ep)}}
-        if ep.returns == "tensor" or ep.wrap_outputs:
-            ok[SAFETENSORS] = {"schema": {"type": "string", "format": "binary"}}
-        op: dict[str, Any] = {
-            "operationId": ep.name,
-            "summary": (ep.doc.splitlines()[0] if ep.doc else f"Call {ep.name}"),
-            "requestBody": _request_body(ep),
-            "responses": {
-                "200": {"description": "the result", "content": ok},
-                **_errors(sorted(codes)),
-            },
-            "x-torchshelf": {
-                "batch": ep.batch,
-                "max_batch_size": ep.max_batch_size,
-                "max_latency_ms": ep.max_latency_ms,
-                "batch_dim": ep.batch_dim,
-                "input_spec": ep.input_spec,
-            },
-        }
-        if options.api_token:
-            op["security"] = [{"bearer": []}]
-        paths[ep.path] = {"post": op}
-
-    def plain(summary: str, secured: bool = False) -> dict[str, Any]:
-        op: dict[str, Any] = {"summary": summary, "responses": {"200": {"description": "OK"}}}
-        if secured:
-            op["security"] = [{"bearer": []}]
-            op["responses"]["401"] = {"description": "missing or wrong API token"}
-        return {"get": op}
-
-    paths["/healthz"] = plain("The process is alive")
-    paths["/readyz"] = plain("The model is loaded and warmed up (503 until then)")
+    for slot in registry.slots.values():
+        for ep in slot.endpoints:
+            op_id = ep.name if not slot.prefix else f"{slot.name}_{ep.name}"
+            op = _api_operation(ep, op_id, codes, bool(options.api_token))
+            paths[slot.path(ep.name)] = {"post": op}
+    paths["/healthz"] = _plain("The process is alive")
+    paths["/readyz"] = _plain("The models are loaded and warmed up (503 until then)")
     paths["/readyz"]["get"]["responses"]["503"] = {"description": "still loading"}
-    paths["/metrics"] = plain(
+    paths["/metrics"] = _plain(
         "Prometheus metrics", secured=bool(options.api_token and options.metrics_auth)
     )
+    paths.update(extra_paths or {})
+    devices = sorted({s.device for s in registry.slots.values()})
     doc: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {
-            "title": f"torchshelf: {served.title}",
+            "title": f"torchshelf: {title_of(registry)}",
             "version": __version__,
-            "description": f"Served by `shelf serve` on {served.device}.",
+            "description": f"Served by `shelf serve` on {', '.join(devices)}.",
         },
         "paths": paths,
         "components": {
@@ -192,37 +218,63 @@ def openapi_document(served: Served, options: ServeOptions) -> dict[str, Any]:
     return doc
 
 
-def schema_document(served: Served, options: ServeOptions) -> dict[str, Any]:
-    """A flat description of the apis, for the client and `shelf bench --url`."""
+def _api_summary(ep: Endpoint, path: str) -> dict[str, Any]:
     return {
-        "kind": served.kind,
-        "target": served.title,
-        "device": served.device,
-        "apis": [
+        "name": ep.name,
+        "path": path,
+        "batch": ep.batch,
+        "max_batch_size": ep.max_batch_size,
+        "max_latency_ms": ep.max_latency_ms,
+        "batch_dim": ep.batch_dim,
+        "returns": ep.returns,
+        "wraps_outputs": ep.wrap_outputs,
+        "input_spec": ep.input_spec,
+        "params": [
             {
-                "name": ep.name,
-                "path": ep.path,
-                "batch": ep.batch,
-                "max_batch_size": ep.max_batch_size,
-                "max_latency_ms": ep.max_latency_ms,
-                "batch_dim": ep.batch_dim,
-                "returns": ep.returns,
-                "wraps_outputs": ep.wrap_outputs,
-                "input_spec": ep.input_spec,
-                "params": [
-                    {
-                        "name": p.name,
-                        "kind": p.kind,
-                        "item_kind": p.item_kind,
-                        "required": p.required,
-                        "shape": list(p.spec.shape)
-                        if p.spec and p.spec.shape is not None
-                        else None,
-                        "dtype": p.spec.dtype if p.spec else None,
-                    }
-                    for p in ep.params
-                ],
+                "name": p.name,
+                "kind": p.kind,
+                "item_kind": p.item_kind,
+                "required": p.required,
+                "shape": list(p.spec.shape) if p.spec and p.spec.shape is not None else None,
+                "dtype": p.spec.dtype if p.spec else None,
             }
-            for ep in served.endpoints
+            for p in ep.params
         ],
+    }
+
+
+def schema_document(registry: ModelRegistry, options: ServeOptions) -> dict[str, Any]:
+    """A flat description of the apis, for the client and `shelf bench --url`.
+
+    With one model: its kind, title, device and apis. With several, `kind` is "models", `apis`
+    lists every model's apis (each with its `model` and route), and `models` each model's.
+    """
+    slots = list(registry.slots.values())
+    if len(slots) == 1:
+        slot = slots[0]
+        return {
+            "kind": slot.served.kind,
+            "target": slot.served.title,
+            "device": slot.device,
+            "version": slot.version,
+            "apis": [_api_summary(ep, slot.path(ep.name)) for ep in slot.endpoints],
+        }
+    models: list[dict[str, Any]] = [
+        {
+            "name": s.name,
+            "kind": s.served.kind,
+            "target": s.served.title,
+            "device": s.device,
+            "version": s.version,
+            "state": s.state,
+            "apis": [_api_summary(ep, s.path(ep.name)) for ep in s.endpoints],
+        }
+        for s in slots
+    ]
+    return {
+        "kind": "models",
+        "target": title_of(registry),
+        "device": ", ".join(sorted({s.device for s in slots})),
+        "apis": [dict(api, model=m["name"]) for m in models for api in m["apis"]],
+        "models": models,
     }

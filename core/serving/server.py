@@ -19,19 +19,18 @@ import signal
 import socket
 import sys
 import threading
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Sequence
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import uvicorn
 
-from .app import ServeOptions, build_app
+from .app import HandlerFactory, ServeApp, build_app
+from .options import ServeOptions
+from .registry import ModelRegistry
 from .target import Served
 
-if TYPE_CHECKING:
-    from .live import Following
-
-__all__ = ["run_server"]
+__all__ = ["run_server", "uvicorn_config"]
 
 
 class _Server(uvicorn.Server):
@@ -78,38 +77,44 @@ def _http_choice() -> str:
 
 
 def run_server(
-    served: Served,
+    targets: Served | Sequence[Served] | ModelRegistry,
     options: ServeOptions,
     on_ready: Callable[[], None] | None = None,
-    following: Following | None = None,
+    protocols: Sequence[HandlerFactory] = (),
     *,
     sockets: list[socket.socket] | None = None,
     wrap_app: Callable[[Any], Any] | None = None,
+    setup: Callable[[ServeApp], None] | None = None,
 ) -> int:
-    """Serve until SIGTERM/SIGINT; returns the exit code (0 after a clean drain, 1 if the
-    model failed to load). `sockets`: listen on these (a `--workers` worker gets the
-    supervisor's) instead of binding host:port; `wrap_app` wraps the ASGI app (workers.py).
-    With `following` and `--watch`, the follower starts once the first version is ready, and
-    SIGHUP makes it check at once."""
+    """Serve until SIGTERM/SIGINT; returns the exit code (0 after a clean drain, 1 if a model
+    failed to load at start). `sockets`: listen on these (a `--workers` worker gets the
+    supervisor's) instead of binding host:port; `wrap_app` wraps the ASGI app (workers.py);
+    `setup(app)` runs before the server starts (serving a label adds metrics and /readyz keys)."""
     # The worker thread re-takes the GIL after every torch op; while the loop is busy parsing
     # requests it would wait up to the default 5 ms switch interval each time (a convoy that
     # can double a forward pass). 1 ms bounds that wait at a negligible switching cost.
     sys.setswitchinterval(min(sys.getswitchinterval(), 0.001))
-    app = build_app(served, options, following)
-    app.state.on_ready = on_ready
-    restore_sighup: Callable[[], None] = lambda: None  # noqa: E731
-    if following is not None and following.spec.watch:
-        follower = following.follower
-        restore_sighup = follower.install_sighup()
+    holder: list[_Server] = []
 
-        def ready_then_watch() -> None:
-            follower.start()
-            if on_ready is not None:
-                on_ready()
+    def stop(_: str) -> None:
+        holder[0].should_exit = True
 
-        app.state.on_ready = ready_then_watch
-    config = uvicorn.Config(
-        app if wrap_app is None else wrap_app(app),
+    app = build_app(targets, options, protocols=protocols, on_ready=on_ready, on_failure=stop)
+    if setup is not None:
+        setup(app)
+    server = _Server(uvicorn_config(app if wrap_app is None else wrap_app(app), options))
+    holder.append(server)
+    server.on_exit = app.begin_drain
+    server.run(sockets=sockets)
+    if app.failed:
+        return 1
+    return 0 if server.started else 1
+
+
+def uvicorn_config(app: Any, options: ServeOptions) -> uvicorn.Config:
+    """uvicorn's settings for `app` (uvloop and httptools when installed)."""
+    return uvicorn.Config(
+        app,
         host=options.host,
         port=options.port,
         loop=_loop_choice(),
@@ -122,25 +127,3 @@ def run_server(
         timeout_graceful_shutdown=int(options.timeout) + 5,
         backlog=4096,
     )
-    server = _Server(config)
-    state = app.state.serve_state
-
-    def stop(_: str) -> None:
-        server.should_exit = True
-
-    state.on_failure = stop
-
-    def draining() -> None:
-        state.draining = True
-
-    server.on_exit = draining
-    try:
-        server.run(sockets=sockets)
-    finally:
-        if following is not None:
-            following.follower.stop()
-            restore_sighup()
-            following.live.release()
-    if state.failed:
-        return 1
-    return 0 if server.started else 1

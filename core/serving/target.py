@@ -29,6 +29,7 @@ class Call:
 
     kwargs: dict[str, Any]
     rows: int = 1
+    canary: bool = False  # routed to the slot's canary version (`--canary`) on arrival
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,12 @@ class Endpoint:
 
 @dataclass
 class Served:
-    """A resolved target: endpoints are known now; `load()` builds the runners later."""
+    """A resolved target: endpoints are known now; `load()` builds the runners later.
+
+    `name` is what the target is served as (`/models/<name>/...`, the V2 model name): a stored
+    model's name or a service's name. `version` is what computed an answer (`X-Model-Version`):
+    a stored model's version, or for a service a hash of its source file.
+    """
 
     kind: str  # "model" or "service"
     title: str
@@ -83,6 +89,8 @@ class Served:
     loader: Callable[[str], dict[str, Callable[..., Any]]]
     resources: dict[str, Any] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
+    name: str = ""
+    version: str = ""
 
     def load(self) -> dict[str, Callable[..., Any]]:
         """Load weights / build the service and warm up; returns the callable of each api."""
@@ -177,6 +185,18 @@ def _default_device(wants_gpu: bool) -> str:
 # -- stored models ------------------------------------------------------------------------------
 
 
+def _served_batch_dim(tag: object, method: str, dims: tuple[int, int]) -> int:
+    """The one batch dimension a stored signature is served with (input and output share it)."""
+    if dims[0] != dims[1]:
+        from ..errors import UsageError
+
+        raise UsageError(
+            f"{tag} signature {method!r} has batch_dim={dims}: serving splits results along the "
+            "input's batch dimension, so it needs the same input and output dimension"
+        )
+    return dims[0]
+
+
 def _serve_model(tag: str, device: str | None) -> Served:
     from ..lifecycle import get as store_get
 
@@ -194,7 +214,7 @@ def _serve_model(tag: str, device: str | None) -> Served:
                 batch=bool(sig.get("batchable", False)),
                 max_batch_size=int(sig.get("max_batch_size", 32)),
                 max_latency_ms=float(sig.get("max_latency_ms", 10.0)),
-                batch_dim=int(sig.get("batch_dim", 0)),
+                batch_dim=_served_batch_dim(ref.tag, method, sig.batch_dim),
                 wrap_outputs=True,
                 input_spec=sig.get("input_spec"),
                 doc=f'Run `{method}` of {ref.tag} on `inputs`; answers {{"outputs": ...}}.',
@@ -221,6 +241,8 @@ def _serve_model(tag: str, device: str | None) -> Served:
         endpoints=endpoints,
         loader=load,
         details={"format": ref.manifest.format if hasattr(ref, "manifest") else None},
+        name=ref.tag.name,
+        version=ref.version,
     )
 
 
@@ -279,7 +301,21 @@ def _serve_class(klass: type, device: str | None) -> Served:
         loader=load,
         resources=cfg.resources,
         details={"service": cfg.name},
+        name=cfg.name,
+        version=_source_version(klass),
     )
+
+
+def _source_version(klass: type) -> str:
+    """A service's version: the first 12 hex digits of its source file's sha256."""
+    import hashlib
+    import sys
+
+    path = getattr(sys.modules.get(klass.__module__), "__file__", None)
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12] if path else "0"
+    except OSError:
+        return "0"
 
 
 def _endpoint_of(func: Callable[..., Any], api: ApiConfig) -> Endpoint:
