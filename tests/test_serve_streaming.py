@@ -164,12 +164,22 @@ def _free_port() -> int:
 class Server:
     """A `shelf serve` child process on a free port, ready once /readyz answers 200."""
 
-    def __init__(self, target: str, home: Path) -> None:
+    def __init__(self, *targets: str, home: Path) -> None:
         self.url = f"http://127.0.0.1:{_free_port()}"
         port = self.url.rsplit(":", 1)[1]
         self.log = (home / "server.log").open("w")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "torchshelf", "serve", target, "--port", port, "--threads", "1"],
+            [
+                sys.executable,
+                "-m",
+                "torchshelf",
+                "serve",
+                *targets,
+                "--port",
+                port,
+                "--threads",
+                "1",
+            ],
             env={**os.environ, "TORCHSHELF_HOME": str(home)},
             stdout=self.log,
             stderr=subprocess.STDOUT,
@@ -203,7 +213,7 @@ class Server:
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     root = tmp_path_factory.mktemp("streams")
     (root / "streams.py").write_text(SERVICE_SOURCE)
-    srv = Server(f"{root / 'streams.py'}:Streams", root)
+    srv = Server(f"{root / 'streams.py'}:Streams", home=root)
     yield srv
     srv.stop()
 
@@ -645,3 +655,35 @@ def test_client_iterates_a_stream_async(server: Server, tmp_path: Path) -> None:
     assert items == [0, 1, 2, 3]
     assert first == [{"i": 0}, {"i": 1}]
     _await_file(marker, "closing the async stream did not stop the generator")
+
+
+def test_streams_of_several_served_targets(tmp_path: Path) -> None:
+    (tmp_path / "streams.py").write_text(SERVICE_SOURCE)
+    (tmp_path / "letters.py").write_text(
+        textwrap.dedent(
+            """
+            from collections.abc import Iterator
+
+            import torchshelf
+
+
+            @torchshelf.service
+            class Letters:
+                @torchshelf.api
+                def spell(self, word: str) -> Iterator[str]:
+                    yield from word
+            """
+        )
+    )
+    srv = Server(
+        f"{tmp_path / 'streams.py'}:Streams", f"{tmp_path / 'letters.py'}:Letters", home=tmp_path
+    )
+    try:
+        r = httpx.post(srv.url + "/models/Letters/spell", json={"word": "abc"}, timeout=30)
+        assert r.headers["content-type"].startswith(SSE) and r.headers["x-model-version"]
+        assert r.content == b'data: "a"\n\ndata: "b"\n\ndata: "c"\n\n'
+        with torchshelf.Client(srv.url) as client:
+            assert list(client.spell(word="xy")) == ["x", "y"]
+            assert list(client.count(n=2)) == [{"i": 0}, {"i": 1}]
+    finally:
+        srv.stop()

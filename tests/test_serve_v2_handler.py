@@ -245,3 +245,42 @@ def _one() -> triton.InferInput:
     inp = triton.InferInput("inputs", [1, 8], "FP32")
     inp.set_data_from_numpy(np.zeros((1, 8), dtype=np.float32))
     return inp
+
+
+def test_v2_model_names_of_several_targets() -> None:
+    from torchshelf.serving.options import ServeOptions
+    from torchshelf.serving.registry import ModelRegistry
+    from torchshelf.serving.target import Served
+    from torchshelf.serving.v2 import v2_models_of
+
+    def ep(name: str) -> Endpoint:
+        return Endpoint(name=name, path=f"/{name}", params=[Param("x", "tensor")])
+
+    def served(kind: str, name: str, apis: list[str], fmt: str | None = None) -> Served:
+        return Served(
+            kind=kind,
+            title=name,
+            device="cpu",
+            endpoints=[ep(a) for a in apis],
+            loader=lambda device: {},
+            details={"format": fmt} if fmt else {},
+            name=name,
+            version="1",
+        )
+
+    registry = ModelRegistry(
+        [
+            served("model", "m", ["encode", "predict"], "torchscript"),
+            served("service", "svc", ["predict", "greet"]),
+            served("service", "svc2", ["greet"]),
+        ],
+        ServeOptions(),
+    )
+    got = [(m.name, m.model, m.endpoint.name, m.platform, m.series) for m in v2_models_of(registry)]
+    assert got == [
+        ("m.encode", "m", "encode", "pytorch_torchscript", "m/encode"),
+        ("m", "m", "predict", "pytorch_torchscript", "m/predict"),
+        ("predict", "svc", "predict", "torchshelf_service", "svc/predict"),
+        ("svc.greet", "svc", "greet", "torchshelf_service", "svc/greet"),
+        ("svc2.greet", "svc2", "greet", "torchshelf_service", "svc2/greet"),
+    ]
