@@ -9,6 +9,7 @@ past `--max-connections` gets a JSON 503.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import selectors
@@ -123,10 +124,8 @@ class SlowLoris:
                 self.sel.unregister(s)
             for s in self.socks:
                 if s.fileno() not in self.closed_at:
-                    try:
+                    with contextlib.suppress(OSError):
                         s.send(b"X")  # one more header byte: "X-..." never completes
-                    except OSError:
-                        pass
 
     def close(self) -> None:
         self.stop.set()
