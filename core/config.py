@@ -21,6 +21,8 @@ ENV_REMOTE_STALL = (
 )
 ENV_API_TOKEN = "TORCHSHELF_API_TOKEN"
 ENV_ENDPOINT = "AWS_ENDPOINT_URL"  # the standard AWS variable; a `[remote] endpoint_url` wins
+ENV_MAX_IMPORT = "TORCHSHELF_MAX_IMPORT_BYTES"
+DEFAULT_MAX_IMPORT = 256 << 30
 DEFAULT_HOME = Path("~/.torchshelf")
 
 
@@ -99,3 +101,25 @@ def remote_settings(explicit_url: str | None = None) -> dict[str, Any]:
                 "stall_timeout): give seconds > 0"
             ) from None
     return remote
+
+
+def max_import_bytes() -> int:
+    """The most bytes an archive import may unpack: `TORCHSHELF_MAX_IMPORT_BYTES`, else 256 GiB."""
+    raw = os.environ.get(ENV_MAX_IMPORT)
+    if raw is None or not raw.strip():
+        return DEFAULT_MAX_IMPORT
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise UsageError(f"{ENV_MAX_IMPORT}={raw!r} must be a whole number of bytes (>= 0)")
+    return value
+
+
+def api_token(explicit: str | None = None) -> tuple[str | None, str | None]:
+    """The serving api token and where it came from: `--api-token` > `TORCHSHELF_API_TOKEN`."""
+    if explicit:
+        return explicit, "--api-token"
+    env = os.environ.get(ENV_API_TOKEN)
+    return (env, ENV_API_TOKEN) if env else (None, None)

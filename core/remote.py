@@ -52,6 +52,7 @@ import asyncio
 import builtins
 import collections
 import contextlib
+import dataclasses
 import json
 import time
 from collections.abc import Awaitable, Iterable, Iterator
@@ -71,9 +72,17 @@ from .errors import (
     UsageError,
 )
 from .index import ModelSummary
-from .manifest import MANIFEST, HashingWriter, Manifest, Progress, check_relpath, parse_manifest
+from .manifest import (
+    MANIFEST,
+    FileRecord,
+    HashingWriter,
+    Manifest,
+    Progress,
+    check_relpath,
+    parse_manifest,
+)
 from .model import ModelInfo
-from .records import Labels, check_labels, pick_prefix
+from .records import Labels, check_labels, merge_labels, pick_prefix
 from .remote_limits import (
     S3FS_RETRIES,
     STALL_TIMEOUT_S,
@@ -123,7 +132,7 @@ def parse_url(url: str) -> tuple[str, str]:
 
 def _same_files(a: Manifest, b: Manifest) -> bool:
     def key(m: Manifest) -> dict[str, tuple[str, int]]:
-        return {rel: (rec["sha256"], int(rec["size"])) for rel, rec in m.files.items()}
+        return {rel: (rec.sha256, rec.size) for rel, rec in m.files.items()}
 
     return key(a) == key(b)
 
@@ -313,7 +322,9 @@ class Remote:
         if (manifest.name, manifest.version) != (name, version):
             raise ManifestError(f"{where} names {manifest.name}:{manifest.version}", MANIFEST)
         if labels is not None:
-            manifest.labels = self._parse_labels(labels, name, version)
+            manifest = dataclasses.replace(
+                manifest, labels=self._parse_labels(labels, name, version)
+            )
         return manifest
 
     def _parse_labels(self, data: bytes, name: str, version: str) -> dict[str, str]:
@@ -540,10 +551,10 @@ class Remote:
                 condition = {"IfMatch": head["ETag"]}
             data = await self.fs._cat_file(self._vkey(name, version, MANIFEST))
             manifest = self._effective(name, version, data, current)
-            for k in remove:
-                manifest.labels.pop(k, None)
-            manifest.labels.update(labels)
-            body = json.dumps({"labels": manifest.labels, "updated_at": now_iso()}, sort_keys=True)
+            manifest = dataclasses.replace(manifest, labels=merge_labels(manifest, labels, remove))
+            body = json.dumps(
+                {"labels": dict(manifest.labels), "updated_at": now_iso()}, sort_keys=True
+            )
             try:
                 await self.fs._pipe_file(key, body.encode(), **condition)
             except OSError as exc:
@@ -576,7 +587,7 @@ class Remote:
             return self._compare_existing(local, existing, started)
         watch = Watchdog(self.stall_timeout, progress)
 
-        async def put_one(rel: str, rec: dict[str, Any], sem: asyncio.Semaphore) -> None:
+        async def put_one(rel: str, rec: FileRecord, sem: asyncio.Semaphore) -> None:
             key = self._vkey(name, version, check_relpath(rel))
             async with sem:
                 if await self._object_matches(key, rel, rec, local):
@@ -641,9 +652,7 @@ class Remote:
             "--version"
         )
 
-    async def _object_matches(
-        self, key: str, rel: str, rec: dict[str, Any], local: Manifest
-    ) -> bool:
+    async def _object_matches(self, key: str, rel: str, rec: FileRecord, local: Manifest) -> bool:
         """True when the object exists with this file's size and sha256; False when absent."""
         try:
             head = await self.fs._call_s3(
@@ -730,7 +739,7 @@ class Remote:
         key: str,
         path: Any,
         rel: str,
-        rec: dict[str, Any],
+        rec: FileRecord,
         manifest: Manifest,
         sem: asyncio.Semaphore,
         progress: Progress | None,
