@@ -211,6 +211,24 @@ def register(app: typer.Typer) -> None:
                 show_default=False,
             ),
         ] = None,
+        header_timeout: Annotated[
+            float,
+            typer.Option(
+                "--header-timeout",
+                min=0.001,
+                help="Seconds a client has to send its request headers (408 and close past it).",
+            ),
+        ] = 10.0,
+        max_connections: Annotated[
+            int | None,
+            typer.Option(
+                "--max-connections",
+                min=1,
+                help="Open connections at most; one more is answered 503 and closed "
+                "(default: no bound).",
+                show_default=False,
+            ),
+        ] = None,
         workers: Annotated[
             int,
             typer.Option(
@@ -302,6 +320,8 @@ def register(app: typer.Typer) -> None:
             access_log=access_log,
             threads=threads,
             max_loaded=max_loaded,
+            header_timeout=header_timeout,
+            max_connections=max_connections,
         )
         devices: list[str] = []
         follow = None

@@ -26,6 +26,7 @@ from typing import Any
 import uvicorn
 
 from .app import HandlerFactory, ServeApp, build_app
+from .connections import guarded_protocol, http_protocol_class
 from .options import ServeOptions
 from .registry import ModelRegistry
 from .target import Served
@@ -118,7 +119,10 @@ def uvicorn_config(app: Any, options: ServeOptions) -> uvicorn.Config:
         host=options.host,
         port=options.port,
         loop=_loop_choice(),
-        http=_http_choice(),
+        # header deadline + connection bound: uvicorn has neither (connections.py)
+        http=guarded_protocol(
+            http_protocol_class(_http_choice()), options.header_timeout, options.max_connections
+        ),
         lifespan="on",
         log_level="warning",
         access_log=options.access_log,
