@@ -152,7 +152,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(60)
-    return report(args, clients.records, steady_end, windows, swap_times, log, tmp)
+    out = report(args, clients.records, steady_end, windows, swap_times, log, tmp)
+    if not args.keep:
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
 
 
 def report(
@@ -201,6 +206,7 @@ def main() -> None:
     p.add_argument("--gap", type=float, default=1.0, help="seconds between swaps")
     p.add_argument("--swap", choices=["live", "drain"], default="live")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--keep", action="store_true", help="keep the scratch store")
     args = p.parse_args()
     out = run(args)
     if args.json:
