@@ -67,6 +67,31 @@ serve.register(app)
 bench.register(app)
 deploy.register(app)
 
+# BentoML groups these under `bentoml models ...`; the same commands answer there too.
+MODELS_GROUP = ("list", "get", "delete", "export", "import", "push", "pull")
+
+
+def _models_group(parent: typer.Typer) -> typer.Typer:
+    """`shelf models list|get|...`: the top-level commands again, under BentoML's grouping."""
+    import copy
+
+    group = typer.Typer(
+        name="models",
+        help="The model commands under BentoML's grouping: `shelf models list` is `shelf list`.",
+        no_args_is_help=True,
+    )
+    for info in parent.registered_commands:
+        callback = info.callback
+        name = info.name or (callback.__name__.replace("_", "-") if callback else None)
+        if name in MODELS_GROUP:
+            alias = copy.copy(info)
+            alias.name = name
+            group.registered_commands.append(alias)
+    return group
+
+
+app.add_typer(_models_group(app), name="models", rich_help_panel="Store")
+
 
 def main() -> None:
     """Console-script entry point: run the app; errors become one line on stderr and an exit code."""

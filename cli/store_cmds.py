@@ -228,7 +228,11 @@ def register(app: typer.Typer) -> None:
             typer.Option("--remote", metavar="[URL]", help=REMOTE_HELP, show_default=False),
         ] = None,
     ) -> None:
-        """List stored versions, newest first (with --remote: the versions on the remote)."""
+        """List stored versions, newest first (with --remote: the versions on the remote).
+
+        An unknown NAME lists nothing and exits 0, so scripts can test the output; the Python
+        API (`torchshelf.models.list(name)`) raises NotFound instead, as BentoML does.
+        """
         source = _source(remote)
         if output is Output.json:
             print_json([i.to_dict() for i in source.list_info(name, label, latest=latest)])
@@ -341,7 +345,13 @@ def register(app: typer.Typer) -> None:
     @app.command("export", rich_help_panel="Store")
     def export_(
         tag: Annotated[str, typer.Argument(help="name, name:latest or name:version.")],
-        file: Annotated[Path, typer.Argument(help="Archive to write (.shelf by convention).")],
+        file: Annotated[
+            str,
+            typer.Argument(
+                help="Archive to write; '.shelf' is added when it has no extension, and a "
+                "directory (e.g. '.') gets NAME-VERSION.shelf inside."
+            ),
+        ],
     ) -> None:
         """Export one version as a tar archive."""
         import torchshelf
@@ -350,8 +360,8 @@ def register(app: typer.Typer) -> None:
 
         ref = torchshelf.get(tag)
         with byte_progress(f"exporting {ref.tag}", ref.info.size) as progress:
-            torchshelf.models.export_model(ref.tag, file, progress=progress)
-        stderr.print(f"exported {ref.tag} to {file}", highlight=False)
+            written = torchshelf.models.export_model(ref.tag, file, progress=progress)
+        stderr.print(f"exported {ref.tag} to {written}", highlight=False)
 
     @app.command("import", rich_help_panel="Store")
     def import_(

@@ -5,7 +5,7 @@ package does not import torch.
 
 Example:
     >>> import torchshelf
-    >>> tag = torchshelf.save_model("classifier", model, labels={"stage": "production"})
+    >>> saved = torchshelf.save_model("classifier", model, labels={"stage": "production"})
     >>> model = torchshelf.load_model("classifier:latest", device_id="cpu")
 """
 
@@ -32,7 +32,7 @@ from .errors import (
 from .tag import Tag
 
 if TYPE_CHECKING:
-    from . import models, pytorch
+    from . import exceptions, models, pytorch, torchscript
     from .lifecycle import get, load_model, save_model
     from .model import Model, ModelInfo
     from .remote import Remote
@@ -48,6 +48,8 @@ __version__ = "0.1.0"
 _LAZY = {
     "models": ("models", None),
     "pytorch": ("pytorch", None),
+    "torchscript": ("torchscript", None),
+    "exceptions": ("exceptions", None),
     "get": ("lifecycle", "get"),
     "load_model": ("lifecycle", "load_model"),
     "save_model": ("lifecycle", "save_model"),
@@ -107,4 +109,6 @@ __all__ = [
     "pytorch",
     "save_model",
     "service",
+    "exceptions",
+    "torchscript",
 ]

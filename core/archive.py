@@ -25,15 +25,14 @@ import zlib
 from pathlib import Path
 from typing import IO, Any
 
+from .config import ENV_MAX_IMPORT, max_import_bytes
 from .diskspace import ensure_free, is_disk_full, store_full
-from .errors import AlreadyExists, ArchiveError, IntegrityError, ManifestError
+from .errors import AlreadyExists, ArchiveError, IntegrityError, ManifestError, UsageError
 from .manifest import MANIFEST, HashingWriter, Manifest, Progress, check_relpath, parse_manifest
 from .store import Store, now_iso
 from .tag import Tag, validate_name, validate_version
 
 MAX_MANIFEST_BYTES = 16 << 20
-ENV_MAX_IMPORT = "TORCHSHELF_MAX_IMPORT_BYTES"
-DEFAULT_MAX_IMPORT = 256 << 30
 _COPY = 8 << 20
 _HEADER_SLACK = 1 << 20  # tar headers and padding on top of the files' own bytes
 _READ_ERRORS = (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, gzip.BadGzipFile)
@@ -99,7 +98,7 @@ def _open_archive(path: Path) -> tarfile.TarFile:
         stream = _Bounded(
             _open_decompressed(raw),
             raw,
-            limit=_max_import_bytes() + MAX_MANIFEST_BYTES + _HEADER_SLACK,
+            limit=max_import_bytes() + MAX_MANIFEST_BYTES + _HEADER_SLACK,
             max_read=max(MAX_MANIFEST_BYTES, _COPY) + tarfile.BLOCKSIZE,
             path=path,
         )
@@ -125,12 +124,35 @@ class _HashingReader:
         return data
 
 
-def export_model(store: Store, tag: object, path: Path, progress: Progress | None = None) -> Path:
+ARCHIVE_SUFFIX = ".shelf"
+
+
+def archive_path(path: str | os.PathLike[str], name: str, version: str) -> Path:
+    """Where `export` writes: into a directory as `<name>-<version>.shelf`, else `path`, with
+    `.shelf` added when it has no extension (BentoML's rules, with its `.bentomodel`)."""
+    text = os.fspath(path)
+    if not text:
+        raise UsageError("export needs a file or directory to write to")
+    target = Path(text).expanduser()
+    if text.endswith(("/", os.sep)) or target.is_dir():
+        if not target.is_dir():
+            raise UsageError(f"directory {text!r} does not exist; create it first")
+        return target / f"{name}-{version}{ARCHIVE_SUFFIX}"
+    if not target.suffix:
+        target = target.with_name(target.name + ARCHIVE_SUFFIX)
+    if not target.parent.is_dir():
+        raise UsageError(f"directory {str(target.parent)!r} does not exist; create it first")
+    return target
+
+
+def export_model(
+    store: Store, tag: object, path: str | os.PathLike[str], progress: Progress | None = None
+) -> Path:
     """Write one version to `path` as a tar; the file appears only when complete and verified."""
     manifest = store.resolve(tag)
     vdir = store.version_dir(manifest.name, manifest.version)
     store.check(manifest)
-    path = Path(path)
+    path = archive_path(path, manifest.name, manifest.version)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     prefix = f"{manifest.name}/{manifest.version}"
     try:
@@ -171,13 +193,6 @@ def _member(name: str, size: int) -> tarfile.TarInfo:
     return info
 
 
-def _max_import_bytes() -> int:
-    try:
-        return int(os.environ.get(ENV_MAX_IMPORT, DEFAULT_MAX_IMPORT))
-    except ValueError:
-        return DEFAULT_MAX_IMPORT
-
-
 def import_model(
     store: Store, path: Path, *, trust: bool = False, progress: Progress | None = None
 ) -> Manifest:
@@ -209,10 +224,10 @@ def import_model(
                     f"{path}: member path {name}/{version} does not match its manifest"
                 )
             total = manifest.size
-            if total > _max_import_bytes():
+            if total > max_import_bytes():
                 raise ArchiveError(
                     f"{path}: the version holds {total} bytes, over the import limit "
-                    f"({ENV_MAX_IMPORT}={_max_import_bytes()})"
+                    f"({ENV_MAX_IMPORT}={max_import_bytes()})"
                 )
             needed = total
             ensure_free(store.root, total, f"importing {name}:{version} from {path.name}")

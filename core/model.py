@@ -1,7 +1,13 @@
-"""`Model`: a reference to one stored version. Reading it loads no weights."""
+"""`Model`: a reference to one stored version. Reading it loads no weights.
+
+A `Model` is also a `Tag` (its `str()` is `name:version` and it compares and hashes like the
+tag), so `save_model` can return one object that serves both the code that prints the tag and
+the code that reads `.path`, `.info` or `.custom_objects` as BentoML's `bentoml.Model` offers.
+"""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -9,10 +15,36 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .manifest import Manifest
+from .signature import Signature
 from .tag import Tag
 
 if TYPE_CHECKING:
     from .store import Store
+
+
+MODULES = {"safetensors": "torchshelf.pytorch", "torchscript": "torchshelf.torchscript"}
+
+
+class ModelPath(str):
+    """A version's directory as a `str` (BentoML's type for `Model.path`) that also acts as a path.
+
+    `os.path.join(p, ...)`, `open(...)`, `Path(p)` and `os.fspath(p)` work as with any `str`;
+    `p / "weights.safetensors"` gives a `Path`, and `Path`'s methods (`exists()`, `name`,
+    `iterdir()`, ...) are answered by `Path(p)`.
+    """
+
+    __slots__ = ()
+
+    def __fspath__(self) -> str:
+        return str.__str__(self)
+
+    def __truediv__(self, other: str | os.PathLike[str]) -> Path:
+        return Path(self) / other
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(Path(str.__str__(self)), name)
 
 
 @dataclass(frozen=True)
@@ -22,12 +54,12 @@ class ModelInfo:
     tag: Tag
     name: str
     version: str
-    path: Path
+    path: str  # a `ModelPath` for a local version, the URL for a remote one
     creation_time: datetime
     format: str
     labels: dict[str, str]
     metadata: dict[str, Any]
-    signatures: dict[str, dict[str, Any]]
+    signatures: dict[str, Signature]
     torch_version: str
     module_class: str | None
     size: int
@@ -43,19 +75,24 @@ class ModelInfo:
             tag=Tag(m.name, m.version),
             name=m.name,
             version=m.version,
-            path=Path(path) if not isinstance(path, str) or "://" not in path else path,  # type: ignore[arg-type]
+            path=path if isinstance(path, str) and "://" in path else ModelPath(path),
             creation_time=datetime.fromisoformat(m.creation_time),
             format=m.format,
             labels=dict(m.labels),
             metadata=dict(m.metadata),
-            signatures={k: dict(v) for k, v in m.signatures.items()},
+            signatures={k: Signature(v) for k, v in m.signatures.items()},
             torch_version=m.torch_version,
             module_class=m.module_class,
             size=m.size,
-            files={k: dict(v) for k, v in m.files.items()},
+            files={k: v.to_dict() for k, v in m.files.items()},
             custom_objects=tuple(m.custom_objects),
             trusted=trusted,
         )
+
+    @property
+    def module(self) -> str:
+        """The torchshelf module that loads this format (BentoML's `info.module`)."""
+        return MODULES.get(self.format, "torchshelf.pytorch")
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (what `shelf get --output json` prints)."""
@@ -79,7 +116,12 @@ class ModelInfo:
 
 
 class CustomObjects(Mapping[str, Any]):
-    """The custom objects of a version, each decoded (and hash-checked) on first access."""
+    """The custom objects of a version, each decoded (and hash-checked) on first access.
+
+    A read-only mapping with the dict API that reading code uses (`[]`, `get`, `in`, `keys`,
+    `items`, `==` with a dict, `copy()`); decoding per key means a JSON object reads even when a
+    pickled neighbour is locked (untrusted import).
+    """
 
     def __init__(self, store: Store, manifest: Manifest, trusted: bool) -> None:
         self._store = store
@@ -119,33 +161,47 @@ class CustomObjects(Mapping[str, Any]):
     def __len__(self) -> int:
         return len(self._manifest.custom_objects)
 
+    def copy(self) -> dict[str, Any]:
+        """A plain `dict` of every custom object (each decoded now)."""
+        return dict(self.items())
+
     def __repr__(self) -> str:
         return f"<CustomObjects {list(self._manifest.custom_objects)}>"
 
 
-class Model:
-    """A stored version: its tag, path, labels, metadata and signatures; weights load on demand."""
+class Model(Tag):
+    """A stored version: a `Tag` with its store behind it; weights load on demand.
+
+    `str(model)` is `name:version` and `model == Tag(name, version)`, so a `Model` goes wherever
+    a tag does (`load_model(model)`, f-strings, dict keys). Its attributes are BentoML's:
+    `.tag`, `.path` (a `str`), `.path_of(...)`, `.info`, `.custom_objects`, `.labels`, ...
+    """
+
+    version: str  # a stored version always has one
 
     def __init__(self, store: Store, manifest: Manifest) -> None:
-        self._store = store
-        self._manifest = manifest
-        self._custom: CustomObjects | None = None
+        super().__init__(manifest.name, manifest.version)
+        object.__setattr__(self, "_store", store)
+        object.__setattr__(self, "_manifest", manifest)
+        object.__setattr__(self, "_custom", None)
+
+    _store: Store
+    _manifest: Manifest
+    _custom: CustomObjects | None
 
     @property
     def tag(self) -> Tag:
+        """The plain `Tag` (name and version) of this version."""
         return Tag(self._manifest.name, self._manifest.version)
 
     @property
-    def name(self) -> str:
-        return self._manifest.name
+    def path(self) -> ModelPath:
+        """The version's directory: a `str` that also works as a path (see `ModelPath`)."""
+        return ModelPath(self._store.version_dir(self._manifest.name, self._manifest.version))
 
-    @property
-    def version(self) -> str:
-        return self._manifest.version
-
-    @property
-    def path(self) -> Path:
-        return self._store.version_dir(self._manifest.name, self._manifest.version)
+    def path_of(self, item: str) -> ModelPath:
+        """The path of `item` inside the version directory (BentoML's `Model.path_of`)."""
+        return ModelPath(os.path.join(self.path, item.lstrip("/")))
 
     @property
     def labels(self) -> dict[str, str]:
@@ -156,8 +212,9 @@ class Model:
         return dict(self._manifest.metadata)
 
     @property
-    def signatures(self) -> dict[str, dict[str, Any]]:
-        return {k: dict(v) for k, v in self._manifest.signatures.items()}
+    def signatures(self) -> dict[str, Signature]:
+        """Each method's signature: a dict of its stored JSON with attribute access too."""
+        return {k: Signature(v) for k, v in self._manifest.signatures.items()}
 
     @property
     def creation_time(self) -> datetime:
@@ -179,7 +236,10 @@ class Model:
     def custom_objects(self) -> CustomObjects:
         """Custom objects, decoded on first access; pickled ones need a trusted version."""
         if self._custom is None:
-            self._custom = CustomObjects(self._store, self._manifest, self.trusted)
+            object.__setattr__(
+                self, "_custom", CustomObjects(self._store, self._manifest, self.trusted)
+            )
+        assert self._custom is not None
         return self._custom
 
     def load_model(self, device_id: str | None = None) -> Any:
@@ -189,10 +249,7 @@ class Model:
         return load_manifest(self._store, self._manifest, device_id)
 
     def __repr__(self) -> str:
-        return f"Model(tag={str(self.tag)!r}, path={str(self.path)!r})"
+        return f'Model(tag="{self.tag}", path="{self.path}")'
 
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Model) and (self.tag, self.path) == (other.tag, other.path)
-
-    def __hash__(self) -> int:
-        return hash((self.tag, self.path))
+    def __reduce__(self) -> tuple[Any, ...]:
+        return Model, (self._store, self._manifest)

@@ -9,13 +9,13 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import ManifestError, NotFound
+from .errors import ManifestError, NotFound, UsageError
 from .lifecycle import default_store
 from .lifecycle import get as _get
 from .manifest import Progress
 from .model import Model
 from .store import GcReport, Store
-from .tag import Tag
+from .tag import LATEST, Tag
 
 __all__ = [
     "list",
@@ -38,16 +38,39 @@ StoreLike = Store | str | os.PathLike[str] | None
 
 
 def list(  # noqa: A001 - the seed's API name
-    name: str | None = None,
+    tag: Any = None,
     labels: dict[str, str] | Iterable[str] | None = None,
     *,
     latest: bool = False,
     store: StoreLike = None,
+    name: str | None = None,
 ) -> builtins.list[Model]:
-    """Stored versions, newest first; `labels` is `{"k": "v"}` or selector strings."""
+    """Stored versions, newest first; `labels` is `{"k": "v"}` or selector strings.
+
+    `tag` (BentoML's argument; `name=` is the same) narrows the list: `name` gives its versions,
+    `name:latest` the newest one, `name:version` that one (or `[]`). A name with no versions at
+    all is `NotFound`, as in BentoML; with no `tag` an empty store lists `[]`.
+
+    Example:
+        >>> [str(m) for m in torchshelf.models.list("classifier", {"stage": "production"})]
+        ['classifier:20261124T135501123456Z-a1b2c3']
+    """
     st = default_store(store)
+    if name is not None:
+        if tag is not None and str(tag) != name:
+            raise UsageError(f"give the model as tag= or name=, not both ({tag!r}, {name!r})")
+        tag = name
+    wanted = None if tag is None or tag == "" else Tag.from_taglike(tag)
+    rows = st.list(wanted.name if wanted else None, labels, latest=latest)
+    if wanted is not None:
+        if not rows and not st.version_names(wanted.name):
+            raise NotFound(f"no model named {wanted.name!r}; see `shelf list`")
+        if wanted.version == LATEST:
+            rows = rows[:1]
+        elif wanted.version is not None:
+            rows = [r for r in rows if r.version == wanted.version]
     out = []
-    for row in st.list(name, labels, latest=latest):
+    for row in rows:
         with contextlib.suppress(NotFound, ManifestError):  # deleted or broken since listed
             out.append(Model(st, st.read_manifest(row.name, row.version)))
     return out
@@ -68,7 +91,7 @@ def set_labels(
 ) -> Model:
     """Set (and remove) labels on one version; other labels are kept."""
     st = default_store(store)
-    return Model(st, st.set_labels(tag, {str(k): str(v) for k, v in labels.items()}, remove))
+    return Model(st, st.set_labels(tag, dict(labels), remove))  # a non-str label is refused
 
 
 def export_model(
@@ -78,10 +101,18 @@ def export_model(
     store: StoreLike = None,
     progress: Progress | None = None,
 ) -> Path:
-    """Write one version to a `.shelf` tar archive at `path`."""
+    """Write one version to a `.shelf` tar archive; returns the archive's path.
+
+    A `path` without an extension gets `.shelf` (BentoML appends `.bentomodel`); an existing
+    directory (or a path ending in `/`) gets `<name>-<version>.shelf` inside it.
+
+    Example:
+        >>> torchshelf.models.export_model("classifier:latest", "exports/")
+        PosixPath('exports/classifier-20261124T135501123456Z-a1b2c3.shelf')
+    """
     from . import archive
 
-    return archive.export_model(default_store(store), tag, Path(path), progress)
+    return archive.export_model(default_store(store), tag, path, progress)
 
 
 def import_model(

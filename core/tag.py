@@ -5,10 +5,10 @@ A name or version that fails these rules is never turned into a path on disk.
 
 from __future__ import annotations
 
+import os
 import re
-import secrets
-from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import Any
 
 from .errors import InvalidName
 
@@ -48,41 +48,103 @@ def new_version() -> str:
     UTC timestamp to the microsecond plus 24 random bits, e.g. `20261124T135501123456Z-a1b2c3`.
     """
     now = datetime.now(timezone.utc)
-    return now.strftime("%Y%m%dT%H%M%S%fZ") + "-" + secrets.token_hex(3)
+    return now.strftime("%Y%m%dT%H%M%S%fZ") + "-" + os.urandom(3).hex()  # as secrets.token_hex
 
 
-@dataclass(frozen=True, order=True)
 class Tag:
-    """A model name and version. `str(tag)` is `name:version`."""
+    """A model name and an optional version. `str(tag)` is `name:version` (or `name`).
 
+    Built like BentoML's: `Tag("classifier")`, `Tag("classifier", "v3")`, `Tag.from_str(text)`,
+    `Tag.from_taglike(tag_or_text)`. The name is checked (and case-folded) when the tag is built,
+    so an invalid name never reaches the disk; a version of `None` or `"latest"` means the newest.
+    Tags compare and hash by `(name, version)`, so every `Tag` subclass (a saved `Model`) equals
+    the plain tag with the same name and version.
+    """
+
+    __slots__ = ("name", "version")
     name: str
-    version: str
+    version: str | None
+
+    def __init__(self, name: str, version: str | None = None) -> None:
+        object.__setattr__(self, "name", validate_name(name))
+        if version is not None and version != LATEST:
+            version = validate_version(version)
+        object.__setattr__(self, "version", version)
+
+    def __setattr__(self, key: str, value: object) -> None:
+        raise AttributeError(f"{type(self).__name__} is immutable: build a new Tag instead")
 
     def __str__(self) -> str:
-        return f"{self.name}:{self.version}"
+        return self.name if self.version is None else f"{self.name}:{self.version}"
+
+    def __repr__(self) -> str:
+        return f"Tag(name={self.name!r}, version={self.version!r})"
+
+    def _key(self) -> tuple[str, str]:
+        return self.name, "" if self.version is None else self.version
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Tag):
+            return NotImplemented
+        return (self.name, self.version) == (other.name, other.version)
+
+    def __hash__(self) -> int:
+        return hash((self.name, self.version))
+
+    def __lt__(self, other: object) -> bool:
+        if not isinstance(other, Tag):
+            return NotImplemented
+        return self._key() < other._key()
+
+    def __le__(self, other: object) -> bool:
+        if not isinstance(other, Tag):
+            return NotImplemented
+        return self._key() <= other._key()
+
+    def __gt__(self, other: object) -> bool:
+        if not isinstance(other, Tag):
+            return NotImplemented
+        return self._key() > other._key()
+
+    def __ge__(self, other: object) -> bool:
+        if not isinstance(other, Tag):
+            return NotImplemented
+        return self._key() >= other._key()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return Tag, (self.name, self.version)
+
+    @property
+    def is_latest(self) -> bool:
+        """True when the tag names no fixed version (`name` or `name:latest`)."""
+        return self.version is None or self.version == LATEST
 
     @classmethod
     def from_str(cls, text: str) -> Tag:
-        """Parse an exact `name:version` tag (no `latest`)."""
-        name, version = parse_tag(text)
-        if version is None:
-            raise InvalidName(f"tag {text!r} has no version: write it as name:version")
-        return cls(name, version)
+        """Parse `name`, `name:latest` or `name:version` (a trailing `:` is an error)."""
+        if not isinstance(text, str) or not text.strip():
+            raise InvalidName(f"invalid tag {text!r}: write it as name or name:version")
+        name, sep, version = text.strip().partition(":")
+        if sep and not version:
+            raise InvalidName(
+                f"invalid tag {text!r}: nothing after ':'; did you mean {name}:latest?"
+            )
+        return Tag(name, version or None)
+
+    @classmethod
+    def from_taglike(cls, taglike: object) -> Tag:
+        """A `Tag` as is (a saved `Model` gives its plain tag), else `from_str` of the text."""
+        if isinstance(taglike, Tag):
+            return Tag(taglike.name, taglike.version) if type(taglike) is not Tag else taglike
+        tag_attr = getattr(taglike, "tag", None)
+        if isinstance(tag_attr, Tag):
+            return cls.from_taglike(tag_attr)
+        if not isinstance(taglike, str):
+            raise InvalidName(f"invalid tag {taglike!r}: write it as name or name:version")
+        return cls.from_str(taglike)
 
 
 def parse_tag(text: object) -> tuple[str, str | None]:
     """Split `name`, `name:latest` or `name:version`; version is None for the newest."""
-    if isinstance(text, Tag):
-        return text.name, text.version
-    tag_attr = getattr(text, "tag", None)
-    if isinstance(tag_attr, Tag):  # a Model reference
-        return tag_attr.name, tag_attr.version
-    if not isinstance(text, str) or not text.strip():
-        raise InvalidName(f"invalid tag {text!r}: write it as name or name:version")
-    name, sep, version = text.strip().partition(":")
-    name = validate_name(name)
-    if not sep or version == LATEST:
-        return name, None
-    if not version:
-        raise InvalidName(f"invalid tag {text!r}: the version after ':' is empty")
-    return name, validate_version(version)
+    tag = Tag.from_taglike(text)
+    return tag.name, None if tag.is_latest else tag.version

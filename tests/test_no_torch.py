@@ -54,6 +54,10 @@ def populated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
         ["label", "TAG", "stage=production", "--remove", "old"],
         ["get", "missing-model"],
         ["delete", "--yes", "TAG"],
+        ["models", "--help"],
+        ["models", "list", "--label", "stage=dev"],
+        ["models", "get", "mlp:latest", "--output", "json"],
+        ["list", "missing-model"],
     ],
     ids=lambda a: " ".join(a),
 )

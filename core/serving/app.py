@@ -35,6 +35,7 @@ from .options import ServeOptions
 from .protocol import HandlerFactory, ProtocolHandler, ServeContext
 from .registry import ModelRegistry
 from .target import Served
+from .v2 import V2Handler
 
 __all__ = [
     "HandlerFactory",
@@ -68,11 +69,14 @@ class ServeApp:
         self.on_ready = on_ready
         self.on_failure = on_failure
         self.draining = False
+        # Extra keys of a ready /readyz answer (serving a label: the live versions, failures).
+        self.ready_details: Callable[[], dict[str, Any]] | None = None
         self.metrics = _metrics_for(registry)
         registry.observer = self.metrics
         self.auth = Authorizer(options.api_token)
         ctx = ServeContext(registry, options, self.metrics, self.auth)
-        factories: list[HandlerFactory] = [NativeHandler, *protocols]
+        # every server speaks its own protocol and the Open Inference Protocol (V2)
+        factories: list[HandlerFactory] = [NativeHandler, V2Handler, *protocols]
         self.handlers: list[ProtocolHandler] = [make(ctx) for make in factories]
         self.post: dict[str, AsgiApp] = {}
         for handler in self.handlers:
@@ -95,6 +99,10 @@ class ServeApp:
     def begin_drain(self) -> None:
         """/readyz answers 503 from now on (in-flight requests still finish)."""
         self.draining = True
+        for handler in self.handlers:  # protocols with their own readiness route (V2)
+            drain = getattr(handler, "begin_drain", None)
+            if drain is not None:
+                drain()
 
     @property
     def failed(self) -> str | None:
@@ -125,7 +133,8 @@ class ServeApp:
         if self.draining:
             return json_response({"status": "draining"}, 503)
         if self.registry.ready:
-            return json_response({"status": "ready"})
+            details = self.ready_details() if self.ready_details is not None else {}
+            return json_response({"status": "ready", **details})
         status = "failed" if self.registry.failed else "loading"
         return json_response({"status": status, "error": self.registry.failed}, 503)
 
@@ -204,7 +213,9 @@ def _metrics_for(registry: ModelRegistry) -> ServeMetrics:
     many = len(registry.slots) > 1
 
     def live() -> list[tuple[str, str]]:
-        return [(s.name, s.loaded.version) for s in registry.slots.values() if s.loaded]
+        live = [(s.name, s.loaded.version) for s in registry.slots.values() if s.loaded]
+        canaries = [(s.name, s.canary.version) for s in registry.slots.values() if s.canary]
+        return sorted(set(live + canaries))
 
     metrics = ServeMetrics(labels=("model", "api") if many else ("api",), live_versions=live)
     for slot in registry.slots.values():

@@ -11,6 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, overload
 
+from .streaming import is_stream_function
+
 __all__ = ["ApiConfig", "ServiceConfig", "api", "service", "service_config", "api_configs"]
 
 _API_ATTR = "__torchshelf_api__"
@@ -22,7 +24,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 @dataclass(frozen=True)
 class ApiConfig:
-    """How one method is served: its route name and, for `batch=True`, how calls are merged."""
+    """How one method is served: its route name and, for `batch=True`, how calls are merged;
+    `stream` is True for a generator method, whose items are streamed."""
 
     name: str
     batch: bool = False
@@ -30,6 +33,7 @@ class ApiConfig:
     max_latency_ms: float = 10.0
     batch_dim: int = 0
     route: str | None = None
+    stream: bool = False
 
     @property
     def path(self) -> str:
@@ -66,8 +70,9 @@ def api(
     batch: bool = False,
     max_batch_size: int = 32,
     max_latency_ms: float = 10.0,
-    batch_dim: int = 0,
+    batch_dim: int | tuple[int, int] = 0,
     route: str | None = None,
+    batchable: bool = False,
 ) -> Callable[[F], F]: ...
 
 
@@ -78,8 +83,9 @@ def api(
     batch: bool = False,
     max_batch_size: int = 32,
     max_latency_ms: float = 10.0,
-    batch_dim: int = 0,
+    batch_dim: int | tuple[int, int] = 0,
     route: str | None = None,
+    batchable: bool = False,
 ) -> Any:
     """Mark a service method as an HTTP api, served as `POST /<method name>`.
 
@@ -87,31 +93,61 @@ def api(
     `max_batch_size` items, into one call of the method, which returns a list of the same length
     (or, for a `torch.Tensor` parameter, a tensor split back along `batch_dim`). A lone request is
     never held back; `max_latency_ms` bounds how long a batch may wait to fill under load.
+    `batchable=True` is BentoML's spelling of `batch=True`; its `batch_dim=(in, out)` pair is
+    taken when both dimensions agree.
+
+    A generator (or async generator) method streams its items as they are yielded: Server-Sent
+    Events by default, NDJSON for `Accept: application/x-ndjson`. Streaming apis are not batched.
 
     Example:
         >>> @torchshelf.api(batch=True, max_batch_size=32, max_latency_ms=10)
         ... def embed(self, texts: list[str]) -> list[list[float]]: ...
+        >>> @torchshelf.api
+        ... def generate(self, prompt: str) -> Iterator[str]:
+        ...     yield from self.tokens(prompt)
     """
     if max_batch_size < 1:
         raise ValueError("max_batch_size must be at least 1")
     if max_latency_ms < 0:
         raise ValueError("max_latency_ms must be >= 0")
+    dim = _one_batch_dim(batch_dim)
 
     def mark(fn: Callable[..., Any]) -> Callable[..., Any]:
         if not callable(fn):
             raise TypeError("@torchshelf.api decorates a method")
+        stream = is_stream_function(fn)
+        if stream and batch:
+            raise TypeError(
+                f"{fn.__name__} is a generator, so it streams; a streaming api cannot be "
+                "batch=True (drop batch=True, or return a list instead of yielding)"
+            )
         cfg = ApiConfig(
             name=fn.__name__,
-            batch=batch,
+            batch=bool(batch or batchable),
             max_batch_size=int(max_batch_size),
             max_latency_ms=float(max_latency_ms),
-            batch_dim=int(batch_dim),
+            batch_dim=dim,
             route=route,
+            stream=stream,
         )
         setattr(fn, _API_ATTR, cfg)
         return fn
 
     return mark(func) if func is not None else mark
+
+
+def _one_batch_dim(batch_dim: int | tuple[int, int]) -> int:
+    """An int, or BentoML's `(in, out)` pair when both agree (results split along the input's)."""
+    if isinstance(batch_dim, (tuple, list)):
+        if len(batch_dim) != 2 or batch_dim[0] != batch_dim[1]:
+            raise ValueError(
+                f"batch_dim={tuple(batch_dim)!r}: @api splits results along the input's batch "
+                "dimension, so the input and output dimensions must be the same"
+            )
+        batch_dim = batch_dim[0]
+    if not isinstance(batch_dim, int) or isinstance(batch_dim, bool):
+        raise ValueError(f"batch_dim must be an integer, not {batch_dim!r}")
+    return batch_dim
 
 
 @overload

@@ -50,7 +50,7 @@ class LoadedModel:
         self._runners = {
             ep.name: make_runner(ep, fns[ep.name], served.device)
             for ep in endpoints
-            if not ep.is_async
+            if not ep.is_async and not ep.stream
         }
         self.released = False
 
@@ -67,6 +67,11 @@ class LoadedModel:
     async def call(self, api: str, kwargs: dict[str, Any]) -> Inference:
         """Await an `async def` api (not batched: it runs on the event loop)."""
         return Inference(await self._fns[api](**kwargs), self.version)
+
+    def open_stream(self, api: str, kwargs: dict[str, Any]) -> Inference:
+        """Start a streaming api: the value is its (async) generator, not run yet; see
+        `streaming.GeneratorStream`."""
+        return Inference(self._fns[api](**kwargs), self.version)
 
     def release(self) -> None:
         """Drop the weights and give their memory back (CUDA cache, malloc arenas)."""

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import NotFound, UsageError
+from ..resolver import is_file_target
 from .codecs import InputError, Param, TensorSpec, params_of, return_kind
 from .decorators import ApiConfig, api_configs, service_config
 
@@ -29,6 +30,7 @@ class Call:
 
     kwargs: dict[str, Any]
     rows: int = 1
+    canary: bool = False  # routed to the slot's canary version (`--canary`) on arrival
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,7 @@ class Endpoint:
     is_async: bool = False
     input_spec: Any = None
     doc: str = ""
+    stream: bool = False  # a generator api: its items are streamed (`returns` is an item's kind)
 
     def rows_of(self, kwargs: dict[str, Any]) -> int:
         """How many batch items a request carries; every batched parameter must agree."""
@@ -100,15 +103,11 @@ class Served:
 
 
 def _import_file(path: Path) -> Any:
-    from ..sources import import_file
+    from ..resolver import import_file
 
     if not Path(path).is_file():
         raise NotFound(f"no such file: {Path(path).resolve()}")
     return import_file(path, "torchshelf_service")
-
-
-def _is_file_target(left: str) -> bool:
-    return left.endswith(".py") or "/" in left or "\\" in left
 
 
 def _service_class(target: str) -> type | None:
@@ -117,7 +116,7 @@ def _service_class(target: str) -> type | None:
     left, sep, attr = target.rpartition(":")
     if not sep or not attr.isidentifier():
         return None
-    if _is_file_target(left):
+    if is_file_target(left):
         module = _import_file(Path(left))
     else:
         if not all(part.isidentifier() for part in left.split(".")):
@@ -134,7 +133,7 @@ def _service_class(target: str) -> type | None:
             raise UsageError(f"importing {left} failed: {type(exc).__name__}: {exc}") from exc
     obj = getattr(module, attr, None)
     if obj is None:
-        if not _is_file_target(left):
+        if not is_file_target(left):
             return None
         raise NotFound(f"{left} has no attribute {attr!r}")
     if not inspect.isclass(obj):
@@ -154,7 +153,7 @@ def resolve_target(target: str, device: str | None = None) -> Served:
     from ..errors import InvalidName
 
     left = target.rpartition(":")[0]
-    if not _is_file_target(left):
+    if not is_file_target(left):
         try:
             return _serve_model(target, device)
         except (NotFound, InvalidName) as exc:
@@ -184,6 +183,18 @@ def _default_device(wants_gpu: bool) -> str:
 # -- stored models ------------------------------------------------------------------------------
 
 
+def _served_batch_dim(tag: object, method: str, dims: tuple[int, int]) -> int:
+    """The one batch dimension a stored signature is served with (input and output share it)."""
+    if dims[0] != dims[1]:
+        from ..errors import UsageError
+
+        raise UsageError(
+            f"{tag} signature {method!r} has batch_dim={dims}: serving splits results along the "
+            "input's batch dimension, so it needs the same input and output dimension"
+        )
+    return dims[0]
+
+
 def _serve_model(tag: str, device: str | None) -> Served:
     from ..lifecycle import get as store_get
 
@@ -201,7 +212,7 @@ def _serve_model(tag: str, device: str | None) -> Served:
                 batch=bool(sig.get("batchable", False)),
                 max_batch_size=int(sig.get("max_batch_size", 32)),
                 max_latency_ms=float(sig.get("max_latency_ms", 10.0)),
-                batch_dim=int(sig.get("batch_dim", 0)),
+                batch_dim=_served_batch_dim(ref.tag, method, sig.batch_dim),
                 wrap_outputs=True,
                 input_spec=sig.get("input_spec"),
                 doc=f'Run `{method}` of {ref.tag} on `inputs`; answers {{"outputs": ...}}.',
@@ -229,7 +240,7 @@ def _serve_model(tag: str, device: str | None) -> Served:
         loader=load,
         details={"format": ref.manifest.format if hasattr(ref, "manifest") else None},
         name=ref.tag.name,
-        version=ref.tag.version,
+        version=ref.version,
     )
 
 
@@ -325,8 +336,9 @@ def _endpoint_of(func: Callable[..., Any], api: ApiConfig) -> Endpoint:
         max_batch_size=api.max_batch_size,
         max_latency_ms=api.max_latency_ms,
         batch_dim=api.batch_dim,
-        is_async=inspect.iscoroutinefunction(func),
+        is_async=inspect.iscoroutinefunction(func) or inspect.isasyncgenfunction(func),
         doc=inspect.getdoc(func) or "",
+        stream=api.stream,
     )
 
 
@@ -437,3 +449,29 @@ def _split(out: Any, rows: list[int], total: int, dim: int) -> list[Any]:
             start += k
         return res
     raise ValueError(f"cannot split a batch result of type {type(out).__name__} between callers")
+
+
+def resolve_targets(targets: Sequence[str], device: str | None = None) -> list[Served]:
+    """Resolve every TARGET (tags and services) on `device` (checked here: it must exist);
+    everything that can be wrong with the command fails here, before the server binds."""
+    from ..devices import parse_device, resolve_device
+    from ..errors import UsageError
+
+    if not targets:
+        raise UsageError("give at least one TARGET to serve")
+    if device is not None:
+        parse_device(device)  # a malformed string fails before anything heavy is imported
+        device = str(resolve_device(device))
+    served = []
+    for target in targets:
+        one = resolve_target(target, device)
+        if device is None and one.device != "cpu":
+            one.device = str(resolve_device(one.device))
+        served.append(one)
+    names = [s.name for s in served]
+    for name in names:
+        if names.count(name) > 1:
+            raise UsageError(
+                f"{name!r} is named by more than one TARGET; serve each model name once"
+            )
+    return served
