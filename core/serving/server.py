@@ -13,6 +13,7 @@ even then waits for the worker thread at interpreter exit).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -80,6 +81,12 @@ def _http_choice() -> Any:
     return http_protocol()
 
 
+def _http_base() -> type[asyncio.Protocol]:
+    """The protocol class under the guards: ours (transport.py) over httptools, else h11."""
+    choice = _http_choice()
+    return http_protocol_class(choice) if isinstance(choice, str) else choice  # type: ignore[no-any-return]
+
+
 def run_server(
     targets: Served | Sequence[Served] | ModelRegistry,
     options: ServeOptions,
@@ -123,9 +130,7 @@ def uvicorn_config(app: Any, options: ServeOptions) -> uvicorn.Config:
         port=options.port,
         loop=_loop_choice(),
         # header deadline + connection bound: uvicorn has neither (connections.py)
-        http=guarded_protocol(
-            http_protocol_class(_http_choice()), options.header_timeout, options.max_connections
-        ),
+        http=guarded_protocol(_http_base(), options.header_timeout, options.max_connections),
         lifespan="on",
         log_level="warning",
         access_log=options.access_log,
