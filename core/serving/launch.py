@@ -17,20 +17,23 @@ __all__ = ["resolve_targets", "serve"]
 def resolve_targets(targets: Sequence[str], device: str | None = None) -> list[Served]:
     """Resolve every TARGET (tags and services) on `device` (checked here: it must exist);
     everything that can be wrong with the command fails here, before the server binds."""
-    from ..devices import parse_device, resolve_device
+    from ..devices import parse_devices, resolve_device, resolve_devices
     from ..errors import UsageError
     from .target import resolve_target
 
     if not targets:
         raise UsageError("give at least one TARGET to serve")
+    devices: list[str] = []
     if device is not None:
-        parse_device(device)  # a malformed string fails before anything heavy is imported
-        device = str(resolve_device(device))
+        parse_devices(device)  # a malformed string fails before anything heavy is imported
+        devices = [str(d) for d in resolve_devices(device)]
     served = []
     for target in targets:
-        one = resolve_target(target, device)
-        if device is None and one.device != "cpu":
+        one = resolve_target(target, devices[0] if devices else None)
+        if not devices and one.device != "cpu":
             one.device = str(resolve_device(one.device))
+        if len(devices) > 1:
+            one.replicas = tuple(devices)  # one replica per device, in --device order
         served.append(one)
     names = [s.name for s in served]
     for name in names:
@@ -62,5 +65,6 @@ def serve(
     if on_resolved is not None:
         on_resolved(served)
     if workers > 1:
-        return run_workers(targets[0], served[0].device, options, workers, on_ready=on_ready)
+        devices = ",".join(served[0].devices)
+        return run_workers(targets[0], devices, options, workers, on_ready=on_ready)
     return run_server(served, options, on_ready=on_ready, protocols=protocols)

@@ -57,7 +57,18 @@ class ModelSlot:
 
     @property
     def device(self) -> str:
+        """The first replica's device."""
         return self.served.device
+
+    @property
+    def devices(self) -> list[str]:
+        """One device per replica (`--device cuda:0,cuda:1`)."""
+        return self.served.devices
+
+    @property
+    def batcher_key(self) -> str:
+        """Which `Batcher` serves this slot: one per device list, shared by its models."""
+        return ",".join(self.devices)
 
     @property
     def version(self) -> str:
@@ -71,7 +82,8 @@ class ModelSlot:
 
 
 class ModelRegistry:
-    """Served models by name; one `Batcher` (one worker thread) per device, shared by all."""
+    """Served models by name; one `Batcher` per device list (one worker thread per replica),
+    shared by every model on those devices."""
 
     def __init__(
         self,
@@ -132,10 +144,10 @@ class ModelRegistry:
         Raises the first load error: the server cannot serve what it was asked to.
         """
         threads = self.options.threads or default_threads()
-        if any(s.device == "cpu" for s in self.slots.values()):
+        if any("cpu" in s.devices for s in self.slots.values()):
             _set_threads(threads)  # inline batches run on this (the loop's) thread
         for slot in self.slots.values():
-            batcher = self._batcher(slot.device, threads)
+            batcher = self._batcher(slot.devices, threads)
             for ep in slot.endpoints:
                 if not ep.is_async:
                     batcher.add_queue(self._queue_spec(slot, ep))
@@ -144,17 +156,23 @@ class ModelRegistry:
             await self.load(slot.name)
         self.started = True
 
-    def _batcher(self, device: str, threads: int) -> Batcher:
-        batcher = self.batchers.get(device)
+    def _batcher(self, devices: list[str], threads: int) -> Batcher:
+        key = ",".join(devices)
+        batcher = self.batchers.get(key)
         if batcher is None:
-            initializer = (lambda: _set_threads(threads)) if device == "cpu" else None
-            executor = ThreadPoolExecutor(
-                1, thread_name_prefix=f"torchshelf-{device}", initializer=initializer
-            )
-            self._executors.append(executor)
-            batcher = self.batchers[device] = Batcher(
+            from ..devices import split_threads
+
+            # CPU replicas share the torch threads, so together they do not oversubscribe
+            executors = [
+                _replica_executor(device, index, share)
+                for index, (device, share) in enumerate(
+                    zip(devices, split_threads(threads, devices), strict=True)
+                )
+            ]
+            self._executors.extend(executors)
+            batcher = self.batchers[key] = Batcher(
                 [],
-                executor=executor,
+                executors=executors,
                 observer=self.observer,
                 default_timeout=self.options.timeout,
                 fill_wait=self.options.fill_wait,
@@ -165,15 +183,19 @@ class ModelRegistry:
     def _queue_spec(self, slot: ModelSlot, ep: Endpoint) -> QueueSpec:
         api = ep.name
 
-        def run(calls: list[Call]) -> list[Inference]:
+        def run_on(replica: int, calls: list[Call]) -> list[Inference]:
             loaded = slot.loaded  # read per batch: a swap takes effect at the next batch
             if loaded is None:
                 raise NotLoaded(f"model {slot.name!r} was unloaded; retry to load it again")
-            return loaded.run(api, calls)
+            return loaded.run(api, calls, replica)
+
+        def run(calls: list[Call]) -> list[Inference]:
+            return run_on(0, calls)
 
         return QueueSpec(
             name=slot.queues[api],
             run=run,
+            run_on=run_on,
             batchable=ep.batch,
             max_batch_size=ep.max_batch_size,
             max_latency_ms=ep.max_latency_ms,
@@ -216,7 +238,7 @@ class ModelRegistry:
             return await loaded.call(api, kwargs)
         slot.pending += 1
         try:
-            return await self.batchers[slot.device].submit(  # type: ignore[no-any-return]
+            return await self.batchers[slot.batcher_key].submit(  # type: ignore[no-any-return]
                 slot.queues[api], Call(kwargs, rows), rows, timeout
             )
         finally:
@@ -278,15 +300,15 @@ class ModelRegistry:
         """Take the slot's version out of service and release it once no batch runs on it."""
         old, slot.loaded, slot.state = slot.loaded, None, "unloaded"
         if old is not None:
-            self._release_later(slot.device, old)
+            self._release_later(slot.batcher_key, old)
 
-    def _release_later(self, device: str, old: LoadedModel) -> None:
+    def _release_later(self, key: str, old: LoadedModel) -> None:
         loop = asyncio.get_running_loop()
 
         def release() -> None:
             loop.run_in_executor(self._loader, old.release)
 
-        batcher = self.batchers.get(device)
+        batcher = self.batchers.get(key)
         if batcher is None:
             release()
         else:
@@ -310,8 +332,18 @@ class ModelRegistry:
         slot = self.slot(name)
         old, slot.loaded, slot.state, slot.error = slot.loaded, new, "ready", None
         if old is not None and old is not new:
-            self._release_later(slot.device, old)
+            self._release_later(slot.batcher_key, old)
         return old
+
+
+def _replica_executor(device: str, index: int, threads: int) -> ThreadPoolExecutor:
+    """One replica's worker thread (on CPU with its share of the torch threads)."""
+    name = f"torchshelf-{device}-r{index}"
+    if device != "cpu":
+        return ThreadPoolExecutor(1, thread_name_prefix=name)
+    return ThreadPoolExecutor(
+        1, thread_name_prefix=name, initializer=_set_threads, initargs=(threads,)
+    )
 
 
 def _set_threads(threads: int) -> None:

@@ -90,10 +90,19 @@ class Served:
     details: dict[str, Any] = field(default_factory=dict)
     name: str = ""
     version: str = ""
+    # `--device cuda:0,cuda:1` / `cpu,cpu`: one replica per entry (empty: just `device`, which
+    # is always the first replica's device)
+    replicas: tuple[str, ...] = ()
 
-    def load(self) -> dict[str, Callable[..., Any]]:
-        """Load weights / build the service and warm up; returns the callable of each api."""
-        return self.loader(self.device)
+    @property
+    def devices(self) -> list[str]:
+        """One device per replica, in `--device` order (the replica index is the position)."""
+        return list(self.replicas) or [self.device]
+
+    def load(self, device: str | None = None) -> dict[str, Callable[..., Any]]:
+        """Load weights / build the service on `device` (default: the first replica's) and warm
+        up; returns the callable of each api."""
+        return self.loader(self.device if device is None else device)
 
 
 # -- target parsing -----------------------------------------------------------------------------
