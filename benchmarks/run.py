@@ -57,7 +57,8 @@ MAX_BATCH = 32
 MAX_LATENCY_MS = 10.0
 BENTO_BUDGET_MS = 1000.0  # the smallest budget BentoML met at 64 clients (peers/README.md)
 LEVELS = (1, 8, 64)
-SERVERS = ("echo", "naive", "torchshelf", "torchshelf-st", "litserve", "bentoml@10", "bentoml@1000")
+SERVERS = ("echo", "naive", "torchshelf", "torchshelf-st", "torchshelf-v2", "torchshelf-v2-bin",
+           "litserve", "bentoml@10", "bentoml@1000")  # fmt: skip
 
 
 def say(text: str) -> None:
@@ -399,6 +400,25 @@ def write_bodies(model: str, work: Path) -> tuple[Path, Path]:
     return jpath, spath
 
 
+def write_v2_bodies(model: str, work: Path) -> tuple[Path, Path, str]:
+    """The same row as an Open Inference Protocol request: JSON, and the binary extension
+    (returns the two files and the binary body's Inference-Header-Content-Length)."""
+    import torch
+
+    torch.manual_seed(1)
+    x = torch.randn(1, MODELS[model][0])
+    tensor = {"name": "inputs", "shape": list(x.shape), "datatype": "FP32"}
+    jpath, bpath = work / f"{model}.v2.json", work / f"{model}.v2.bin"
+    jpath.write_text(json.dumps({"inputs": [{**tensor, "data": x.flatten().tolist()}]}))
+    raw = x.numpy().tobytes()
+    head = json.dumps({
+        "inputs": [{**tensor, "parameters": {"binary_data_size": len(raw)}}],
+        "outputs": [{"name": "outputs", "parameters": {"binary_data": True}}],
+    }).encode()  # fmt: skip
+    bpath.write_bytes(head + raw)
+    return jpath, bpath, str(len(head))
+
+
 def run_serve(opts: argparse.Namespace) -> dict[str, Any]:
     """Every server x model x concurrency level, the ceilings, and a profile of shelf serve."""
     work = Path(tempfile.mkdtemp(prefix="torchshelf-run-serve-"))
@@ -426,6 +446,20 @@ def run_serve(opts: argparse.Namespace) -> dict[str, Any]:
                     s, list(LEVELS), sbody, opts, ("Accept: application/vnd.safetensors",)
                 )
                 say(f"serve {model} torchshelf-st: {_fmt_levels(servers['torchshelf-st'])}")
+                v2json, v2bin, v2head = write_v2_bodies(model, work)
+                v2url = Server(
+                    s.url.removesuffix("/predict") + f"/v2/models/{tag.split(':')[0]}/infer", s.pid
+                )
+                servers["torchshelf-v2"] = measure(v2url, list(LEVELS), v2json, opts)
+                servers["torchshelf-v2-bin"] = measure(
+                    v2url,
+                    list(LEVELS),
+                    v2bin,
+                    opts,
+                    (f"Inference-Header-Content-Length: {v2head}",),
+                )
+                say(f"serve {model} V2: JSON {_fmt_levels(servers['torchshelf-v2'])}, "
+                    f"binary {_fmt_levels(servers['torchshelf-v2-bin'])}")  # fmt: skip
                 if not opts.no_profile:
                     res["profile_64"] = profile_at_64(s, jbody, opts, f"serve-{model}-64")
             with peer("litserve", model) as s:
@@ -604,6 +638,8 @@ def _label(name: str) -> str:
         "naive": "naive starlette",
         "torchshelf": "**shelf serve** (JSON)",
         "torchshelf-st": "shelf serve (safetensors)",
+        "torchshelf-v2": "shelf serve V2 (JSON)",
+        "torchshelf-v2-bin": "shelf serve V2 (binary)",
         "litserve": "LitServe",
         "bentoml@10": "BentoML max_latency 10 ms",
         "bentoml@1000": "BentoML max_latency 1000 ms",

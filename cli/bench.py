@@ -11,11 +11,13 @@ import contextlib
 from collections.abc import Callable, Iterator
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
 
 from .render import print_json, stderr, stdout
+
+T = TypeVar("T")
 
 
 class BenchOutput(str, Enum):
@@ -52,6 +54,17 @@ def _progress(enabled: bool) -> Iterator[Callable[[str, int, int, bool], None] |
             bar.update(tasks[label], completed=most if finished else done, windows=done)
 
         yield update
+
+
+def _settings(cls: Callable[..., T], **given: Any) -> T:
+    """`cls(...)` with only the options the user gave: the defaults live in core, once."""
+    return cls(**{k: v for k, v in given.items() if v is not None})
+
+
+def _ints(text: str | None, flag: str) -> tuple[int, ...] | None:
+    from torchshelf.bench.report import parse_int_list
+
+    return None if text is None else tuple(parse_int_list(text, flag))
 
 
 def _given(ctx: typer.Context, name: str) -> bool:
@@ -236,12 +249,21 @@ def register(app: typer.Typer) -> None:
             ),
         ] = None,
         stability: Annotated[
-            str,
-            typer.Option("--stability", help="Windows repeat until the last 3 agree within this."),
-        ] = "10%",
+            str | None,
+            typer.Option(
+                "--stability",
+                help="Windows repeat until the last 3 agree within this (default: 10%).",
+                show_default=False,
+            ),
+        ] = None,
         max_windows: Annotated[
-            int, typer.Option("--max-windows", help="Give up on stability after this many windows.")
-        ] = 10,
+            int | None,
+            typer.Option(
+                "--max-windows",
+                help="Give up on stability after this many windows (default: 10).",
+                show_default=False,
+            ),
+        ] = None,
         concurrency: Annotated[
             str | None,
             typer.Option(
@@ -317,12 +339,13 @@ def register(app: typer.Typer) -> None:
             ),
         ] = None,
         max_regression: Annotated[
-            str,
+            str | None,
             typer.Option(
                 "--max-regression",
-                help="Allowed throughput drop / p50 latency rise against --baseline.",
+                help="Allowed throughput drop / p50 latency rise against --baseline (default: 10%).",
+                show_default=False,
             ),
-        ] = "10%",
+        ] = None,
     ) -> None:
         """Measure latency percentiles and throughput of a model (TARGET) or a server (--url).
 
@@ -331,9 +354,9 @@ def register(app: typer.Typer) -> None:
         agree within --stability. Data on stdout, progress and warnings on stderr.
         """
         from torchshelf.bench.report import (
+            DEFAULT_MAX_REGRESSION,
             compare_with_baseline,
             load_report,
-            parse_int_list,
             parse_percent,
             write_csv,
         )
@@ -352,8 +375,12 @@ def register(app: typer.Typer) -> None:
             mode = "model mode (TARGET)" if url else "server mode (--url)"
             hint = "; with --url, warm up with --warmup-duration S" if "--warmup" in wrong else ""
             raise UsageError(f"{', '.join(wrong)} only applies to {mode}{hint}")
-        tolerance = parse_percent(stability, "--stability")
-        limit = parse_percent(max_regression, "--max-regression")
+        tolerance = None if stability is None else parse_percent(stability, "--stability")
+        limit = (
+            DEFAULT_MAX_REGRESSION
+            if max_regression is None
+            else parse_percent(max_regression, "--max-regression")
+        )
         if duration is not None and iterations is not None:
             raise UsageError("pass --duration or --iterations, not both")
         if duration is not None and not duration > 0:
@@ -374,7 +401,7 @@ def register(app: typer.Typer) -> None:
                     body_from_server,
                     body_from_shape,
                 )
-                from torchshelf.bench.model import _normalise_dtype, parse_shape
+                from torchshelf.bench.model import normalise_dtype, parse_shape
 
                 headers = []
                 for item in header or []:
@@ -388,7 +415,7 @@ def register(app: typer.Typer) -> None:
                     request_body = body_from_file(body)
                 elif input_shape is not None:
                     request_body = body_from_shape(
-                        parse_shape(input_shape), _normalise_dtype(dtype or "float32")
+                        parse_shape(input_shape), *([normalise_dtype(dtype)] if dtype else [])
                     )
                 else:
                     found = body_from_server(Endpoint.parse(url), headers)
@@ -399,15 +426,16 @@ def register(app: typer.Typer) -> None:
                             "3,224,224) or --body FILE.json"
                         )
                     request_body = found
-                settings = LoadSettings(
-                    concurrency=tuple(parse_int_list(concurrency or "1,8,64", "--concurrency")),
-                    warmup_s=1.0 if warmup_duration is None else warmup_duration,
-                    duration_s=2.0 if duration is None else duration,
+                settings = _settings(
+                    LoadSettings,
+                    concurrency=_ints(concurrency, "--concurrency"),
+                    warmup_s=warmup_duration,
+                    duration_s=duration,
                     stability=tolerance,
                     max_windows=max_windows,
-                    procs=1 if procs is None else procs,
+                    procs=procs,
                     headers=tuple(headers),
-                    timeout_s=30.0 if timeout is None else timeout,
+                    timeout_s=timeout,
                 )
                 report = bench_server(url, request_body, settings, progress=progress)
             else:
@@ -415,10 +443,11 @@ def register(app: typer.Typer) -> None:
                 from torchshelf.devices import parse_device
 
                 parse_device(device)  # a malformed device fails before torch is imported
-                model_settings = ModelBenchSettings(
-                    batch_sizes=tuple(parse_int_list(batch_sizes or "1,8,32", "--batch-sizes")),
-                    warmup=10 if warmup is None else warmup,
-                    duration_s=1.0 if duration is None else duration,
+                model_settings = _settings(
+                    ModelBenchSettings,
+                    batch_sizes=_ints(batch_sizes, "--batch-sizes"),
+                    warmup=warmup,
+                    duration_s=duration,
                     iterations=iterations,
                     stability=tolerance,
                     max_windows=max_windows,

@@ -6,7 +6,6 @@ server binds. torch and the server stack are imported inside the command, never 
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Annotated, Any
 
@@ -51,6 +50,8 @@ def _banner(served: list[Any], options: Any, token_source: str | None, workers: 
                 f"max {ep.max_batch_size} items, wait <= {ep.max_latency_ms:g} ms under load, "
                 f"dim {ep.batch_dim}"
                 if ep.batch
+                else "streams items (SSE, or NDJSON)"
+                if ep.stream
                 else "one request per call"
             )
             path = ep.path if len(served) == 1 else f"/models/{one.name}/{ep.name}"
@@ -160,13 +161,12 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Serve stored models or @torchshelf.service classes over HTTP, batching requests."""
         from torchshelf.config import ENV_API_TOKEN
+        from torchshelf.config import api_token as configured_token
         from torchshelf.errors import ShelfError, UsageError
         from torchshelf.serving.options import ServeOptions
 
         started = time.perf_counter()
-        token_source = "--api-token" if api_token else None
-        if not api_token and os.environ.get(ENV_API_TOKEN):
-            api_token, token_source = os.environ[ENV_API_TOKEN], ENV_API_TOKEN
+        api_token, token_source = configured_token(api_token)
         options = ServeOptions(
             host=host,
             port=port,

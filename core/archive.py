@@ -25,6 +25,7 @@ import zlib
 from pathlib import Path
 from typing import IO, Any
 
+from .config import ENV_MAX_IMPORT, max_import_bytes
 from .diskspace import ensure_free, is_disk_full, store_full
 from .errors import AlreadyExists, ArchiveError, IntegrityError, ManifestError, UsageError
 from .manifest import MANIFEST, HashingWriter, Manifest, Progress, check_relpath, parse_manifest
@@ -32,8 +33,6 @@ from .store import Store, now_iso
 from .tag import Tag, validate_name, validate_version
 
 MAX_MANIFEST_BYTES = 16 << 20
-ENV_MAX_IMPORT = "TORCHSHELF_MAX_IMPORT_BYTES"
-DEFAULT_MAX_IMPORT = 256 << 30
 _COPY = 8 << 20
 _HEADER_SLACK = 1 << 20  # tar headers and padding on top of the files' own bytes
 _READ_ERRORS = (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, gzip.BadGzipFile)
@@ -99,7 +98,7 @@ def _open_archive(path: Path) -> tarfile.TarFile:
         stream = _Bounded(
             _open_decompressed(raw),
             raw,
-            limit=_max_import_bytes() + MAX_MANIFEST_BYTES + _HEADER_SLACK,
+            limit=max_import_bytes() + MAX_MANIFEST_BYTES + _HEADER_SLACK,
             max_read=max(MAX_MANIFEST_BYTES, _COPY) + tarfile.BLOCKSIZE,
             path=path,
         )
@@ -194,13 +193,6 @@ def _member(name: str, size: int) -> tarfile.TarInfo:
     return info
 
 
-def _max_import_bytes() -> int:
-    try:
-        return int(os.environ.get(ENV_MAX_IMPORT, DEFAULT_MAX_IMPORT))
-    except ValueError:
-        return DEFAULT_MAX_IMPORT
-
-
 def import_model(
     store: Store, path: Path, *, trust: bool = False, progress: Progress | None = None
 ) -> Manifest:
@@ -232,10 +224,10 @@ def import_model(
                     f"{path}: member path {name}/{version} does not match its manifest"
                 )
             total = manifest.size
-            if total > _max_import_bytes():
+            if total > max_import_bytes():
                 raise ArchiveError(
                     f"{path}: the version holds {total} bytes, over the import limit "
-                    f"({ENV_MAX_IMPORT}={_max_import_bytes()})"
+                    f"({ENV_MAX_IMPORT}={max_import_bytes()})"
                 )
             needed = total
             ensure_free(store.root, total, f"importing {name}:{version} from {path.name}")

@@ -16,8 +16,13 @@ from .errors import UsageError
 
 ENV_HOME = "TORCHSHELF_HOME"
 ENV_REMOTE = "TORCHSHELF_REMOTE"
+ENV_REMOTE_STALL = (
+    "TORCHSHELF_REMOTE_STALL_TIMEOUT"  # seconds without progress before a transfer fails
+)
 ENV_API_TOKEN = "TORCHSHELF_API_TOKEN"
 ENV_ENDPOINT = "AWS_ENDPOINT_URL"  # the standard AWS variable; a `[remote] endpoint_url` wins
+ENV_MAX_IMPORT = "TORCHSHELF_MAX_IMPORT_BYTES"
+DEFAULT_MAX_IMPORT = 256 << 30
 DEFAULT_HOME = Path("~/.torchshelf")
 
 
@@ -73,7 +78,8 @@ def store_root(explicit: str | os.PathLike[str] | None = None) -> Path:
 def remote_settings(explicit_url: str | None = None) -> dict[str, Any]:
     """The remote store settings: `url` from the flag > `TORCHSHELF_REMOTE` > `[remote] url`.
 
-    `endpoint_url` comes from `[remote] endpoint_url`, else `AWS_ENDPOINT_URL`; other keys of
+    `endpoint_url` comes from `[remote] endpoint_url`, else `AWS_ENDPOINT_URL`; `stall_timeout`
+    from `TORCHSHELF_REMOTE_STALL_TIMEOUT`, else `[remote] stall_timeout`; other keys of
     `[remote]` (`region`, `profile`) are passed through. Credentials are left to botocore.
     """
     settings, _ = project_config()
@@ -83,4 +89,37 @@ def remote_settings(explicit_url: str | None = None) -> dict[str, Any]:
         remote["url"] = url
     if not remote.get("endpoint_url") and os.environ.get(ENV_ENDPOINT):
         remote["endpoint_url"] = os.environ[ENV_ENDPOINT]
+    stall = os.environ.get(ENV_REMOTE_STALL) or remote.get("stall_timeout")
+    if stall is not None:
+        try:
+            remote["stall_timeout"] = float(stall)
+            if remote["stall_timeout"] <= 0:
+                raise ValueError(stall)
+        except (TypeError, ValueError):
+            raise UsageError(
+                f"invalid remote stall_timeout {stall!r} ({ENV_REMOTE_STALL} or [remote] "
+                "stall_timeout): give seconds > 0"
+            ) from None
     return remote
+
+
+def max_import_bytes() -> int:
+    """The most bytes an archive import may unpack: `TORCHSHELF_MAX_IMPORT_BYTES`, else 256 GiB."""
+    raw = os.environ.get(ENV_MAX_IMPORT)
+    if raw is None or not raw.strip():
+        return DEFAULT_MAX_IMPORT
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise UsageError(f"{ENV_MAX_IMPORT}={raw!r} must be a whole number of bytes (>= 0)")
+    return value
+
+
+def api_token(explicit: str | None = None) -> tuple[str | None, str | None]:
+    """The serving api token and where it came from: `--api-token` > `TORCHSHELF_API_TOKEN`."""
+    if explicit:
+        return explicit, "--api-token"
+    env = os.environ.get(ENV_API_TOKEN)
+    return (env, ENV_API_TOKEN) if env else (None, None)

@@ -20,7 +20,6 @@ A `torch.jit.ScriptModule` is stored as TorchScript (`model.ts`), which loads wi
 
 from __future__ import annotations
 
-import importlib
 import io
 import json
 import pickle
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import FormatError, UntrustedError
+from .resolver import import_class
 
 if TYPE_CHECKING:
     import torch
@@ -44,22 +44,6 @@ _TENSOR_MARK = "__torchshelf_tensor__"
 def class_path(obj: object) -> str:
     cls = obj if isinstance(obj, type) else type(obj)
     return f"{cls.__module__}:{cls.__qualname__}"
-
-
-def import_class(path: str) -> type:
-    """`package.module:Qualified.Name` -> the class; FormatError if it cannot be imported."""
-    module_name, _, qualname = path.partition(":")
-    if not module_name or not qualname:
-        raise FormatError(f"invalid class path {path!r}: write it as package.module:Class")
-    try:
-        obj: Any = importlib.import_module(module_name)
-        for part in qualname.split("."):
-            obj = getattr(obj, part)
-    except (ImportError, AttributeError) as exc:
-        raise FormatError(f"cannot import {path}: {exc}") from None
-    if not isinstance(obj, type):
-        raise FormatError(f"{path} is not a class")
-    return obj
 
 
 # --- tensors of a module ----------------------------------------------------------------------

@@ -10,36 +10,16 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from . import formats
+from . import dtypes, formats
 from .diskspace import ensure_free, is_disk_full, store_full, translate_full
 from .errors import FormatError, InvalidName, NotFound, UsageError
 from .loading import load_manifest
-from .manifest import Manifest, Progress, hash_file
+from .manifest import FileRecord, Manifest, Progress, hash_file
 from .metadata import check_labels, convert_metadata
 from .model import Model
 from .signature import stored_batch_dim
 from .store import Store, default_store, now_iso
 from .tag import LATEST, Tag, new_version, validate_version
-
-_DTYPE_NAMES = {
-    "float32",
-    "float",
-    "float64",
-    "double",
-    "float16",
-    "half",
-    "bfloat16",
-    "int64",
-    "long",
-    "int32",
-    "int",
-    "int16",
-    "short",
-    "int8",
-    "uint8",
-    "bool",
-    "complex64",
-}
 
 
 def _check_input_spec(method: str, spec: Any) -> dict[str, Any]:
@@ -51,8 +31,11 @@ def _check_input_spec(method: str, spec: Any) -> dict[str, Any]:
     if not all(isinstance(d, int) and not isinstance(d, bool) and d >= -1 for d in shape):
         raise UsageError(f"signature {method!r}: input_spec shape must be ints >= -1 (-1 = free)")
     dtype = str(spec.get("dtype", "float32")).removeprefix("torch.")
-    if dtype not in _DTYPE_NAMES:
-        raise UsageError(f"signature {method!r}: unknown input_spec dtype {dtype!r}")
+    if dtypes.find(dtype) is None:
+        raise UsageError(
+            f"signature {method!r}: unknown input_spec dtype {dtype!r}; use one of "
+            + ", ".join(dtypes.spec_names())
+        )
     return {**spec, "shape": shape, "dtype": dtype}
 
 
@@ -157,7 +140,7 @@ def save_model(
     needed: list[int] = []  # the weights' bytes, once known (for a full-disk message)
     try:
         with pickled_by_value(external_modules):
-            files: dict[str, dict[str, Any]] = {}
+            files: dict[str, FileRecord] = {}
             fmt, module_class, structure = _write_module(
                 st, name, staging, model, init_kwargs, files, progress, needed
             )
@@ -228,7 +211,7 @@ def _write_module(
     staging: Path,
     model: Any,
     init_kwargs: dict[str, Any] | None,
-    files: dict[str, dict[str, Any]],
+    files: dict[str, FileRecord],
     progress: Progress | None,
     needed: list[int],
 ) -> tuple[str, str | None, dict[str, Any]]:

@@ -30,7 +30,7 @@ def read_verified(manifest: Manifest, vdir: Path, rel: str) -> bytes:
         data = (vdir / rel).read_bytes()
     except FileNotFoundError:
         raise IntegrityError(f"{tag}: file {rel} is missing", rel) from None
-    if hashlib.sha256(data).hexdigest() != manifest.files[rel]["sha256"]:
+    if hashlib.sha256(data).hexdigest() != manifest.files[rel].sha256:
         raise IntegrityError(
             f"{tag}: file {rel} does not match its sha256 in the manifest; the version is "
             "corrupt, delete and re-import it",

@@ -21,15 +21,17 @@ parses (a label, a hash) is caught too.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
 import queue
 import threading
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from .errors import IntegrityError, ManifestError
@@ -45,9 +47,39 @@ CHUNK = 64 << 20  # bytes per write/hash step: large enough for throughput, smal
 Progress = Callable[[int], None]
 
 
-@dataclass
+@dataclass(frozen=True)
+class FileRecord:
+    """The sha256 and size of one file of a version, as hashed when it entered the store."""
+
+    sha256: str
+    size: int
+
+    def __getitem__(self, key: str) -> Any:
+        """Read access by key (`rec["sha256"]`), as when file records were plain dicts."""
+        if key in ("sha256", "size"):
+            return getattr(self, key)
+        raise KeyError(key)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"sha256": self.sha256, "size": self.size}
+
+    @classmethod
+    def of(cls, rec: FileRecord | Mapping[str, Any]) -> FileRecord:
+        return rec if isinstance(rec, FileRecord) else cls(str(rec["sha256"]), int(rec["size"]))
+
+
+_MAPPINGS = ("labels", "metadata", "signatures", "structure", "custom_objects")
+
+
+@dataclass(frozen=True)
 class Manifest:
-    """Everything known about one version; serialised as `manifest.json`."""
+    """Everything known about one version; serialised as `manifest.json`.
+
+    Immutable: the mappings are read-only views of private copies, so a `Model.manifest` handed
+    to user code cannot change what the store writes. Derive a changed manifest with
+    `dataclasses.replace(m, labels=...)`. (Values nested inside metadata and signatures are
+    copied, not frozen.)
+    """
 
     name: str
     version: str
@@ -55,21 +87,43 @@ class Manifest:
     format: str
     torch_version: str
     module_class: str | None
-    files: dict[str, dict[str, Any]]
-    labels: dict[str, str] = field(default_factory=dict)
-    metadata: dict[str, Any] = field(default_factory=dict)
-    signatures: dict[str, dict[str, Any]] = field(default_factory=dict)
-    structure: dict[str, Any] = field(default_factory=dict)
-    custom_objects: dict[str, dict[str, Any]] = field(default_factory=dict)
+    files: Mapping[str, FileRecord]
+    labels: Mapping[str, str] = field(default_factory=dict)
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    signatures: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    structure: Mapping[str, Any] = field(default_factory=dict)
+    custom_objects: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     schema: int = SCHEMA
 
+    def __post_init__(self) -> None:
+        files = {rel: FileRecord.of(rec) for rel, rec in self.files.items()}
+        object.__setattr__(self, "files", MappingProxyType(files))
+        for key in _MAPPINGS:
+            object.__setattr__(self, key, MappingProxyType(copy.deepcopy(dict(getattr(self, key)))))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready dicts (copies): the `manifest.json` document."""
+        out: dict[str, Any] = {
+            "name": self.name,
+            "version": self.version,
+            "creation_time": self.creation_time,
+            "format": self.format,
+            "torch_version": self.torch_version,
+            "module_class": self.module_class,
+            "files": {rel: rec.to_dict() for rel, rec in self.files.items()},
+            "schema": self.schema,
+        }
+        for key in _MAPPINGS:
+            out[key] = copy.deepcopy(dict(getattr(self, key)))
+        return out
+
     def to_json(self) -> bytes:
-        return json.dumps(asdict(self), indent=1, sort_keys=True, allow_nan=True).encode()
+        return json.dumps(self.to_dict(), indent=1, sort_keys=True, allow_nan=True).encode()
 
     @property
     def size(self) -> int:
         """Total bytes of the version's files."""
-        return sum(int(f["size"]) for f in self.files.values())
+        return sum(f.size for f in self.files.values())
 
 
 _REQUIRED = {
@@ -241,8 +295,8 @@ class HashingWriter:
             if self._progress is not None:
                 self._progress(len(chunk))
 
-    def close(self, fsync: bool = True) -> dict[str, Any]:
-        """Flush to disk and return the file record `{"sha256": ..., "size": ...}`."""
+    def close(self, fsync: bool = True) -> FileRecord:
+        """Flush to disk and return the file's record (sha256 and size)."""
         self._queue.put(None)
         try:
             if fsync:
@@ -252,7 +306,7 @@ class HashingWriter:
             self._thread.join()
         if self._error is not None:
             raise self._error
-        return {"sha256": self._sha.hexdigest(), "size": self._size}
+        return FileRecord(self._sha.hexdigest(), self._size)
 
     def abort(self) -> None:
         self._queue.put(None)
@@ -260,7 +314,7 @@ class HashingWriter:
         self._thread.join()
 
 
-def hash_file(path: Path, progress: Progress | None = None) -> dict[str, Any]:
+def hash_file(path: Path, progress: Progress | None = None) -> FileRecord:
     """sha256 and size of a file, read in large chunks."""
     sha = hashlib.sha256()
     size = 0
@@ -273,7 +327,7 @@ def hash_file(path: Path, progress: Progress | None = None) -> dict[str, Any]:
             size += n
             if progress is not None:
                 progress(n)
-    return {"sha256": sha.hexdigest(), "size": size}
+    return FileRecord(sha.hexdigest(), size)
 
 
 def stat_signature(path: Path) -> list[int]:
@@ -353,19 +407,19 @@ def check_files(
             raise IntegrityError(
                 f"{manifest.name}:{manifest.version}: file {rel} is missing", rel
             ) from None
-        if sig[0] != rec["size"]:
+        if sig[0] != rec.size:
             raise IntegrityError(
                 f"{manifest.name}:{manifest.version}: file {rel} has size {sig[0]}, "
-                f"expected {rec['size']}; the version is corrupt, delete and re-import it",
+                f"expected {rec.size}; the version is corrupt, delete and re-import it",
                 rel,
             )
         if not full and cache.get(rel) == sig:
             fresh[rel] = sig
             if progress is not None:
-                progress(rec["size"])
+                progress(rec.size)
             continue
         got = hash_file(path, progress)
-        if got["sha256"] != rec["sha256"]:
+        if got["sha256"] != rec.sha256:
             raise IntegrityError(
                 f"{manifest.name}:{manifest.version}: file {rel} does not match its sha256 "
                 "in the manifest; the version is corrupt, delete and re-import it",

@@ -84,7 +84,7 @@ class ModelInfo:
             torch_version=m.torch_version,
             module_class=m.module_class,
             size=m.size,
-            files={k: dict(v) for k, v in m.files.items()},
+            files={k: v.to_dict() for k, v in m.files.items()},
             custom_objects=tuple(m.custom_objects),
             trusted=trusted,
         )

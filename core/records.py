@@ -60,6 +60,14 @@ def check_labels(labels: dict[str, str]) -> dict[str, str]:
 MIN_PREFIX = 4  # as git: shorter abbreviations never resolve (`m:v1` must not find `m:v10`)
 
 
+def merge_labels(
+    manifest: Manifest, labels: dict[str, str], remove: Iterable[str] = ()
+) -> dict[str, str]:
+    """The labels a label change leaves: `remove` keys dropped, then `labels` set."""
+    gone = set(remove)
+    return {**{k: v for k, v in manifest.labels.items() if k not in gone}, **labels}
+
+
 def pick_prefix(name: str, prefix: str, versions: Iterable[str], where: str = "") -> str:
     """The one version of `name` that starts with `prefix` (git's rule for short hashes).
 

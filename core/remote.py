@@ -52,6 +52,7 @@ import asyncio
 import builtins
 import collections
 import contextlib
+import dataclasses
 import json
 import time
 from collections.abc import Awaitable, Iterable, Iterator
@@ -71,9 +72,26 @@ from .errors import (
     UsageError,
 )
 from .index import ModelSummary
-from .manifest import MANIFEST, HashingWriter, Manifest, Progress, check_relpath, parse_manifest
+from .manifest import (
+    MANIFEST,
+    FileRecord,
+    HashingWriter,
+    Manifest,
+    Progress,
+    check_relpath,
+    parse_manifest,
+)
 from .model import ModelInfo
-from .records import Labels, check_labels, pick_prefix
+from .records import Labels, check_labels, merge_labels, pick_prefix
+from .remote_limits import (
+    S3FS_RETRIES,
+    STALL_TIMEOUT_S,
+    Stalled,
+    Watchdog,
+    client_config,
+    is_transport_error,
+    quiet_transport_noise,
+)
 from .store import GcReport, Store, now_iso
 from .tag import NAME_RE, VERSION_RE, Tag, parse_tag, validate_name
 
@@ -114,7 +132,7 @@ def parse_url(url: str) -> tuple[str, str]:
 
 def _same_files(a: Manifest, b: Manifest) -> bool:
     def key(m: Manifest) -> dict[str, tuple[str, int]]:
-        return {rel: (rec["sha256"], int(rec["size"])) for rel, rec in m.files.items()}
+        return {rel: (rec.sha256, rec.size) for rel, rec in m.files.items()}
 
     return key(a) == key(b)
 
@@ -154,6 +172,7 @@ class Remote:
         region: str | None = None,
         profile: str | None = None,
         storage_options: dict[str, Any] | None = None,
+        stall_timeout: float | None = None,
     ) -> None:
         self.bucket, self.prefix = parse_url(url)
         self.url = f"s3://{self.bucket}" + (f"/{self.prefix}" if self.prefix else "")
@@ -161,6 +180,8 @@ class Remote:
         self.region = region
         self.profile = profile
         self.storage_options = dict(storage_options or {})
+        # a push or pull that moves no byte for this long fails (see remote_limits)
+        self.stall_timeout = float(stall_timeout or STALL_TIMEOUT_S)
         self._fs: S3FileSystem | None = None
 
     def __repr__(self) -> str:
@@ -180,6 +201,7 @@ class Remote:
             endpoint_url=settings.get("endpoint_url"),
             region=settings.get("region"),
             profile=settings.get("profile"),
+            stall_timeout=settings.get("stall_timeout"),
         )
 
     # --- connection -------------------------------------------------------------------------
@@ -206,9 +228,17 @@ class Remote:
                 "max_concurrency": UPLOAD_PARTS_AT_ONCE,
                 **self.storage_options,
             }
+            # Explicit limits, so a dead or hung endpoint fails in bounded time (remote_limits).
+            options["config_kwargs"] = {
+                **client_config(),
+                **self.storage_options.get("config_kwargs", {}),
+            }
             if self.profile:
                 options["profile"] = self.profile
-            self._fs = s3fs.S3FileSystem(**options)
+            fs = s3fs.S3FileSystem(**options)
+            fs.retries = int(self.storage_options.get("retries", S3FS_RETRIES))
+            quiet_transport_noise(fs.loop)
+            self._fs = fs
         return self._fs
 
     def _run(self, coro: Awaitable[Any]) -> Any:
@@ -242,16 +272,16 @@ class Remote:
                     f"{self.url}: no AWS credentials found; set AWS_ACCESS_KEY_ID/"
                     "AWS_SECRET_ACCESS_KEY or AWS_PROFILE"
                 ) from None
-            if name in (
-                "EndpointConnectionError",
-                "ConnectTimeoutError",
-                "ClientConnectorError",
-                "ConnectionError",
-                "ReadTimeoutError",
-            ) or isinstance(exc, ConnectionError):
-                where = self.endpoint_url or "the default S3 endpoint"
+            where = self.endpoint_url or "the default S3 endpoint"
+            if isinstance(exc, Stalled):
                 raise RemoteError(
-                    f"{self.url}: cannot reach {where} ({exc}); check endpoint_url / AWS_ENDPOINT_URL"
+                    f"{self.url}: the transfer stalled ({exc}) at {where}; check the network and "
+                    "run the same command again (files already transferred are reused)"
+                ) from None
+            if is_transport_error(exc):
+                raise RemoteError(
+                    f"{self.url}: cannot reach {where} ({exc}); check endpoint_url / "
+                    "AWS_ENDPOINT_URL, then run the same command again"
                 ) from None
             if _client_error_code(exc) == "NoSuchBucket":
                 raise RemoteError(f"{self.url}: bucket {self.bucket!r} does not exist") from None
@@ -292,7 +322,9 @@ class Remote:
         if (manifest.name, manifest.version) != (name, version):
             raise ManifestError(f"{where} names {manifest.name}:{manifest.version}", MANIFEST)
         if labels is not None:
-            manifest.labels = self._parse_labels(labels, name, version)
+            manifest = dataclasses.replace(
+                manifest, labels=self._parse_labels(labels, name, version)
+            )
         return manifest
 
     def _parse_labels(self, data: bytes, name: str, version: str) -> dict[str, str]:
@@ -519,10 +551,10 @@ class Remote:
                 condition = {"IfMatch": head["ETag"]}
             data = await self.fs._cat_file(self._vkey(name, version, MANIFEST))
             manifest = self._effective(name, version, data, current)
-            for k in remove:
-                manifest.labels.pop(k, None)
-            manifest.labels.update(labels)
-            body = json.dumps({"labels": manifest.labels, "updated_at": now_iso()}, sort_keys=True)
+            manifest = dataclasses.replace(manifest, labels=merge_labels(manifest, labels, remove))
+            body = json.dumps(
+                {"labels": dict(manifest.labels), "updated_at": now_iso()}, sort_keys=True
+            )
             try:
                 await self.fs._pipe_file(key, body.encode(), **condition)
             except OSError as exc:
@@ -553,13 +585,13 @@ class Remote:
         existing = self._try_manifest(name, version)
         if existing is not None:
             return self._compare_existing(local, existing, started)
+        watch = Watchdog(self.stall_timeout, progress)
 
-        async def put_one(rel: str, rec: dict[str, Any], sem: asyncio.Semaphore) -> None:
+        async def put_one(rel: str, rec: FileRecord, sem: asyncio.Semaphore) -> None:
             key = self._vkey(name, version, check_relpath(rel))
             async with sem:
                 if await self._object_matches(key, rel, rec, local):
-                    if progress is not None:
-                        progress(rec["size"])  # resumed: uploaded by an earlier, interrupted push
+                    watch(rec["size"])  # resumed: uploaded by an earlier, interrupted push
                     return
                 try:
                     await self.fs._put_file(
@@ -567,7 +599,7 @@ class Remote:
                         key,
                         mode="create",
                         Metadata={SHA_META: rec["sha256"]},
-                        callback=_callback(progress),
+                        callback=_callback(watch),
                     )
                 except OSError as exc:
                     if not _is_precondition_failure(exc):
@@ -590,7 +622,7 @@ class Remote:
                 raise
             return True
 
-        self._run(put_all())
+        self._run(watch.run(put_all()))
         # The commit point: exactly one writer creates the manifest.
         if self._run(create_manifest()):
             return Transfer(Tag(name, version), "pushed", local.size, time.perf_counter() - started)
@@ -620,9 +652,7 @@ class Remote:
             "--version"
         )
 
-    async def _object_matches(
-        self, key: str, rel: str, rec: dict[str, Any], local: Manifest
-    ) -> bool:
+    async def _object_matches(self, key: str, rel: str, rec: FileRecord, local: Manifest) -> bool:
         """True when the object exists with this file's size and sha256; False when absent."""
         try:
             head = await self.fs._call_s3(
@@ -658,6 +688,7 @@ class Remote:
         with translate_full(store.root, what, manifest.size):
             staging = store.stage()
         committed = False
+        watch = Watchdog(self.stall_timeout, progress)
         try:
 
             async def get_all() -> None:
@@ -671,13 +702,13 @@ class Remote:
                             rec,
                             manifest,
                             sem,
-                            progress,
+                            watch,
                         )
                         for rel, rec in manifest.files.items()
                     ]
                 )
 
-            self._run(get_all())
+            self._run(watch.run(get_all()))
             origin = {
                 "source": "remote",
                 "remote": self.url,
@@ -708,7 +739,7 @@ class Remote:
         key: str,
         path: Any,
         rel: str,
-        rec: dict[str, Any],
+        rec: FileRecord,
         manifest: Manifest,
         sem: asyncio.Semaphore,
         progress: Progress | None,

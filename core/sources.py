@@ -2,66 +2,26 @@
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 from .errors import FormatError, UsageError
+from .resolver import import_file, resolve
 
-
-def import_file(path: Path, prefix: str = "torchshelf_user") -> Any:
-    """Import a Python file as a module (`<prefix>_<stem>`); its folder stays importable.
-
-    Used for `shelf save file.py:attr`, `shelf serve file.py:Class` and `shelf bench file.py:attr`.
-    """
-    path = Path(path).expanduser().resolve()
-    if not path.is_file():
-        raise UsageError(f"source file {path} does not exist")
-    parent = str(path.parent)
-    if parent not in sys.path:
-        sys.path.insert(0, parent)  # so the file can import its neighbours, now and later
-    name = f"{prefix}_{path.stem}"
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None:
-        raise UsageError(f"cannot import {path}: not a Python file")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    try:
-        spec.loader.exec_module(module)
-    except Exception as exc:
-        sys.modules.pop(name, None)
-        raise UsageError(f"importing {path} failed: {type(exc).__name__}: {exc}") from exc
-    return module
+__all__ = ["import_file", "load_attr", "load_source"]
 
 
 def load_attr(spec: str) -> tuple[Any, str]:
-    """`path/to/file.py:attr` or `package.module:attr` -> (object, module name)."""
-    target, _, attr = spec.rpartition(":")
-    if not target or not attr:
-        raise UsageError(f"invalid source {spec!r}: write file.py:attr or package.module:attr")
-    if target.endswith(".py") or "/" in target:
-        module = import_file(Path(target))
-        module_name = module.__name__
+    """`path/to/file.py:attr` or `package.module:attr` -> (object, module name).
+
+    Classes from a script are then pickled by value: the script is not importable later.
+    """
+    obj, module_name, from_file = resolve(spec)
+    if from_file:
         from .formats import register_by_value
 
-        register_by_value(module_name)  # classes from a script are stored by value
-    else:
-        if "" not in sys.path:
-            sys.path.insert(0, "")
-        try:
-            module = importlib.import_module(target)
-        except ImportError as exc:
-            raise UsageError(f"cannot import {target}: {exc}") from None
-        module_name = target
-    obj: Any = module
-    for part in attr.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError:
-            raise UsageError(f"{target} has no attribute {attr!r}") from None
+        register_by_value(module_name)
     return obj, module_name
 
 
@@ -86,7 +46,7 @@ def load_source(
     if path.is_file() and path.suffix == ".safetensors":
         if not class_path:
             raise UsageError("a .safetensors source needs --class package.module:Class")
-        from .formats import import_class
+        from .resolver import import_class
         from .weights import read_safetensors
 
         cls = import_class(class_path)

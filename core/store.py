@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import dataclasses
 import errno
 import json
 import os
@@ -53,7 +54,7 @@ from .manifest import (
     write_manifest_sums,
     write_stat_cache,
 )
-from .records import Labels, check_labels, pick_prefix
+from .records import Labels, check_labels, merge_labels, pick_prefix
 from .tag import NAME_RE, Tag, new_version, parse_tag, validate_name, validate_version
 
 if TYPE_CHECKING:
@@ -361,7 +362,7 @@ class Store:
                     f"model {manifest.name}:{manifest.version} already exists; versions "
                     "are immutable, pick another --version"
                 )
-            manifest.version = new_version()
+            manifest = dataclasses.replace(manifest, version=new_version())
         write_stat_cache(target, {rel: stat_signature(target / rel) for rel in manifest.files})
         return manifest
 
@@ -406,10 +407,8 @@ class Store:
             translate_full(self.root, f"labelling {target.name}:{target.version}"),
             self.index.changing(target.name) as rows,
         ):
-            manifest = self.read_manifest(target.name, target.version)
-            for key in remove:
-                manifest.labels.pop(key, None)
-            manifest.labels.update(labels)
+            current = self.read_manifest(target.name, target.version)
+            manifest = dataclasses.replace(current, labels=merge_labels(current, labels, remove))
             self.write_manifest(manifest)
             rows[manifest.version] = summary_of(manifest)
         return manifest

@@ -15,38 +15,19 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from . import dtypes
 from .errors import FormatError
-from .manifest import HashingWriter, Progress
+from .manifest import FileRecord, HashingWriter, Progress
 
 if TYPE_CHECKING:
     import torch
 
-_DTYPES = {
-    "float64": "F64",
-    "float32": "F32",
-    "float16": "F16",
-    "bfloat16": "BF16",
-    "int64": "I64",
-    "int32": "I32",
-    "int16": "I16",
-    "int8": "I8",
-    "uint8": "U8",
-    "uint16": "U16",
-    "uint32": "U32",
-    "uint64": "U64",
-    "bool": "BOOL",
-    "float8_e4m3fn": "F8_E4M3",
-    "float8_e5m2": "F8_E5M2",
-    "complex64": "C64",
-}
-
 
 def _dtype_code(tensor: torch.Tensor) -> str:
-    name = str(tensor.dtype).removeprefix("torch.")
-    try:
-        return _DTYPES[name]
-    except KeyError:
-        raise FormatError(f"cannot store tensors of dtype {tensor.dtype} in safetensors") from None
+    row = dtypes.of(tensor.dtype)
+    if row is None or row.safetensors is None:
+        raise FormatError(f"cannot store tensors of dtype {tensor.dtype} in safetensors")
+    return row.safetensors
 
 
 def tensor_bytes(tensor: torch.Tensor) -> memoryview:
@@ -69,7 +50,7 @@ def write_safetensors(
     tensors: Mapping[str, torch.Tensor],
     metadata: Mapping[str, str] | None = None,
     progress: Progress | None = None,
-) -> dict[str, Any]:
+) -> FileRecord:
     """Write `tensors` as a safetensors file, hashing while writing; return its file record."""
     # Largest item size first keeps every tensor aligned (as safetensors itself orders them).
     order = sorted(tensors, key=lambda k: (-tensors[k].element_size(), k))

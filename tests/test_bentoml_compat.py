@@ -635,12 +635,20 @@ def test_external_modules_pickled_by_value(tmp_path: Path, monkeypatch: pytest.M
     src = tmp_path / "src"
     src.mkdir()
     (src / "shelf_ext_mod.py").write_text(
+        "import torch\n"
         "class Vocab:\n    def __init__(self, words):\n        self.words = list(words)\n"
+        "class Doubler(torch.nn.Module):\n"
+        "    def __init__(self):\n        super().__init__()\n"
+        "        self.scale = torch.nn.Parameter(torch.tensor(2.0))\n"
+        "    def forward(self, x):\n        return x * self.scale\n"
     )
     monkeypatch.syspath_prepend(str(src))
     mod = importlib.import_module("shelf_ext_mod")
-    saved = _save(
-        "extmodel", custom_objects={"vocab": mod.Vocab(["a", "b"])}, external_modules=[mod]
+    saved = bentoml.save_model(
+        "extmodel",
+        mod.Doubler(),
+        custom_objects={"vocab": mod.Vocab(["a", "b"])},
+        external_modules=[mod],
     )
     # The module is gone where the model loads: only the pickled-by-value copy can rebuild it.
     del sys.modules["shelf_ext_mod"]
@@ -648,9 +656,22 @@ def test_external_modules_pickled_by_value(tmp_path: Path, monkeypatch: pytest.M
     (src / "shelf_ext_mod.py").unlink()
     vocab = bentoml.models.get(saved.tag).custom_objects["vocab"]
     assert vocab.words == ["a", "b"]
+    assert bentoml.load_model(saved)(torch.tensor([3.0])).item() == 6.0
     import cloudpickle
 
     assert "shelf_ext_mod" not in cloudpickle.list_registry_pickle_by_value()
+
+
+def test_api_batchable_spelling() -> None:
+    """BentoML 1.4's `@bentoml.api(batchable=True, ...)` decorates, and the method still runs."""
+
+    @bentoml.service
+    class Svc:
+        @bentoml.api(batchable=True, batch_dim=(0, 0), max_batch_size=8, max_latency_ms=5)
+        def embed(self, texts: list[str]) -> list[int]:
+            return [len(t) for t in texts]
+
+    assert Svc().embed(["ab", "c"]) == [2, 1]
 
 
 @torchshelf_only

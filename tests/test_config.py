@@ -74,3 +74,30 @@ def test_cli_store_flag_wins_over_env(project: Path) -> None:
         check=True,
     ).stdout
     assert empty == ""
+
+
+def test_max_import_bytes_is_read_in_config_and_a_bad_value_is_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from torchshelf import config
+
+    monkeypatch.delenv(config.ENV_MAX_IMPORT, raising=False)
+    assert config.max_import_bytes() == config.DEFAULT_MAX_IMPORT
+    monkeypatch.setenv(config.ENV_MAX_IMPORT, "1024")
+    assert config.max_import_bytes() == 1024
+    for bad in ("lots", "-1", "1.5"):
+        monkeypatch.setenv(config.ENV_MAX_IMPORT, bad)
+        with pytest.raises(UsageError, match=config.ENV_MAX_IMPORT):
+            config.max_import_bytes()
+
+
+def test_the_api_token_comes_from_the_flag_then_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from torchshelf import config
+
+    monkeypatch.setenv(config.ENV_API_TOKEN, "from-env")
+    assert config.api_token("from-flag") == ("from-flag", "--api-token")
+    assert config.api_token(None) == ("from-env", config.ENV_API_TOKEN)
+    monkeypatch.delenv(config.ENV_API_TOKEN)
+    assert config.api_token(None) == (None, None)

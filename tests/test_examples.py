@@ -404,6 +404,35 @@ def test_text_generation_service_generates_from_a_prompt(home: Path) -> None:
         assert r.status_code == 422 and "max_length" in r.json()["error"]
         r = srv.post("generate_text", {"max_length": 10})
         assert r.status_code == 422 and "prompt" in r.json()["error"]
+        _check_token_stream(srv)
+
+
+def _check_token_stream(srv: Server) -> None:
+    """`generate_stream` sends the continuation piece by piece, as SSE, NDJSON and to Client."""
+    from torchshelf.serving.streaming import SSEDecoder
+
+    body = {"prompt": "The server batches", "max_length": 24}
+    with srv.http.stream("POST", "/generate_stream", json=body) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        decoder = SSEDecoder()
+        items = [json.loads(e.data) for chunk in r.iter_bytes() for e in decoder.feed(chunk)]
+    assert items and all(e["text"] for e in items)
+    counts = [e["tokens"] for e in items]  # the prompt's tokens and those sampled so far
+    assert counts == sorted(set(counts)) and counts[0] > 1 and counts[-1] <= 24
+    r = srv.post("generate_stream", body, headers={"Accept": "application/x-ndjson"})
+    lines = [json.loads(line) for line in r.text.splitlines()]
+    assert lines and all(set(line) == {"text", "tokens"} for line in lines)
+    r = srv.post("generate_stream", {"prompt": "too long", "max_length": 100000})
+    assert r.status_code == 422 and "max_length" in r.json()["error"]  # before any token
+
+    import torchshelf
+
+    with torchshelf.Client(srv.url) as client:
+        with client.generate_stream(prompt="A tokenizer", max_length=40) as tokens:
+            first = next(tokens)  # hanging up after the first piece stops the sampling
+        assert first["text"] and first["tokens"] <= 40
+        pieces = list(client.generate_stream(prompt="A tokenizer", max_length=12))
+        assert pieces and pieces[-1]["tokens"] <= 12
 
 
 @pytest.mark.slow

@@ -41,7 +41,7 @@ class Small(torch.nn.Module):
 """
 
 
-def _mount_tmpfs(where: Path) -> None:
+def mount_tmpfs(where: Path) -> None:
     if os.geteuid() != 0:
         pytest.skip("mounting a size-limited tmpfs needs root")
     if shutil.which("mount") is None:
@@ -60,7 +60,7 @@ def _mount_tmpfs(where: Path) -> None:
 def small_fs(tmp_path: Path) -> Iterator[Path]:
     """A fresh 48 MiB tmpfs, unmounted after the test."""
     where = tmp_path / "small-fs"
-    _mount_tmpfs(where)
+    mount_tmpfs(where)
     try:
         yield where
     finally:

@@ -599,6 +599,9 @@ def test_schemathesis_finds_no_server_errors_or_schema_violations(
         "--request-timeout", "10",
         "--generation-deterministic",
         "--suppress-health-check", "all",
+        # V2 bodies tie `data` to `shape` (no JSON schema can say so) and its repository routes
+        # unload models; test_serve_v2*.py covers them
+        "--exclude-path-regex", "^/v2",
     ]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=90, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]

@@ -6,6 +6,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = {"torchshelf": ROOT / "core", "torchshelf.cli": ROOT / "cli"}
 
@@ -103,3 +105,83 @@ def test_core_never_imports_the_cli() -> None:
         if not m.startswith("torchshelf.cli") and m != "torchshelf.__main__"
     }
     assert {m: d for m, d in offenders.items() if d} == {}
+
+
+def _environment_reads(tree: ast.AST) -> list[int]:
+    """Lines that read an environment variable (`os.environ.get`, `os.getenv`, `os.environ[k]`,
+    `k in os.environ`); passing the whole environment to a child is not a read of a variable."""
+
+    def is_environ(node: ast.AST) -> bool:
+        return ast.unparse(node) in ("os.environ", "environ")
+
+    lines = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and ast.unparse(node.func) in (
+            "os.environ.get",
+            "os.getenv",
+            "environ.get",
+            "getenv",
+        ):
+            lines.append(node.lineno)
+        elif isinstance(node, ast.Subscript) and is_environ(node.value):
+            if isinstance(node.ctx, ast.Load):
+                lines.append(node.lineno)
+        elif isinstance(node, ast.Compare) and any(is_environ(c) for c in node.comparators):
+            lines.append(node.lineno)
+    return lines
+
+
+def test_every_environment_variable_is_read_in_config() -> None:
+    offenders = {}
+    for name, (path, _) in _modules().items():
+        if name == "torchshelf.config":
+            continue
+        found = _environment_reads(ast.parse(path.read_text()))
+        if found:
+            offenders[str(path.relative_to(ROOT))] = found
+    assert offenders == {}, "read environment variables in core/config.py"
+    config = ROOT / "core" / "config.py"
+    assert _environment_reads(ast.parse(config.read_text())), "the check finds reads"
+
+
+def test_the_cli_imports_no_private_names_from_core() -> None:
+    offenders = []
+    for path in (ROOT / "cli").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("torchshelf"):
+                offenders += [
+                    f"{path.name}: {node.module}.{a.name}"
+                    for a in node.names
+                    if a.name.startswith("_") and not a.name.endswith("__")
+                ]
+    assert offenders == []
+
+
+def test_one_resolver_imports_files_and_module_attributes() -> None:
+    """Only core/resolver.py imports a file by path; save, serve, bench and formats call it."""
+    users = []
+    for path in [*(ROOT / "core").rglob("*.py"), *(ROOT / "cli").glob("*.py")]:
+        if "spec_from_file_location" in path.read_text() and path.name != "resolver.py":
+            users.append(str(path.relative_to(ROOT)))
+    assert users == []
+    graph = import_graph()
+    for user in ("sources", "formats", "serving.target", "bench.model"):
+        assert "torchshelf.resolver" in graph[f"torchshelf.{user}"], user
+
+
+def test_the_resolver_reads_files_and_modules_alike(tmp_path: Path) -> None:
+    from torchshelf import resolver
+
+    script = tmp_path / "thing.py"
+    script.write_text("class Outer:\n    class Inner:\n        pass\n")
+    obj, module, from_file = resolver.resolve(f"{script}:Outer.Inner")
+    assert obj.__qualname__ == "Outer.Inner" and from_file and module.endswith("_thing")
+    obj, module, from_file = resolver.resolve("collections:OrderedDict")
+    assert obj.__name__ == "OrderedDict" and module == "collections" and not from_file
+    assert resolver.import_class("collections:OrderedDict").__name__ == "OrderedDict"
+    from torchshelf.errors import FormatError, UsageError
+
+    with pytest.raises(UsageError, match="no attribute"):
+        resolver.resolve("collections:Nope")
+    with pytest.raises(FormatError):
+        resolver.import_class(f"{script}:Outer")  # a stored class path never imports a file

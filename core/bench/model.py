@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .. import dtypes
 from ..errors import UsageError
 from ..signature import batch_dims
 from .report import (
@@ -44,6 +45,7 @@ __all__ = [
     "ModelBenchSettings",
     "Progress",
     "input_spec_from_signatures",
+    "normalise_dtype",
     "resolve_input_spec",
     "measure_callable",
     "bench_model",
@@ -52,24 +54,16 @@ __all__ = [
 # (label, windows done, most windows, finished)
 Progress = Callable[[str, int, int, bool], None]
 
-_DTYPES = {
-    "float32": "float32", "float": "float32", "fp32": "float32",
-    "float16": "float16", "half": "float16", "fp16": "float16",
-    "bfloat16": "bfloat16", "bf16": "bfloat16",
-    "float64": "float64", "double": "float64",
-    "int64": "int64", "long": "int64", "int32": "int32", "int": "int32",
-    "int16": "int16", "int8": "int8", "uint8": "uint8", "bool": "bool",
-}  # fmt: skip
 
-
-def _normalise_dtype(name: str, flag: str = "--dtype") -> str:
-    key = str(name).strip().lower().removeprefix("torch.")
-    if key not in _DTYPES:
+def normalise_dtype(name: str, flag: str = "--dtype") -> str:
+    """The torch name of a dtype given by any name in the one dtype table (`half` -> float16)."""
+    row = dtypes.find(name)
+    if row is None:
         raise UsageError(
             f"{flag} {name!r} is not a dtype bench can make inputs for; use one of "
-            + ", ".join(sorted(set(_DTYPES.values())))
+            + ", ".join(dtypes.spec_names())
         )
-    return _DTYPES[key]
+    return row.name
 
 
 @dataclass(frozen=True)
@@ -138,7 +132,7 @@ def input_spec_from_signatures(
         shape.pop(batch_dim)
     if any(d <= 0 for d in shape):
         return None
-    dtype = _normalise_dtype(spec.get("dtype", "float32"), "signature dtype")
+    dtype = normalise_dtype(spec.get("dtype", "float32"), "signature dtype")
     return InputSpec(tuple(shape), dtype, batch_dim)
 
 
@@ -155,7 +149,7 @@ def resolve_input_spec(
     if input_shape is not None:
         shape = parse_shape(input_shape) if isinstance(input_shape, str) else tuple(input_shape)
         batch_dim = stored.batch_dim if stored and len(stored.item_shape) == len(shape) else 0
-        chosen = _normalise_dtype(dtype) if dtype else (stored.dtype if stored else "float32")
+        chosen = normalise_dtype(dtype) if dtype else (stored.dtype if stored else "float32")
         return InputSpec(tuple(shape), chosen, batch_dim)
     if stored is None:
         raise UsageError(
@@ -164,7 +158,7 @@ def resolve_input_spec(
             "it is not float32"
         )
     return InputSpec(
-        stored.item_shape, _normalise_dtype(dtype) if dtype else stored.dtype, stored.batch_dim
+        stored.item_shape, normalise_dtype(dtype) if dtype else stored.dtype, stored.batch_dim
     )
 
 
@@ -373,16 +367,12 @@ def _load_python_target(target: str) -> Any:
     """`path/to/file.py:attr` -> the object (called if it is a factory rather than a module)."""
     import torch
 
-    from ..sources import import_file
+    from ..resolver import resolve
 
-    path_text, _, attr = target.rpartition(":")
+    path_text = target.rpartition(":")[0]
     if not Path(path_text).is_file():
         raise UsageError(f"{path_text!r} is not a file; TARGET is a tag or path/to/file.py:attr")
-    module = import_file(Path(path_text), "_torchshelf_bench")
-    try:
-        obj = getattr(module, attr)
-    except AttributeError:
-        raise UsageError(f"{path_text!r} has no attribute {attr!r}") from None
+    obj, _, _ = resolve(target, "_torchshelf_bench")
     if not isinstance(obj, torch.nn.Module) and callable(obj):
         obj = obj()
     if not isinstance(obj, torch.nn.Module):
@@ -398,8 +388,10 @@ def _signature_method(signatures: dict[str, Any] | None) -> str:
 
 
 def _is_python_target(target: str) -> bool:
+    from ..resolver import is_file_target
+
     head, sep, _ = target.rpartition(":")
-    return bool(sep) and head.endswith(".py")
+    return bool(sep) and is_file_target(head)
 
 
 def _variants(settings: ModelBenchSettings) -> list[tuple[str, bool, bool]]:

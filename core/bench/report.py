@@ -385,6 +385,9 @@ def _p50(record: dict[str, Any]) -> float | None:
     return float(value) if isinstance(value, (int, float)) else None
 
 
+DEFAULT_MAX_REGRESSION = 0.10  # `shelf bench --baseline`: allowed throughput drop / p50 rise
+
+
 def compare_with_baseline(
     current: dict[str, Any], baseline: dict[str, Any], max_regression: float, path: str = ""
 ) -> BaselineCheck:

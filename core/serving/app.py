@@ -35,6 +35,7 @@ from .options import ServeOptions
 from .protocol import HandlerFactory, ProtocolHandler, ServeContext
 from .registry import ModelRegistry
 from .target import Served
+from .v2 import V2Handler
 
 __all__ = [
     "HandlerFactory",
@@ -72,7 +73,8 @@ class ServeApp:
         registry.observer = self.metrics
         self.auth = Authorizer(options.api_token)
         ctx = ServeContext(registry, options, self.metrics, self.auth)
-        factories: list[HandlerFactory] = [NativeHandler, *protocols]
+        # every server speaks its own protocol and the Open Inference Protocol (V2)
+        factories: list[HandlerFactory] = [NativeHandler, V2Handler, *protocols]
         self.handlers: list[ProtocolHandler] = [make(ctx) for make in factories]
         self.post: dict[str, AsgiApp] = {}
         for handler in self.handlers:

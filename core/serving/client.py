@@ -3,6 +3,10 @@
 The client reads the server's `/schema` once and then offers one method per api
 (`client.predict(x)`, `await client.predict.acall(x)`). Tensors travel as safetensors bodies
 (no float formatting or parsing on either side); other values go as JSON.
+
+A streaming api (a generator on the server) answers with a `Stream` to iterate
+(`for token in client.generate(prompt="...")`, or `async for ... in client.generate.astream(...)`);
+it reads Server-Sent Events, and closing it early hangs up, which stops the server's generator.
 """
 
 from __future__ import annotations
@@ -10,13 +14,15 @@ from __future__ import annotations
 import base64
 import io
 import json
+from collections.abc import AsyncGenerator, Generator
 from typing import Any
 
 import httpx
 
 from ..errors import ShelfError
+from .streaming import SSE, ServerEvent, SSEDecoder
 
-__all__ = ["Client", "RequestError"]
+__all__ = ["AsyncStream", "Client", "RequestError", "Stream"]
 
 _SAFETENSORS = "application/vnd.safetensors"
 
@@ -38,8 +44,65 @@ def _is_image(value: Any) -> bool:
     return type(value).__module__.startswith("PIL.")
 
 
+class Stream:
+    """The items of one streamed answer, decoded as they arrive.
+
+    Iterate it; `close()` (or leaving a `with` block) hangs up before the end, which stops the
+    generator on the server. A failure on the server after the first item raises
+    `RequestError` from the iteration.
+
+    Example:
+        >>> with client.generate_stream(prompt="The server") as tokens:
+        ...     for t in tokens:
+        ...         print(t["token"], end="")
+    """
+
+    def __init__(self, items: Generator[Any, None, None]) -> None:
+        self._items = items
+
+    def __iter__(self) -> Stream:
+        return self
+
+    def __next__(self) -> Any:
+        return next(self._items)
+
+    def close(self) -> None:
+        """Hang up: the connection closes and the server stops generating."""
+        self._items.close()
+
+    def __enter__(self) -> Stream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncStream:
+    """`Stream` for `async for`; `await stream.aclose()` (or `async with`) hangs up early."""
+
+    def __init__(self, items: AsyncGenerator[Any, None]) -> None:
+        self._items = items
+
+    def __aiter__(self) -> AsyncStream:
+        return self
+
+    async def __anext__(self) -> Any:
+        return await self._items.__anext__()
+
+    async def aclose(self) -> None:
+        """Hang up: the connection closes and the server stops generating."""
+        await self._items.aclose()
+
+    async def __aenter__(self) -> AsyncStream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
 class _Api:
-    """One api of the server: call it (sync) or `await api.acall(...)` (async)."""
+    """One api of the server: call it (sync) or `await api.acall(...)` (async); a streaming
+    api's call returns a `Stream`, and `api.astream(...)` an `AsyncStream`."""
 
     def __init__(self, client: Client, info: dict[str, Any]) -> None:
         self._client = client
@@ -48,11 +111,26 @@ class _Api:
         self.__doc__ = f"POST {info['path']} ({', '.join(p['name'] for p in info['params'])})"
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.info.get("stream"):
+            return self.stream(*args, **kwargs)
         return self._client._call_sync(self.info, args, kwargs)
 
     async def acall(self, *args: Any, **kwargs: Any) -> Any:
         """The same call, on the client's `httpx.AsyncClient`."""
+        if self.info.get("stream"):
+            raise TypeError(
+                f"{self.__name__} streams its answer: iterate "
+                f"`async for item in client.{self.__name__}.astream(...)`"
+            )
         return await self._client._call_async(self.info, args, kwargs)
+
+    def stream(self, *args: Any, **kwargs: Any) -> Stream:
+        """Call a streaming api; iterate the `Stream` for its items as they arrive."""
+        return Stream(self._client._stream_sync(self.info, args, kwargs))
+
+    def astream(self, *args: Any, **kwargs: Any) -> AsyncStream:
+        """Call a streaming api asynchronously: `async for item in api.astream(...)`."""
+        return AsyncStream(self._client._stream_async(self.info, args, kwargs))
 
     def __repr__(self) -> str:
         return f"<torchshelf api {self.info['name']} at {self.info['path']}>"
@@ -126,6 +204,21 @@ class Client:
             self._schema = self._read(await self._ahttp().get("/schema"))
         return await self._call_async(self._api_info(api), args, kwargs)
 
+    def stream(self, api: str, *args: Any, **kwargs: Any) -> Stream:
+        """Call a streaming api by name; iterate the `Stream` for its items."""
+        return Stream(self._stream_sync(self._api_info(api), args, kwargs))
+
+    def astream(self, api: str, *args: Any, **kwargs: Any) -> AsyncStream:
+        """Call a streaming api by name asynchronously: `async for item in client.astream(...)`."""
+
+        async def items() -> AsyncGenerator[Any, None]:
+            if self._schema is None:
+                self._schema = self._read(await self._ahttp().get("/schema"))
+            async for item in self._stream_async(self._api_info(api), args, kwargs):
+                yield item
+
+        return AsyncStream(items())
+
     # -- transport ----------------------------------------------------------------------------
 
     def _http(self) -> httpx.Client:
@@ -154,6 +247,38 @@ class Client:
         content, headers = self._encode(info, args, kwargs)
         response = await self._ahttp().post(info["path"], content=content, headers=headers)
         return self._decode(info, response)
+
+    def _stream_sync(
+        self, info: dict[str, Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Generator[Any, None, None]:
+        content, headers = self._encode(info, args, kwargs)
+        headers["Accept"] = SSE
+        http = self._http()
+        with http.stream("POST", info["path"], content=content, headers=headers) as response:
+            if not _is_event_stream(response):
+                response.read()
+                yield self._decode(info, response)  # an error, or a server that did not stream
+                return
+            decoder = SSEDecoder()
+            for chunk in response.iter_bytes():
+                for event in decoder.feed(chunk):
+                    yield _stream_item(info, event)
+
+    async def _stream_async(
+        self, info: dict[str, Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> AsyncGenerator[Any, None]:
+        content, headers = self._encode(info, args, kwargs)
+        headers["Accept"] = SSE
+        http = self._ahttp()
+        async with http.stream("POST", info["path"], content=content, headers=headers) as response:
+            if not _is_event_stream(response):
+                await response.aread()
+                yield self._decode(info, response)
+                return
+            decoder = SSEDecoder()
+            async for chunk in response.aiter_bytes():
+                for event in decoder.feed(chunk):
+                    yield _stream_item(info, event)
 
     def _encode(
         self, info: dict[str, Any], args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -251,6 +376,22 @@ class Client:
 
     def __repr__(self) -> str:
         return f"Client({self.url!r})"
+
+
+def _is_event_stream(response: httpx.Response) -> bool:
+    return response.status_code < 400 and response.headers.get("content-type", "").startswith(SSE)
+
+
+def _stream_item(info: dict[str, Any], event: ServerEvent) -> Any:
+    """One decoded item of a stream, or the server's mid-stream failure raised."""
+    value = json.loads(event.data)
+    if event.event == "error":
+        message = value.get("error", event.data) if isinstance(value, dict) else event.data
+        status = value.get("status", 500) if isinstance(value, dict) else 500
+        raise RequestError(f"{info['name']} failed mid-stream: {message}", int(status))
+    if info.get("returns") == "tensor":
+        return _as_tensor(value)
+    return value
 
 
 def _as_tensor(data: Any) -> Any:

@@ -11,6 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, overload
 
+from .streaming import is_stream_function
+
 __all__ = ["ApiConfig", "ServiceConfig", "api", "service", "service_config", "api_configs"]
 
 _API_ATTR = "__torchshelf_api__"
@@ -22,7 +24,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 @dataclass(frozen=True)
 class ApiConfig:
-    """How one method is served: its route name and, for `batch=True`, how calls are merged."""
+    """How one method is served: its route name and, for `batch=True`, how calls are merged;
+    `stream` is True for a generator method, whose items are streamed."""
 
     name: str
     batch: bool = False
@@ -30,6 +33,7 @@ class ApiConfig:
     max_latency_ms: float = 10.0
     batch_dim: int = 0
     route: str | None = None
+    stream: bool = False
 
     @property
     def path(self) -> str:
@@ -92,9 +96,15 @@ def api(
     `batchable=True` is BentoML's spelling of `batch=True`; its `batch_dim=(in, out)` pair is
     taken when both dimensions agree.
 
+    A generator (or async generator) method streams its items as they are yielded: Server-Sent
+    Events by default, NDJSON for `Accept: application/x-ndjson`. Streaming apis are not batched.
+
     Example:
         >>> @torchshelf.api(batch=True, max_batch_size=32, max_latency_ms=10)
         ... def embed(self, texts: list[str]) -> list[list[float]]: ...
+        >>> @torchshelf.api
+        ... def generate(self, prompt: str) -> Iterator[str]:
+        ...     yield from self.tokens(prompt)
     """
     if max_batch_size < 1:
         raise ValueError("max_batch_size must be at least 1")
@@ -105,6 +115,12 @@ def api(
     def mark(fn: Callable[..., Any]) -> Callable[..., Any]:
         if not callable(fn):
             raise TypeError("@torchshelf.api decorates a method")
+        stream = is_stream_function(fn)
+        if stream and batch:
+            raise TypeError(
+                f"{fn.__name__} is a generator, so it streams; a streaming api cannot be "
+                "batch=True (drop batch=True, or return a list instead of yielding)"
+            )
         cfg = ApiConfig(
             name=fn.__name__,
             batch=bool(batch or batchable),
@@ -112,6 +128,7 @@ def api(
             max_latency_ms=float(max_latency_ms),
             batch_dim=dim,
             route=route,
+            stream=stream,
         )
         setattr(fn, _API_ATTR, cfg)
         return fn

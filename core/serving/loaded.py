@@ -54,7 +54,11 @@ class LoadedModel:
             raise ValueError(f"{len(per_replica)} replicas loaded for devices {self.devices}")
         self._fns = per_replica[0]
         self._runners = [
-            {ep.name: make_runner(ep, one[ep.name], device) for ep in endpoints if not ep.is_async}
+            {
+                ep.name: make_runner(ep, one[ep.name], device)
+                for ep in endpoints
+                if not ep.is_async and not ep.stream
+            }
             for one, device in zip(per_replica, self.devices, strict=True)
         ]
         self.released = False
@@ -73,6 +77,11 @@ class LoadedModel:
     async def call(self, api: str, kwargs: dict[str, Any]) -> Inference:
         """Await an `async def` api (not batched: it runs on the event loop)."""
         return Inference(await self._fns[api](**kwargs), self.version)
+
+    def open_stream(self, api: str, kwargs: dict[str, Any]) -> Inference:
+        """Start a streaming api: the value is its (async) generator, not run yet; see
+        `streaming.GeneratorStream`."""
+        return Inference(self._fns[api](**kwargs), self.version)
 
     def release(self) -> None:
         """Drop the weights and give their memory back (CUDA cache, malloc arenas)."""

@@ -38,6 +38,7 @@ from .metrics import ServeMetrics
 from .options import ServeOptions
 from .protocol import ServeContext
 from .registry import ModelRegistry, ModelSlot
+from .streaming import GeneratorStream, send_stream, stream_format
 from .target import Endpoint
 
 __all__ = ["NativeHandler"]
@@ -107,6 +108,9 @@ class NativeRoute:
             kwargs, binary = self.decode(body, head.content_type)
             binary = _wants_safetensors(head.accepts, binary)
             ep = self.endpoint
+            if ep.stream:
+                await self.stream(receive, send, kwargs, head.accepts, start)
+                return
             rows = ep.rows_of(kwargs)
             result = await registry.infer(self.model, self.api, kwargs, rows, options.timeout)
             content, media = self.encode(result.value, binary)
@@ -120,6 +124,21 @@ class NativeRoute:
             content, media = encode_json({"error": message}), JSON_BYTES
         await send_answer(send, status, content, media, extra)
         self.metrics.request(self.series, status, time.perf_counter() - start)
+
+    async def stream(
+        self, receive: Receive, send: Send, kwargs: dict[str, Any], accepts: str, start: float
+    ) -> None:
+        """Answer a generator api with its items as they come (SSE, or NDJSON when asked)."""
+        async with self.registry.stream(self.model, self.api, kwargs) as inference:
+            outcome = await send_stream(
+                send,
+                receive,
+                GeneratorStream(inference.value),
+                fmt=stream_format(accepts),
+                headers=[(b"x-model-version", inference.version.encode())],
+                on_error=lambda exc: error_answer(exc, []),
+            )
+        self.metrics.request(self.series, outcome.metric_status, time.perf_counter() - start)
 
     def decode(self, body: bytes, ctype: str) -> tuple[dict[str, Any], bool]:
         """The api's keyword arguments, and whether the body was safetensors."""

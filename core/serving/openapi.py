@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import dtypes
 from .codecs import SAFETENSORS, Param, TensorSpec
+from .streaming import stream_content
 
 if TYPE_CHECKING:
     from .options import ServeOptions
@@ -133,18 +134,22 @@ def _api_operation(
     ok: dict[str, Any] = {"application/json": {"schema": _response_schema(ep)}}
     if ep.returns == "tensor" or ep.wrap_outputs:
         ok[SAFETENSORS] = {"schema": {"type": "string", "format": "binary"}}
+    what = "the result"
+    if ep.stream:
+        ok, what = stream_content(_value_schema(ep.returns)), "the items, sent as they are yielded"
     op: dict[str, Any] = {
         "operationId": operation_id,
         "summary": (ep.doc.splitlines()[0] if ep.doc else f"Call {ep.name}"),
         "requestBody": _request_body(ep),
         "responses": {
             "200": {
-                "description": "the result (header X-Model-Version: the version that computed it)",
+                "description": f"{what} (header X-Model-Version: the version that computed it)",
                 "content": ok,
             },
             **_errors(sorted(codes)),
         },
         "x-torchshelf": {
+            "stream": ep.stream,
             "batch": ep.batch,
             "max_batch_size": ep.max_batch_size,
             "max_latency_ms": ep.max_latency_ms,
@@ -227,6 +232,7 @@ def _api_summary(ep: Endpoint, path: str) -> dict[str, Any]:
         "max_latency_ms": ep.max_latency_ms,
         "batch_dim": ep.batch_dim,
         "returns": ep.returns,
+        "stream": ep.stream,
         "wraps_outputs": ep.wrap_outputs,
         "input_spec": ep.input_spec,
         "params": [

@@ -15,13 +15,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sys
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any
 
 from ..errors import NotFound, UsageError
 from .batching import Batcher, BatchObserver, QueueSpec
+from .codecs import InputError
 from .loaded import Inference, LoadedModel, default_threads
 from .options import ServeOptions
 from .target import Call, Endpoint, Served
@@ -149,7 +150,7 @@ class ModelRegistry:
         for slot in self.slots.values():
             batcher = self._batcher(slot.devices, threads)
             for ep in slot.endpoints:
-                if not ep.is_async:
+                if not ep.is_async and not ep.stream:
                     batcher.add_queue(self._queue_spec(slot, ep))
         eager = list(self.slots.values())[: self.options.max_loaded or None]
         for slot in eager:
@@ -229,6 +230,12 @@ class ModelRegistry:
         Batch apis go through the model's queue; `async def` apis are awaited directly.
         """
         slot = self.slots[model]
+        if slot.by_api[api].stream:
+            raise InputError(
+                f"{api} streams its answer, which this protocol cannot carry: call its native "
+                f"route POST {slot.path(api)} (Server-Sent Events or NDJSON)",
+                400,
+            )
         self._clock += 1
         slot.used = self._clock
         loaded = slot.loaded
@@ -242,12 +249,33 @@ class ModelRegistry:
                 slot.queues[api], Call(kwargs, rows), rows, timeout
             )
         finally:
-            slot.pending -= 1
-            if not slot.pending:
-                if slot.idle is not None:
-                    slot.idle.set()
-                if self.options.max_loaded and self.loaded_count() > self.options.max_loaded:
-                    self._make_room(None)
+            self._finished(slot)
+
+    @contextlib.asynccontextmanager
+    async def stream(
+        self, model: str, api: str, kwargs: dict[str, Any]
+    ) -> AsyncIterator[Inference]:
+        """Start a streaming api of `model`: yields `Inference(generator, version)`. The model
+        counts as busy (not evicted, unload waits) until the block exits."""
+        slot = self.slots[model]
+        self._clock += 1
+        slot.used = self._clock
+        loaded = slot.loaded
+        if loaded is None:
+            loaded = await self.load(model)
+        slot.pending += 1
+        try:
+            yield loaded.open_stream(api, kwargs)
+        finally:
+            self._finished(slot)
+
+    def _finished(self, slot: ModelSlot) -> None:
+        slot.pending -= 1
+        if not slot.pending:
+            if slot.idle is not None:
+                slot.idle.set()
+            if self.options.max_loaded and self.loaded_count() > self.options.max_loaded:
+                self._make_room(None)
 
     # -- loading, unloading, swapping ------------------------------------------------------------
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import NotFound, UsageError
+from ..resolver import is_file_target
 from .codecs import InputError, Param, TensorSpec, params_of, return_kind
 from .decorators import ApiConfig, api_configs, service_config
 
@@ -47,6 +48,7 @@ class Endpoint:
     is_async: bool = False
     input_spec: Any = None
     doc: str = ""
+    stream: bool = False  # a generator api: its items are streamed (`returns` is an item's kind)
 
     def rows_of(self, kwargs: dict[str, Any]) -> int:
         """How many batch items a request carries; every batched parameter must agree."""
@@ -109,15 +111,11 @@ class Served:
 
 
 def _import_file(path: Path) -> Any:
-    from ..sources import import_file
+    from ..resolver import import_file
 
     if not Path(path).is_file():
         raise NotFound(f"no such file: {Path(path).resolve()}")
     return import_file(path, "torchshelf_service")
-
-
-def _is_file_target(left: str) -> bool:
-    return left.endswith(".py") or "/" in left or "\\" in left
 
 
 def _service_class(target: str) -> type | None:
@@ -126,7 +124,7 @@ def _service_class(target: str) -> type | None:
     left, sep, attr = target.rpartition(":")
     if not sep or not attr.isidentifier():
         return None
-    if _is_file_target(left):
+    if is_file_target(left):
         module = _import_file(Path(left))
     else:
         if not all(part.isidentifier() for part in left.split(".")):
@@ -143,7 +141,7 @@ def _service_class(target: str) -> type | None:
             raise UsageError(f"importing {left} failed: {type(exc).__name__}: {exc}") from exc
     obj = getattr(module, attr, None)
     if obj is None:
-        if not _is_file_target(left):
+        if not is_file_target(left):
             return None
         raise NotFound(f"{left} has no attribute {attr!r}")
     if not inspect.isclass(obj):
@@ -163,7 +161,7 @@ def resolve_target(target: str, device: str | None = None) -> Served:
     from ..errors import InvalidName
 
     left = target.rpartition(":")[0]
-    if not _is_file_target(left):
+    if not is_file_target(left):
         try:
             return _serve_model(target, device)
         except (NotFound, InvalidName) as exc:
@@ -346,8 +344,9 @@ def _endpoint_of(func: Callable[..., Any], api: ApiConfig) -> Endpoint:
         max_batch_size=api.max_batch_size,
         max_latency_ms=api.max_latency_ms,
         batch_dim=api.batch_dim,
-        is_async=inspect.iscoroutinefunction(func),
+        is_async=inspect.iscoroutinefunction(func) or inspect.isasyncgenfunction(func),
         doc=inspect.getdoc(func) or "",
+        stream=api.stream,
     )
 
 
