@@ -69,6 +69,8 @@ class ServeApp:
         self.on_ready = on_ready
         self.on_failure = on_failure
         self.draining = False
+        # Extra keys of a ready /readyz answer (serving a label: the live versions, failures).
+        self.ready_details: Callable[[], dict[str, Any]] | None = None
         self.metrics = _metrics_for(registry)
         registry.observer = self.metrics
         self.auth = Authorizer(options.api_token)
@@ -127,7 +129,8 @@ class ServeApp:
         if self.draining:
             return json_response({"status": "draining"}, 503)
         if self.registry.ready:
-            return json_response({"status": "ready"})
+            details = self.ready_details() if self.ready_details is not None else {}
+            return json_response({"status": "ready", **details})
         status = "failed" if self.registry.failed else "loading"
         return json_response({"status": status, "error": self.registry.failed}, 503)
 
@@ -206,7 +209,9 @@ def _metrics_for(registry: ModelRegistry) -> ServeMetrics:
     many = len(registry.slots) > 1
 
     def live() -> list[tuple[str, str]]:
-        return [(s.name, s.loaded.version) for s in registry.slots.values() if s.loaded]
+        live = [(s.name, s.loaded.version) for s in registry.slots.values() if s.loaded]
+        canaries = [(s.name, s.canary.version) for s in registry.slots.values() if s.canary]
+        return sorted(set(live + canaries))
 
     metrics = ServeMetrics(labels=("model", "api") if many else ("api",), live_versions=live)
     for slot in registry.slots.values():

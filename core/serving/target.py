@@ -30,6 +30,7 @@ class Call:
 
     kwargs: dict[str, Any]
     rows: int = 1
+    canary: bool = False  # routed to the slot's canary version (`--canary`) on arrival
 
 
 @dataclass(frozen=True)
