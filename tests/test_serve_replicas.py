@@ -236,3 +236,22 @@ def test_device_all_puts_one_replica_on_every_gpu(tmp_path_factory: pytest.TempP
             assert metric(server.url, "torchshelf_batch_size_count", device=f"cuda:{i}") > 0
     finally:
         server.stop()
+
+
+def test_a_version_built_by_follow_is_loaded_on_every_replica(store_home: Path) -> None:
+    import torchshelf
+    from torchshelf.serving.launch import resolve_targets
+    from torchshelf.serving.live import build_version
+    from torchshelf.serving.target import Call
+    from torchshelf.store import default_store
+
+    sig = {"__call__": {"batchable": True, "batch_dim": 0}}
+    tag = torchshelf.save_model("lin", torch.nn.Linear(4, 2), signatures=sig)
+    (served,) = resolve_targets(["lin"], "cpu,cpu")
+    assert served.devices == ["cpu", "cpu"]
+    store = default_store()
+    loaded = build_version(store, store.read_manifest("lin", tag.version), served, served.endpoints)
+    call = Call({"inputs": torch.ones(1, 4)}, 1)
+    first, second = (loaded.run("predict", [call], r)[0] for r in (0, 1))
+    assert torch.equal(first.value, second.value) and first.version == tag.version
+    loaded.release()
