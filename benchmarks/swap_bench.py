@@ -1,7 +1,7 @@
 """Zero-downtime swaps of `shelf serve NAME --label stage=production --watch`, measured.
 
-Saves two versions of a SIZE-MiB model (`Linear(64, h) -> Linear(h, 4)`, so every request reads
-all of its weights, as a real forward does), starts the server as a real process, and runs
+Saves two versions of a SIZE-MiB model (square 4096-wide layers, so every request reads all of
+its weights, as a real forward does), starts the server as a real process, and runs
 CLIENTS closed-loop clients against it. First STEADY seconds without swaps (the baseline), then
 SWAPS promotions (an in-process label move plus SIGHUP, so the figure is the swap itself, not
 the watch interval; with --watch-interval S a promotion waits up to S more). For each swap:
@@ -45,21 +45,26 @@ def free_port() -> int:
 
 
 def save_versions(store: Path, size_mib: int) -> list[str]:
-    """Two versions of a model of about `size_mib` MiB; the first labelled production."""
+    """Two versions of a model of about `size_mib` MiB; the first labelled production.
+
+    `Linear(64, 4096)`, then `size_mib // 64` square `Linear(4096, 4096)` layers (64 MiB each),
+    then `Linear(4096, 4)`: every forward reads all weights, activations stay small (a model
+    with one huge hidden layer would make the batch-32 warm-up allocate hundreds of MiB).
+    """
     import torch
 
     import torchshelf
 
-    hidden = max(1, size_mib * MIB // (4 * 68))  # 64*h + h*4 float32 weights
+    width, layers = 4096, max(1, size_mib // 64)
     sig = {"__call__": {"batchable": True, "input_spec": {"shape": [-1, 64], "dtype": "float32"}}}
     versions = []
     for k in (1, 2):
-        model = torch.nn.Sequential(
-            torch.nn.Linear(64, hidden, bias=False), torch.nn.Linear(hidden, 4, bias=False)
-        )
+        mods = [torch.nn.Linear(64, width, bias=False)]
+        mods += [torch.nn.Linear(width, width, bias=False) for _ in range(layers)]
+        model = torch.nn.Sequential(*mods, torch.nn.Linear(width, 4, bias=False))
         with torch.no_grad():
             for p in model.parameters():
-                p.fill_(k * 1e-3)
+                p.fill_(k * 1e-4)
         labels = {"stage": "production"} if k == 1 else {"stage": "staging"}
         tag = torchshelf.save_model("bench", model, signatures=sig, labels=labels, store=store)
         versions.append(tag.version)
@@ -152,7 +157,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(60)
-    return report(args, clients.records, steady_end, windows, swap_times, log, tmp)
+    out = report(args, clients.records, steady_end, windows, swap_times, log, tmp)
+    if not args.keep:
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
 
 
 def report(
@@ -201,6 +211,7 @@ def main() -> None:
     p.add_argument("--gap", type=float, default=1.0, help="seconds between swaps")
     p.add_argument("--swap", choices=["live", "drain"], default="live")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--keep", action="store_true", help="keep the scratch store")
     args = p.parse_args()
     out = run(args)
     if args.json:

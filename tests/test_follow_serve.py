@@ -490,6 +490,22 @@ def test_a_canary_gets_its_share_and_every_answer_names_its_version(tmp_path: Pa
                 assert r.json()["outputs"] == [[scale * sum(row)] * 4]
                 seen[version] = seen.get(version, 0) + 1
         assert seen == {v0: 180, c1: 20}
+        v2_seen: dict[str, int] = {}
+        for i in range(20):  # the Open Inference Protocol: model_version names the version too
+            row = [float(i % 5), 1.0, 2.0, 3.0]
+            body = {
+                "inputs": [{"name": "inputs", "shape": [1, 4], "datatype": "FP32", "data": row}]
+            }
+            r = httpx.post(server.url + "/v2/models/clf/infer", json=body, timeout=30)
+            assert r.status_code == 200, r.text
+            version = r.json()["model_version"]
+            assert r.headers["x-model-version"] == version
+            scale = {v0: 1.0, c1: 5.0}[version]
+            assert r.json()["outputs"][0]["data"] == [scale * sum(row)] * 4
+            v2_seen[version] = v2_seen.get(version, 0) + 1
+        assert v2_seen == {v0: 18, c1: 2}
+        meta = httpx.get(server.url + "/v2/models/clf", timeout=30).json()
+        assert meta["versions"] == [v0]  # the primary live version
         assert server.metric("torchshelf_model_info", model="clf", version=c1) == 1
         assert server.metric("torchshelf_model_info", model="clf", version=v0) == 1
     finally:

@@ -284,3 +284,47 @@ def test_v2_model_names_of_several_targets() -> None:
         ("svc.greet", "svc", "greet", "torchshelf_service", "svc/greet"),
         ("svc2.greet", "svc2", "greet", "torchshelf_service", "svc2/greet"),
     ]
+
+
+def test_v2_readiness_follows_the_app_through_a_drain() -> None:
+    from starlette.testclient import TestClient
+
+    from torchshelf.serving.app import build_app
+    from torchshelf.serving.options import ServeOptions
+    from torchshelf.serving.target import Served
+
+    model = _model()
+    served = Served(
+        kind="model",
+        title="lin:1",
+        device="cpu",
+        endpoints=[
+            Endpoint(
+                name="predict",
+                path="/predict",
+                params=[Param("inputs", "tensor", spec=TensorSpec((-1, 8), "float32"))],
+                returns="tensor",
+                batch=True,
+                wrap_outputs=True,
+            )
+        ],
+        loader=lambda device: {"predict": lambda inputs: model(inputs)},
+        name="lin",
+        version="1",
+    )
+    app = build_app(served, ServeOptions())
+    with TestClient(app) as client:
+        deadline = time.monotonic() + 20
+        while client.get("/readyz").status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert client.get("/v2/health/ready").json() == {"ready": True}
+        body = {
+            "inputs": [{"name": "inputs", "shape": [1, 8], "datatype": "FP32", "data": [1] * 8}]
+        }
+        r = client.post("/v2/models/lin/infer", json=body)
+        assert r.status_code == 200 and r.headers["x-model-version"] == "1"
+        app.begin_drain()
+        r = client.get("/v2/health/ready")
+        assert r.status_code == 503 and r.json() == {"ready": False}
+        assert client.get("/readyz").status_code == 503

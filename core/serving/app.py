@@ -99,6 +99,10 @@ class ServeApp:
     def begin_drain(self) -> None:
         """/readyz answers 503 from now on (in-flight requests still finish)."""
         self.draining = True
+        for handler in self.handlers:  # protocols with their own readiness route (V2)
+            drain = getattr(handler, "begin_drain", None)
+            if drain is not None:
+                drain()
 
     @property
     def failed(self) -> str | None:

@@ -386,12 +386,13 @@ class RegistryBackend:
     def __init__(self, registry: ModelRegistry) -> None:
         self.registry = registry
         self.models = v2_models_of(registry)
+        self.draining = False  # set by the app on SIGTERM, as /readyz
 
     def v2_models(self) -> Sequence[V2Model]:
         return self.models
 
     def server_ready(self) -> bool:
-        return bool(self.registry.ready)
+        return bool(self.registry.ready) and not self.draining
 
     def model_state(self, model: str) -> ModelState:
         slot = self.registry.slot(model)
@@ -436,6 +437,10 @@ class V2Handler:
             api_token=options.api_token,
             observe=ctx.metrics.request,
         )
+
+    def begin_drain(self) -> None:
+        """`/v2/health/ready` answers 503 from now on, like `/readyz`."""
+        self.backend.draining = True
 
     def post_routes(self) -> dict[str, AsgiApp]:
         return {f"{PREFIX}/models/{m.name}/infer": self.app for m in self.backend.v2_models()}
