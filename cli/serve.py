@@ -42,7 +42,8 @@ def _follow_spec(
             if on
         ]
         if used:
-            raise UsageError(f"{', '.join(used)} need --label: shelf serve NAME --label K=V ...")
+            verb = "needs" if len(used) == 1 else "need"
+            raise UsageError(f"{', '.join(used)} {verb} --label: shelf serve NAME --label K=V ...")
         return None
     from torchshelf.serving.follow import parse_canary, parse_selection
     from torchshelf.serving.live import FollowSpec

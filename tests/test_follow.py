@@ -327,3 +327,19 @@ def test_a_canary_batch_runs_each_request_wholly_on_its_version(
     answers = asyncio.run(main())
     assert sorted(set(answers)) == sorted({(v1, 2.0), (v2, 6.0)})
     assert sum(v == v2 for v, _ in answers) == 20
+
+
+def test_the_command_line_refuses_what_cannot_work(store: Store) -> None:
+    from conftest import run_shelf
+
+    save(store, 1, stage="production")
+    bad = run_shelf("serve", "clf", "--watch", "--canary", "stage=c:10", store=store.root)
+    assert bad.returncode == 2 and "--watch, --canary need --label" in bad.stderr
+    tag = run_shelf("serve", "clf:latest", "--label", "stage=production", store=store.root)
+    assert tag.returncode == 2 and "give one model NAME" in tag.stderr
+    none = run_shelf("serve", "clf", "--label", "stage=gone", store=store.root)
+    assert none.returncode == 1 and "no version of clf matches stage=gone" in none.stderr
+    pct = run_shelf(
+        "serve", "clf", "--label", "stage=production", "--canary", "x", store=store.root
+    )
+    assert pct.returncode == 2 and "SELECTOR:PERCENT" in pct.stderr
