@@ -206,7 +206,7 @@ def prepare_following(spec: FollowSpec, device: str | None) -> tuple[Served, Fol
     """
     from ..lifecycle import default_store
     from ..remote import open_remote
-    from .launch import resolve_targets
+    from .target import resolve_targets
 
     if spec.swap not in SWAP_MODES:
         raise UsageError(f"--swap must be one of {', '.join(SWAP_MODES)}; got {spec.swap!r}")

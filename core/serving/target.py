@@ -458,3 +458,32 @@ def _split(out: Any, rows: list[int], total: int, dim: int) -> list[Any]:
             start += k
         return res
     raise ValueError(f"cannot split a batch result of type {type(out).__name__} between callers")
+
+
+def resolve_targets(targets: Sequence[str], device: str | None = None) -> list[Served]:
+    """Resolve every TARGET (tags and services) on `device` (checked here: it must exist);
+    everything that can be wrong with the command fails here, before the server binds."""
+    from ..devices import parse_devices, resolve_device, resolve_devices
+    from ..errors import UsageError
+
+    if not targets:
+        raise UsageError("give at least one TARGET to serve")
+    devices: list[str] = []
+    if device is not None:
+        parse_devices(device)  # a malformed string fails before anything heavy is imported
+        devices = [str(d) for d in resolve_devices(device)]
+    served = []
+    for target in targets:
+        one = resolve_target(target, devices[0] if devices else None)
+        if not devices and one.device != "cpu":
+            one.device = str(resolve_device(one.device))
+        if len(devices) > 1:
+            one.replicas = tuple(devices)  # one replica per device, in --device order
+        served.append(one)
+    names = [s.name for s in served]
+    for name in names:
+        if names.count(name) > 1:
+            raise UsageError(
+                f"{name!r} is named by more than one TARGET; serve each model name once"
+            )
+    return served

@@ -267,8 +267,8 @@ def _die_with_parent() -> None:
 def worker_main(argv: list[str]) -> int:
     """One worker: `SPEC INDEX FD`."""
     from .app import ServeOptions
-    from .launch import resolve_targets
     from .server import run_server
+    from .target import resolve_targets
 
     spec_path, index, fd = argv[0], int(argv[1]), int(argv[2])
     parent = os.getppid()
