@@ -267,3 +267,19 @@ def test_a_listing_with_a_valid_index_opens_no_manifest(store_home: Path) -> Non
         assert Store(store_home).resolve("w").version == "v2" and opened == ["v2"]
     finally:
         Store.read_manifest = real_read  # type: ignore[method-assign]
+
+
+def test_gc_removes_index_files_of_gone_names_and_dead_writers(
+    store_home: Path, three: list[str]
+) -> None:
+    torchshelf.save_model("gone", zoo.MLP())
+    listed(store_home)
+    assert run_shelf("delete", "gone", "--yes", store=store_home).returncode == 0
+    index = store_home / ".index"
+    (index / ".m.json.999999999.abcd.tmp").write_text("{")  # a writer that died mid-write
+    mine = index / f".m.json.{os.getpid()}.abcd.tmp"  # a live writer's: kept
+    mine.write_text("{")
+    removed = set(Store(store_home).gc().removed)
+    assert {".index/gone.json", ".index/gone.gen", ".index/.m.json.999999999.abcd.tmp"} <= removed
+    assert mine.exists() and (index / "m.json").exists()
+    assert listed(store_home) == ["m:v3", "m:v2", "m:v1"]
