@@ -237,15 +237,20 @@ def test_a_unique_version_prefix_resolves_as_in_git(store_home: Path) -> None:
     assert out.returncode == 0 and json.loads(out.stdout)["version"] == "abcd456"
 
 
-def test_a_read_only_store_still_lists(store_home: Path, three: list[str]) -> None:
-    if os.geteuid() == 0:
-        pytest.skip("root ignores directory permissions")
+def test_a_store_where_the_index_cannot_be_written_still_lists(
+    store_home: Path, three: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read-only store (or a full disk): the listing scans and says the same."""
+    import torchshelf.index as index
+
     shutil.rmtree(store_home / ".index", ignore_errors=True)
-    store_home.chmod(0o555)
-    try:
-        assert listed(store_home) == ["m:v3", "m:v2", "m:v1"]
-    finally:
-        store_home.chmod(0o755)
+
+    def refuse(path: Path, data: str, *, durable: bool = False) -> None:
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(index, "_write_atomic", refuse)
+    assert listed(store_home) == ["m:v3", "m:v2", "m:v1"]
+    assert not (store_home / ".index" / "m.json").exists()
 
 
 def test_a_listing_with_a_valid_index_opens_no_manifest(store_home: Path) -> None:
