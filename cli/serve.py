@@ -85,7 +85,7 @@ def _banner(
         grid.add_row("target", f"{one.title} ({one.kind}, version {one.version})")
     if follow is not None:
         _follow_rows(grid, follow)
-    grid.add_row("device", ", ".join(sorted({one.device for one in served})))
+    grid.add_row("device", ", ".join(dict.fromkeys(",".join(one.devices) for one in served)))
     for one in served:
         if one.resources:
             grid.add_row("resources", ", ".join(f"{k}={v}" for k, v in one.resources.items()))
@@ -141,7 +141,8 @@ def register(app: typer.Typer) -> None:
             str | None,
             typer.Option(
                 "--device",
-                help="cpu, cuda, cuda:N or mps (default: cpu; cuda for a service asking for a gpu).",
+                help="cpu, cuda, cuda:N or mps; a list (cuda:0,cuda:1, cpu,cpu) puts one replica "
+                "on each; all = every CUDA device, or the CPU (default: cpu; cuda for a gpu service).",
                 show_default=False,
             ),
         ] = None,
@@ -328,7 +329,7 @@ def register(app: typer.Typer) -> None:
         follow = None
 
         def resolved(served: list[Any]) -> None:
-            devices.extend(sorted({one.device for one in served}))
+            devices.extend(dict.fromkeys(",".join(one.devices) for one in served))
             if host in ("0.0.0.0", "::", "") and not options.api_token:
                 stderr.print(
                     f"[yellow]warning:[/] binding {host or 'all interfaces'} without an API "

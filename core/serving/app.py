@@ -220,7 +220,7 @@ def _metrics_for(registry: ModelRegistry) -> ServeMetrics:
     metrics = ServeMetrics(labels=("model", "api") if many else ("api",), live_versions=live)
     for slot in registry.slots.values():
         for api, queue in slot.queues.items():
-            metrics.add_series(queue, (slot.name, api) if many else (api,))
+            metrics.add_series(queue, (slot.name, api) if many else (api,), slot.devices)
     return metrics
 
 

@@ -58,5 +58,6 @@ def serve(
     if on_resolved is not None:
         on_resolved(served)
     if workers > 1:
-        return run_workers(targets[0], served[0].device, options, workers, on_ready=on_ready)
+        devices = ",".join(served[0].devices)
+        return run_workers(targets[0], devices, options, workers, on_ready=on_ready)
     return run_server(served, options, on_ready=on_ready, protocols=protocols)

@@ -83,33 +83,36 @@ def _api_methods(ref: Any, endpoints: Sequence[Endpoint]) -> dict[str, tuple[str
 def build_version(
     store: Store, manifest: Manifest, served: Served, endpoints: Sequence[Endpoint]
 ) -> LoadedModel:
-    """Load `manifest` onto `served.device` and warm every api up; its apis must be the served
-    ones. The answer carries this version's name (`X-Model-Version`)."""
+    """Load `manifest` onto each of `served.devices` (one replica each) and warm every api up;
+    its apis must be the served ones. The answer carries this version's name (`X-Model-Version`)."""
     from ..model import Model
     from .target import _positional, _warm_up
 
     tag = f"{manifest.name}:{manifest.version}"
     ref = Model(store, manifest)
     apis = _api_methods(ref, endpoints)
-    device = served.device
+    replicas: list[dict[str, Any]] = []  # one copy per `--device` entry (scale: replicas)
     try:
-        model = ref.load_model(device_id=device)
-        fns = {}
-        for name, (method, _) in apis.items():
-            fn = model if method == "__call__" else getattr(model, method, None)
-            if fn is None:
-                raise AttributeError(f"{tag} has no method {method!r} named in its signatures")
-            fns[name] = _positional(fn)
+        for device in served.devices:
+            model = ref.load_model(device_id=device)
+            fns = {}
+            for name, (method, _) in apis.items():
+                fn = model if method == "__call__" else getattr(model, method, None)
+                if fn is None:
+                    raise AttributeError(f"{tag} has no method {method!r} named in its signatures")
+                fns[name] = _positional(fn)
+            replicas.append(fns)
+            del model
     except Exception as exc:
         raise VersionFailed("load", tag, exc) from exc
-    del model
     version = replace(served, version=manifest.version, title=tag)
-    loaded = LoadedModel(version, endpoints, fns)
+    loaded = LoadedModel(version, endpoints, replicas)
     try:
-        for name, fn in fns.items():
-            _warm_up(fn, apis[name][1], device)
+        for fns, device in zip(replicas, served.devices, strict=True):
+            for name, fn in fns.items():
+                _warm_up(fn, apis[name][1], device)
     except Exception as exc:
-        fns.clear()
+        replicas.clear()
         loaded.release()
         raise VersionFailed("warmup", tag, exc) from exc
     return loaded

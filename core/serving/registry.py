@@ -70,7 +70,18 @@ class ModelSlot:
 
     @property
     def device(self) -> str:
+        """The first replica's device."""
         return self.served.device
+
+    @property
+    def devices(self) -> list[str]:
+        """One device per replica (`--device cuda:0,cuda:1`)."""
+        return self.served.devices
+
+    @property
+    def batcher_key(self) -> str:
+        """Which `Batcher` serves this slot: one per device list, shared by its models."""
+        return ",".join(self.devices)
 
     @property
     def version(self) -> str:
@@ -84,7 +95,8 @@ class ModelSlot:
 
 
 class ModelRegistry:
-    """Served models by name; one `Batcher` (one worker thread) per device, shared by all."""
+    """Served models by name; one `Batcher` per device list (one worker thread per replica),
+    shared by every model on those devices."""
 
     def __init__(
         self,
@@ -145,10 +157,10 @@ class ModelRegistry:
         Raises the first load error: the server cannot serve what it was asked to.
         """
         threads = self.options.threads or default_threads()
-        if any(s.device == "cpu" for s in self.slots.values()):
+        if any("cpu" in s.devices for s in self.slots.values()):
             _set_threads(threads)  # inline batches run on this (the loop's) thread
         for slot in self.slots.values():
-            batcher = self._batcher(slot.device, threads)
+            batcher = self._batcher(slot.devices, threads)
             for ep in slot.endpoints:
                 if not ep.is_async and not ep.stream:
                     batcher.add_queue(self._queue_spec(slot, ep))
@@ -157,17 +169,23 @@ class ModelRegistry:
             await self.load(slot.name)
         self.started = True
 
-    def _batcher(self, device: str, threads: int) -> Batcher:
-        batcher = self.batchers.get(device)
+    def _batcher(self, devices: list[str], threads: int) -> Batcher:
+        key = ",".join(devices)
+        batcher = self.batchers.get(key)
         if batcher is None:
-            initializer = (lambda: _set_threads(threads)) if device == "cpu" else None
-            executor = ThreadPoolExecutor(
-                1, thread_name_prefix=f"torchshelf-{device}", initializer=initializer
-            )
-            self._executors.append(executor)
-            batcher = self.batchers[device] = Batcher(
+            from ..devices import split_threads
+
+            # CPU replicas share the torch threads, so together they do not oversubscribe
+            executors = [
+                _replica_executor(device, index, share)
+                for index, (device, share) in enumerate(
+                    zip(devices, split_threads(threads, devices), strict=True)
+                )
+            ]
+            self._executors.extend(executors)
+            batcher = self.batchers[key] = Batcher(
                 [],
-                executor=executor,
+                executors=executors,
                 observer=self.observer,
                 default_timeout=self.options.timeout,
                 fill_wait=self.options.fill_wait,
@@ -178,18 +196,22 @@ class ModelRegistry:
     def _queue_spec(self, slot: ModelSlot, ep: Endpoint) -> QueueSpec:
         api = ep.name
 
-        def run(calls: list[Call]) -> list[Inference]:
+        def run_on(replica: int, calls: list[Call]) -> list[Inference]:
             loaded = slot.loaded  # read per batch: a swap takes effect at the next batch
             if loaded is None:
                 raise NotLoaded(f"model {slot.name!r} was unloaded; retry to load it again")
             canary = slot.canary
             if canary is None or not any(c.canary for c in calls):
-                return loaded.run(api, calls)
-            return _run_split(api, calls, loaded, canary)
+                return loaded.run(api, calls, replica)
+            return _run_split(api, calls, loaded, canary, replica)
+
+        def run(calls: list[Call]) -> list[Inference]:
+            return run_on(0, calls)
 
         return QueueSpec(
             name=slot.queues[api],
             run=run,
+            run_on=run_on,
             batchable=ep.batch,
             max_batch_size=ep.max_batch_size,
             max_latency_ms=ep.max_latency_ms,
@@ -240,7 +262,7 @@ class ModelRegistry:
             return await loaded.call(api, kwargs)
         slot.pending += 1
         try:
-            return await self.batchers[slot.device].submit(  # type: ignore[no-any-return]
+            return await self.batchers[slot.batcher_key].submit(  # type: ignore[no-any-return]
                 slot.queues[api], Call(kwargs, rows, slot.takes_canary()), rows, timeout
             )
         finally:
@@ -325,15 +347,15 @@ class ModelRegistry:
         """Take the slot's version out of service and release it once no batch runs on it."""
         old, slot.loaded, slot.state = slot.loaded, None, "unloaded"
         if old is not None:
-            self._release_later(slot.device, old)
+            self._release_later(slot.batcher_key, old)
 
-    def _release_later(self, device: str, old: LoadedModel) -> None:
+    def _release_later(self, key: str, old: LoadedModel) -> None:
         loop = asyncio.get_running_loop()
 
         def release() -> None:
             loop.run_in_executor(self._loader, old.release)
 
-        batcher = self.batchers.get(device)
+        batcher = self.batchers.get(key)
         if batcher is None:
             release()
         else:
@@ -361,7 +383,7 @@ class ModelRegistry:
         else:
             old, slot.loaded, slot.state, slot.error = slot.loaded, new, "ready", None
         if old is not None and old is not new:
-            self._release_later(slot.device, old)
+            self._release_later(slot.batcher_key, old)
         return old
 
     async def drain_swap(
@@ -400,16 +422,26 @@ class ModelRegistry:
 
 
 def _run_split(
-    api: str, calls: list[Call], primary: LoadedModel, canary: LoadedModel
+    api: str, calls: list[Call], primary: LoadedModel, canary: LoadedModel, replica: int = 0
 ) -> list[Inference]:
     """One batch holding primary and canary requests: each part runs wholly on its version."""
     out: list[Inference | None] = [None] * len(calls)
     for model, wanted in ((primary, False), (canary, True)):
         idx = [i for i, c in enumerate(calls) if c.canary is wanted]
         if idx:
-            for i, res in zip(idx, model.run(api, [calls[i] for i in idx]), strict=True):
+            for i, res in zip(idx, model.run(api, [calls[i] for i in idx], replica), strict=True):
                 out[i] = res
     return out  # type: ignore[return-value]
+
+
+def _replica_executor(device: str, index: int, threads: int) -> ThreadPoolExecutor:
+    """One replica's worker thread (on CPU with its share of the torch threads)."""
+    name = f"torchshelf-{device}-r{index}"
+    if device != "cpu":
+        return ThreadPoolExecutor(1, thread_name_prefix=name)
+    return ThreadPoolExecutor(
+        1, thread_name_prefix=name, initializer=_set_threads, initargs=(threads,)
+    )
 
 
 def _set_threads(threads: int) -> None:
