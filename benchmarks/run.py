@@ -119,6 +119,7 @@ def summarise_collapsed(path: Path, top: int = 12, focus: tuple[str, ...] = ()) 
     """
     selfs: collections.Counter[str] = collections.Counter()
     incl: collections.Counter[str] = collections.Counter()
+    forward = {"worker thread": 0, "event loop": 0}  # where a server ran its model's forward
     total = 0
     for line in path.read_text(errors="replace").splitlines():
         stack, _, count = line.rpartition(" ")
@@ -128,6 +129,8 @@ def summarise_collapsed(path: Path, top: int = 12, focus: tuple[str, ...] = ()) 
         frames = [_frame_name(f) for f in stack.split(";") if not f.startswith("process ")]
         if not frames or (focus and not any(k in f for f in frames for k in focus)):
             continue
+        if any(f.startswith("Linear.forward (") for f in frames):
+            forward["worker thread" if "_WorkItem.run (" in stack else "event loop"] += n
         # Cut the entry frames (CLI, event-loop and thread plumbing) so the inclusive column
         # shows the layers: everything above the last dispatch point is the same on every stack.
         cut = max((i for i, f in enumerate(frames) if f.startswith(_DISPATCH)), default=-1)
@@ -141,11 +144,13 @@ def summarise_collapsed(path: Path, top: int = 12, focus: tuple[str, ...] = ()) 
         "samples": total,
         "self": [(f, pct(n)) for f, n in selfs.most_common(top)],
         "inclusive": [(f, pct(n)) for f, n in incl.most_common(top)],
+        "forward": forward,
     }
 
 
-# Frames after which a stack's work begins: an event-loop callback, a thread-pool work item.
-_DISPATCH = ("Handle._run (", "_WorkItem.run (", "Thread.run (")
+# Frames after which a stack's work begins: an event-loop callback, a thread-pool work item, or
+# (uvloop runs callbacks from C, so no Handle._run frame) the loop's own entry.
+_DISPATCH = ("Handle._run (", "_WorkItem.run (", "Thread.run (", "Runner.run (")
 
 
 def _frame_name(frame: str) -> str:
@@ -721,13 +726,17 @@ def render_ratios(res: dict[str, Any]) -> list[str]:
              ("torchshelf-st", "torchshelf"), ("torchshelf-v2", "torchshelf"), ("torchshelf-v2bin", "torchshelf"),
              ("torchshelf-v2bin", "torchshelf-v2")]  # fmt: skip
     pairs = [(a, b) for a, b in pairs if sv.get(a) and sv.get(b)]
-    lines = ["| ratio (req/s) | " + " | ".join(f"{c} clients" for c in LEVELS) + " |",
+    lines = ["| ratio (req/s; in brackets: the other's server CPU per request / this one's, > 1 = "
+             "less work here) | " + " | ".join(f"{c} clients" for c in LEVELS) + " |",
              "|---|" + "---|" * len(LEVELS)]  # fmt: skip
     for a, b in pairs:
         cells = []
         for c in LEVELS:
-            num, den = at(sv[a], c)["requests_per_s"], at(sv[b], c)["requests_per_s"]
-            cells.append(f"{num / den:.2f}x" if den else "inf")
+            ra, rb = at(sv[a], c), at(sv[b], c)
+            num, den = ra["requests_per_s"], rb["requests_per_s"]
+            ca, cb = ra.get("server_cpu_ms"), rb.get("server_cpu_ms")
+            cpu = f" ({cb / ca:.2f})" if ca and cb else ""
+            cells.append((f"{num / den:.2f}x" if den else "inf") + cpu)
         lines.append(
             f"| {_label(a).replace('**', '')} / {_label(b).replace('**', '')} | "
             + " | ".join(cells)
@@ -756,6 +765,14 @@ def render_profile(title: str, prof: dict[str, Any] | None) -> list[str]:
         return [f"*{title}: no profile (py-spy not installed)*", ""]
     if "error" in prof:
         return [f"*{title}: {prof['error']}*", ""]
+    raw = HERE.parent / prof.get("file", "")
+    if prof.get("file") and raw.is_file():  # summarised again: the summary may have changed since
+        prof = {
+            **prof,
+            **summarise_collapsed(
+                raw, focus=tuple(filter(None, prof.get("focus", "").split(" or ")))
+            ),
+        }
     where = (
         f", stacks through `{prof['focus']}` only (other threads left out), I/O waits included"
         if prof.get("focus")
@@ -766,6 +783,10 @@ def render_profile(title: str, prof: dict[str, Any] | None) -> list[str]:
              "| self (leaf) | % | inclusive | % |", "|---|---|---|---|"]  # fmt: skip
     for (sf, sp), (inf, ip) in zip(prof["self"], prof["inclusive"], strict=False):
         lines.append(f"| `{sf}` | {sp} | `{inf}` | {ip} |")
+    fwd = prof.get("forward") or {}
+    if any(fwd.values()):
+        lines += ["", "Samples in the model's `Linear.forward`, by thread: "
+                  + ", ".join(f"{where} {n}" for where, n in fwd.items()) + "."]  # fmt: skip
     return [*lines, ""]
 
 
