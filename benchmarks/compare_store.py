@@ -115,8 +115,15 @@ def bench_io(
     return results
 
 
+def _once(cmd: list[str], env: dict[str, str]) -> float:
+    t0 = time.perf_counter()
+    subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - t0
+
+
 def time_cmd(cmd: list[str], env: dict[str, str], repeats: int) -> float:
-    return time_round_robin({"cmd": (cmd, env)}, repeats)["cmd"]
+    """Median wall time of `repeats` runs of one whole process (no warm-up run)."""
+    return statistics.median(_once(cmd, env) for _ in range(repeats))
 
 
 def time_round_robin(
@@ -127,12 +134,9 @@ def time_round_robin(
     times: dict[str, list[float]] = {k: [] for k in cmds}
     for turn in range(repeats + 1):
         for key, (cmd, env) in cmds.items():
-            t0 = time.perf_counter()
-            subprocess.run(
-                cmd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-            )
+            took = _once(cmd, env)
             if turn:
-                times[key].append(time.perf_counter() - t0)
+                times[key].append(took)
     return {k: statistics.median(v) for k, v in times.items()}
 
 
@@ -192,14 +196,12 @@ def bench_cli(sizes: list[int], repeats: int, work: Path) -> dict[str, Any]:
     load_before = os.getloadavg()
     res: dict[str, Any] = {"sizes": sizes, "versions": sizes[0], "repeats": repeats}
     res.update(time_round_robin(cmds, repeats))
-    rebuilds = []
     for n in sizes:  # the cold path: every manifest read once, the index written again
         times = []
         for _ in range(max(3, repeats // 3)):
             shutil.rmtree(homes[n] / ".index", ignore_errors=True)
-            times.append(time_cmd([*shelf, "list"], cmds[f"shelf_list@{n}"][1], 1))
+            times.append(_once([*shelf, "list"], cmds[f"shelf_list@{n}"][1]))
         res[f"shelf_list_rebuild@{n}"] = statistics.median(times)
-        rebuilds.append(n)
     res["load_avg"] = [round(x, 2) for x in (*load_before, *os.getloadavg())]
     # the keys the single-size report used (run.py's targets read them)
     res["shelf_list"], res["shelf_get"] = (

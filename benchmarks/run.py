@@ -18,7 +18,8 @@ Why one script: absolute times on this shared 2-core machine drift by tens of pe
 runs, so every figure a target is stated in is a ratio of two measurements taken in this run.
 Raw figures go to benchmarks/results.json; `--only` reruns one group and keeps the others' last
 figures. RESULTS.md and serving.png are regenerated from results.json every time; the
-hand-written analysis in benchmarks/ANALYSIS.md (where the time goes, fixes) is appended as is.
+hand-written analysis in benchmarks/ANALYSIS.md (where the time goes, fixes) is appended as is,
+and so is benchmarks/FAULTS.md (faults and long runs, written from their own scripts).
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ RESULTS_JSON = HERE / "results.json"
 RESULTS_MD = HERE / "RESULTS.md"
 CHART = HERE / "serving.png"
 ANALYSIS = HERE / "ANALYSIS.md"
+FAULTS = HERE / "FAULTS.md"  # faults and long runs (issue 15): their own scripts, appended
 PROFILES = HERE / "profiles"
 
 MODELS: dict[str, tuple[int, int, int]] = {"small": (64, 256, 10), "big": (1024, 4096, 1024)}
@@ -919,6 +921,8 @@ def render(results: dict[str, Any]) -> str:
               "(no handler installed). `benchmarks/peers/README.md`, Finding 2.", ""]  # fmt: skip
     if ANALYSIS.exists():
         lines += ["", ANALYSIS.read_text().strip(), ""]
+    if FAULTS.exists():
+        lines += ["", FAULTS.read_text().strip(), ""]
     return "\n".join(lines) + "\n"
 
 

@@ -9,12 +9,72 @@ from __future__ import annotations
 import time
 from typing import Annotated, Any
 
+import click
 import typer
 
+from .remote_cmds import RemoteFlagCommand
 from .render import fail, stderr
 
+FOLLOW_PANEL = "Serve a label (continuous delivery)"
 
-def _banner(served: list[Any], options: Any, token_source: str | None, workers: int = 1) -> None:
+
+def _follow_spec(
+    targets: list[str],
+    label: list[str] | None,
+    remote: str | None,
+    watch: bool,
+    interval: float,
+    swap: str,
+    canary: str | None,
+) -> Any:
+    """The parsed `--label ...` options as a `FollowSpec`, or None when serving plain TARGETs."""
+    from torchshelf.errors import UsageError
+
+    if not label:
+        used = [
+            flag
+            for flag, on in (
+                ("--remote", remote is not None),
+                ("--watch", watch),
+                ("--canary", canary is not None),
+                ("--swap", swap != "live"),
+            )
+            if on
+        ]
+        if used:
+            verb = "needs" if len(used) == 1 else "need"
+            raise UsageError(f"{', '.join(used)} {verb} --label: shelf serve NAME --label K=V ...")
+        return None
+    from torchshelf.serving.follow import parse_canary, parse_selection
+    from torchshelf.serving.live import FollowSpec
+
+    if len(targets) != 1 or ":" in targets[0]:
+        raise UsageError(
+            f"with --label, give one model NAME (not a tag or a service): {' '.join(targets)}"
+        )
+    return FollowSpec(
+        selection=parse_selection(targets[0], label),
+        canary=parse_canary(targets[0], canary) if canary else None,
+        remote=remote,
+        watch=watch,
+        interval=interval,
+        swap=swap,
+    )
+
+
+def _follow_rows(grid: Any, follow: Any) -> None:
+    where = "the remote" if follow.remote is not None else "the local store"
+    how = f"watching every {follow.interval:g} s and on SIGHUP" if follow.watch else "not watching"
+    grid.add_row("follows", f"{', '.join(follow.selection.selectors)} on {where}; {how}")
+    grid.add_row("swap", follow.swap)
+    if follow.canary is not None:
+        sel = ", ".join(follow.canary.selection.selectors)
+        grid.add_row("canary", f"{follow.canary.percent:g}% to the newest matching {sel}")
+
+
+def _banner(
+    served: list[Any], options: Any, token_source: str | None, workers: int = 1, follow: Any = None
+) -> None:
     from rich.panel import Panel
     from rich.table import Table
 
@@ -23,7 +83,9 @@ def _banner(served: list[Any], options: Any, token_source: str | None, workers: 
     grid.add_column()
     for one in served:
         grid.add_row("target", f"{one.title} ({one.kind}, version {one.version})")
-    grid.add_row("device", ", ".join(sorted({one.device for one in served})))
+    if follow is not None:
+        _follow_rows(grid, follow)
+    grid.add_row("device", ", ".join(dict.fromkeys(",".join(one.devices) for one in served)))
     for one in served:
         if one.resources:
             grid.add_row("resources", ", ".join(f"{k}={v}" for k, v in one.resources.items()))
@@ -64,13 +126,14 @@ def _banner(served: list[Any], options: Any, token_source: str | None, workers: 
 def register(app: typer.Typer) -> None:
     """Add `serve` to the app."""
 
-    @app.command("serve", rich_help_panel="Serve")
+    @app.command("serve", rich_help_panel="Serve", cls=RemoteFlagCommand)
     def serve(
         targets: Annotated[
             list[str],
             typer.Argument(
                 help="Model tags (name[:version]) or services (file.py:Class / module:Class); "
-                "with several, each is served under /models/<name>/<api>.",
+                "with several, each is served under /models/<name>/<api>. With --label, one "
+                "model NAME.",
                 show_default=False,
             ),
         ],
@@ -78,7 +141,8 @@ def register(app: typer.Typer) -> None:
             str | None,
             typer.Option(
                 "--device",
-                help="cpu, cuda, cuda:N or mps (default: cpu; cuda for a service asking for a gpu).",
+                help="cpu, cuda, cuda:N or mps; a list (cuda:0,cuda:1, cpu,cpu) puts one replica "
+                "on each; all = every CUDA device, or the CPU (default: cpu; cuda for a gpu service).",
                 show_default=False,
             ),
         ] = None,
@@ -149,6 +213,24 @@ def register(app: typer.Typer) -> None:
                 show_default=False,
             ),
         ] = None,
+        header_timeout: Annotated[
+            float,
+            typer.Option(
+                "--header-timeout",
+                min=0.001,
+                help="Seconds a client has to send its request headers (408 and close past it).",
+            ),
+        ] = 10.0,
+        max_connections: Annotated[
+            int | None,
+            typer.Option(
+                "--max-connections",
+                min=1,
+                help="Open connections at most; one more is answered 503 and closed "
+                "(default: no bound).",
+                show_default=False,
+            ),
+        ] = None,
         workers: Annotated[
             int,
             typer.Option(
@@ -157,6 +239,67 @@ def register(app: typer.Typer) -> None:
                 help="Server processes on one port, each with every replica; dead ones are replaced.",
             ),
         ] = 1,
+        label: Annotated[
+            list[str] | None,
+            typer.Option(
+                "--label",
+                help="Serve the newest version of NAME matching K=V, K!=V, K, 'K in (a,b)' (ANDed).",
+                show_default=False,
+                rich_help_panel=FOLLOW_PANEL,
+            ),
+        ] = None,
+        remote: Annotated[
+            str | None,
+            typer.Option(
+                "--remote",
+                metavar="[URL]",
+                help="Evaluate --label on the remote store s3://bucket/prefix (bare: the "
+                "configured remote) and pull the chosen version, verified, first.",
+                show_default=False,
+                rich_help_panel=FOLLOW_PANEL,
+            ),
+        ] = None,
+        watch: Annotated[
+            bool,
+            typer.Option(
+                "--watch",
+                help="Re-evaluate --label every --watch-interval seconds and on SIGHUP; swap "
+                "to a new match with no failed request.",
+                rich_help_panel=FOLLOW_PANEL,
+            ),
+        ] = False,
+        watch_interval: Annotated[
+            float,
+            typer.Option(
+                "--watch-interval",
+                min=0.01,
+                help="Seconds between checks with --watch.",
+                rich_help_panel=FOLLOW_PANEL,
+            ),
+        ] = 5.0,
+        swap: Annotated[
+            str,
+            typer.Option(
+                "--swap",
+                help="live: load the new version beside the old one, then switch; drain: finish "
+                "in-flight work and unload first (requests queue meanwhile), for models too big "
+                "to hold twice.",
+                click_type=click.Choice(["live", "drain"]),
+                metavar="live|drain",
+                rich_help_panel=FOLLOW_PANEL,
+            ),
+        ] = "live",
+        canary: Annotated[
+            str | None,
+            typer.Option(
+                "--canary",
+                metavar="'SELECTOR:PERCENT'",
+                help="Send PERCENT of requests to the newest version matching SELECTOR, e.g. "
+                "'stage=candidate:10'.",
+                show_default=False,
+                rich_help_panel=FOLLOW_PANEL,
+            ),
+        ] = None,
     ) -> None:
         """Serve stored models or @torchshelf.service classes over HTTP, batching requests."""
         from torchshelf.config import ENV_API_TOKEN
@@ -179,11 +322,14 @@ def register(app: typer.Typer) -> None:
             access_log=access_log,
             threads=threads,
             max_loaded=max_loaded,
+            header_timeout=header_timeout,
+            max_connections=max_connections,
         )
         devices: list[str] = []
+        follow = None
 
         def resolved(served: list[Any]) -> None:
-            devices.extend(sorted({one.device for one in served}))
+            devices.extend(dict.fromkeys(",".join(one.devices) for one in served))
             if host in ("0.0.0.0", "::", "") and not options.api_token:
                 stderr.print(
                     f"[yellow]warning:[/] binding {host or 'all interfaces'} without an API "
@@ -191,7 +337,7 @@ def register(app: typer.Typer) -> None:
                     f"--api-token or set {ENV_API_TOKEN}",
                     highlight=False,
                 )
-            _banner(served, options, token_source, workers)
+            _banner(served, options, token_source, workers, follow)
 
         def ready() -> None:
             stderr.print(
@@ -206,6 +352,7 @@ def register(app: typer.Typer) -> None:
                 raise UsageError(
                     "--metrics-auth needs a token: pass --api-token or set " + ENV_API_TOKEN
                 )
+            follow = _follow_spec(targets, label, remote, watch, watch_interval, swap, canary)
             from torchshelf.serving.launch import serve as run
 
             code = run(
@@ -215,6 +362,7 @@ def register(app: typer.Typer) -> None:
                 workers=workers,
                 on_resolved=resolved,
                 on_ready=ready,
+                follow=follow,
             )
         except ShelfError as exc:
             fail(exc)

@@ -208,3 +208,22 @@ class StoreIndex:
                 os.fsync(fd)
             finally:
                 os.close(fd)
+
+    def leftovers(self, names: set[str], alive: Callable[[int], bool]) -> list[Path]:
+        """Index files `gc` may remove: those of names no longer in the store, and temp files
+        of writers that died (`.<file>.<pid>.<rand>.tmp`). Removing any index file is safe: the
+        next reader rebuilds it."""
+        try:
+            entries = os.listdir(self.dir)
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        out = []
+        for entry in entries:
+            if entry.endswith(".tmp"):
+                parts = entry.split(".")
+                pid = parts[-3] if len(parts) >= 4 else ""
+                if not (pid.isdigit() and alive(int(pid))):
+                    out.append(self.dir / entry)
+            elif entry.endswith((".json", ".gen")) and entry.rsplit(".", 1)[0] not in names:
+                out.append(self.dir / entry)
+        return out

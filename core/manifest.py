@@ -22,11 +22,8 @@ parses (a label, a hash) is caught too.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import os
-import queue
-import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -268,6 +265,10 @@ class HashingWriter:
     def __init__(self, path: Path, progress: Progress | None = None) -> None:
         self.path = path
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        import hashlib  # imported where used: listing and reading never hash
+        import queue
+        import threading
+
         self._sha = hashlib.sha256()
         self._size = 0
         self._progress = progress
@@ -316,6 +317,8 @@ class HashingWriter:
 
 def hash_file(path: Path, progress: Progress | None = None) -> FileRecord:
     """sha256 and size of a file, read in large chunks."""
+    import hashlib
+
     sha = hashlib.sha256()
     size = 0
     with open(path, "rb", buffering=0) as fh:
@@ -336,6 +339,8 @@ def stat_signature(path: Path) -> list[int]:
 
 
 def manifest_digest(data: bytes) -> str:
+    import hashlib
+
     return hashlib.sha256(data).hexdigest()
 
 
@@ -351,6 +356,8 @@ def read_manifest_sums(version_dir: Path) -> set[str] | None:
 
 def write_manifest_sums(version_dir: Path, digests: list[str], *, fsync: bool = True) -> None:
     """Atomically replace `.manifest.sha256` with `digests`."""
+    import threading
+
     tmp = version_dir / f"{MANIFEST_SUM}.{os.getpid()}.{threading.get_ident()}.tmp"
     try:
         tmp.write_text("".join(f"{d}\n" for d in digests))

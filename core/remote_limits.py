@@ -13,7 +13,11 @@ an endless wait. Three limits do it:
 
 Worst cases: a refused connection fails in well under a second per attempt; a request to a
 server that accepts and then says nothing fails after attempts x retries x `READ_TIMEOUT_S`
-(about 80 s), and a transfer stalled mid-body after `stall_timeout` (60 s by default).
+(about 80 s), and a transfer stalled mid-body after `stall_timeout` (120 s by default).
+
+Progress is seen per multipart part on upload (s3fs reports a part when it is done): with 8
+parts of 50 MiB in flight, a link slower than about 8 x 50 MiB / `stall_timeout` (3.3 MiB/s at
+120 s) looks stalled. Raise `stall_timeout` for such links.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ CONNECT_TIMEOUT_S = 5.0
 READ_TIMEOUT_S = 20.0
 REQUEST_ATTEMPTS = 2
 S3FS_RETRIES = 2
-STALL_TIMEOUT_S = 60.0
+STALL_TIMEOUT_S = 120.0
 
 T = TypeVar("T")
 

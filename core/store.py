@@ -540,6 +540,14 @@ class Store:
                         continue
                     removed.append(str(f.relative_to(self.root)))
                     freed += size
+        for path in self.index.leftovers(set(self.names()), _pid_alive):
+            try:
+                size = path.stat().st_size
+                path.unlink()
+            except FileNotFoundError:
+                continue
+            removed.append(str(path.relative_to(self.root)))
+            freed += size
         return GcReport(tuple(removed), freed)
 
     def version_names(self, name: str) -> builtins.list[str]:

@@ -5,8 +5,8 @@ A name or version that fails these rules is never turned into a path on disk.
 
 from __future__ import annotations
 
+import os
 import re
-import secrets
 from datetime import datetime, timezone
 from typing import Any
 
@@ -48,7 +48,7 @@ def new_version() -> str:
     UTC timestamp to the microsecond plus 24 random bits, e.g. `20261124T135501123456Z-a1b2c3`.
     """
     now = datetime.now(timezone.utc)
-    return now.strftime("%Y%m%dT%H%M%S%fZ") + "-" + secrets.token_hex(3)
+    return now.strftime("%Y%m%dT%H%M%S%fZ") + "-" + os.urandom(3).hex()  # as secrets.token_hex
 
 
 class Tag:

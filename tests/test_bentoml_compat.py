@@ -662,6 +662,18 @@ def test_external_modules_pickled_by_value(tmp_path: Path, monkeypatch: pytest.M
     assert "shelf_ext_mod" not in cloudpickle.list_registry_pickle_by_value()
 
 
+def test_api_batchable_spelling() -> None:
+    """BentoML 1.4's `@bentoml.api(batchable=True, ...)` decorates, and the method still runs."""
+
+    @bentoml.service
+    class Svc:
+        @bentoml.api(batchable=True, batch_dim=(0, 0), max_batch_size=8, max_latency_ms=5)
+        def embed(self, texts: list[str]) -> list[int]:
+            return [len(t) for t in texts]
+
+    assert Svc().embed(["ab", "c"]) == [2, 1]
+
+
 @torchshelf_only
 def test_api_accepts_bentoml_spelling() -> None:
     from torchshelf.serving.decorators import api_configs

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 import time
 from pathlib import Path
 
@@ -26,7 +25,6 @@ from torchshelf.serving.follow import (
     parse_canary,
     parse_selection,
 )
-from torchshelf.serving.swap import LiveSlot, SlotUnavailable, swap_drain, swap_live
 from torchshelf.store import Store
 
 
@@ -229,78 +227,119 @@ def test_sighup_runs_a_check_at_once(store: Store) -> None:
     assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL  # restored
 
 
-# --- the live slot ------------------------------------------------------------------------------
+# --- swapping in the registry slot (no HTTP: the calls every protocol makes) ----------------------
+
+SIG = {"__call__": {"batchable": True, "input_spec": {"shape": [-1, 2], "dtype": "float32"}}}
 
 
-def test_running_batches_finish_on_the_old_value_and_new_ones_take_the_new() -> None:
-    slot: LiveSlot[str] = LiveSlot("v1")
-    started, finish = threading.Event(), threading.Event()
-    seen: list[str] = []
-
-    def batch() -> None:
-        with slot.use() as value:
-            started.set()
-            finish.wait(10)
-            seen.append(value)
-
-    t = threading.Thread(target=batch)
-    t.start()
-    started.wait(10)
-    released: list[str] = []
-    swapper = threading.Thread(target=swap_live, args=(slot, lambda: "v2", released.append))
-    swapper.start()
-    time.sleep(0.05)
-    with slot.use() as value:
-        assert value == "v2"  # a batch started after the switch
-    assert released == [] and slot.in_flight("v1") == 1  # v1 is not released under a batch
-    finish.set()
-    t.join(10)
-    swapper.join(10)
-    assert seen == ["v1"] and released == ["v1"]
+def save_served(store: Store, value: float, **labels: str) -> str:
+    model = torch.nn.Linear(2, 2, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(value)
+    return torchshelf.save_model("clf", model, labels=labels, signatures=SIG, store=store).version
 
 
-def test_a_failing_build_leaves_the_old_value_live() -> None:
-    slot: LiveSlot[str] = LiveSlot("v1")
+async def _infer(registry: object, n: int) -> list[tuple[str, float]]:
+    """`n` concurrent requests of [[1, 1]]: (version, first output) of each."""
+    import asyncio
 
-    def boom() -> str:
-        raise RuntimeError("warm-up failed")
+    async def one() -> tuple[str, float]:
+        res = await registry.infer("clf", "predict", {"inputs": torch.ones(1, 2)}, 1)  # type: ignore[attr-defined]
+        return res.version, float(res.value[0, 0])
 
-    with pytest.raises(RuntimeError):
-        swap_live(slot, boom, lambda _: None)
-    assert slot.current() == "v1"
-    with pytest.raises(RuntimeError):
-        swap_drain(slot, boom, lambda: "v1-again", lambda _: None)
-    assert slot.current() == "v1-again"
+    return list(await asyncio.gather(*(one() for _ in range(n))))
 
 
-def test_a_drain_swap_queues_batches_and_resumes_them_on_the_new_value() -> None:
-    slot: LiveSlot[str] = LiveSlot("v1")
-    building, go = threading.Event(), threading.Event()
-    order: list[str] = []
+def _registry(store: Store, version: str) -> tuple[object, object]:
+    from torchshelf.serving.launch import resolve_targets
+    from torchshelf.serving.options import ServeOptions
+    from torchshelf.serving.registry import ModelRegistry
 
-    def build() -> str:
-        building.set()
-        go.wait(10)
-        return "v2"
+    served = resolve_targets([f"clf:{version}"])[0]
+    return served, ModelRegistry([served], ServeOptions())
 
-    swapper = threading.Thread(
-        target=swap_drain, args=(slot, build, lambda: "v1", lambda v: order.append(f"release {v}"))
+
+def test_a_drain_swap_holds_requests_then_answers_them_on_the_new_version(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    from torchshelf.serving.live import build_version
+
+    monkeypatch.setenv("TORCHSHELF_HOME", str(store.root))
+    v1, v2 = save_served(store, 1), save_served(store, 2)
+    served, registry = _registry(store, v1)
+    slot_of = registry.slot  # type: ignore[attr-defined]
+
+    async def main() -> tuple[list[tuple[str, float]], list[tuple[str, float]], str]:
+        await registry.start()  # type: ignore[attr-defined]
+        slot = slot_of("clf")
+
+        def build(version: str) -> object:
+            return build_version(store, store.read_manifest("clf", version), served, slot.endpoints)
+
+        drain = asyncio.ensure_future(
+            registry.drain_swap("clf", lambda: build(v2), lambda: build(v1))  # type: ignore[attr-defined]
+        )
+        during = asyncio.ensure_future(_infer(registry, 20))
+        await drain
+        answers = await during
+
+        def boom() -> object:
+            raise RuntimeError("warm-up failed")
+
+        failing = registry.drain_swap("clf", boom, lambda: build(v1))  # type: ignore[attr-defined]
+        with pytest.raises(RuntimeError):
+            await asyncio.gather(failing, after := asyncio.ensure_future(_infer(registry, 5)))
+        rest = await after
+        version = slot.version
+        registry.close()  # type: ignore[attr-defined]
+        return answers, rest, version
+
+    answers, rest, version = asyncio.run(main())
+    assert all((v, out) in ((v1, 2.0), (v2, 4.0)) for v, out in answers)  # none failed
+    assert answers[-1] == (v2, 4.0)
+    assert version == v1 and rest == [(v1, 2.0)] * 5  # the failed build: the old one again
+
+
+def test_a_canary_batch_runs_each_request_wholly_on_its_version(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    from torchshelf.serving.live import build_version
+
+    monkeypatch.setenv("TORCHSHELF_HOME", str(store.root))
+    v1, v2 = save_served(store, 1), save_served(store, 3)
+    served, registry = _registry(store, v1)
+
+    async def main() -> list[tuple[str, float]]:
+        await registry.start()  # type: ignore[attr-defined]
+        slot = registry.slot("clf")  # type: ignore[attr-defined]
+        manifest = store.read_manifest("clf", v2)
+        new = build_version(store, manifest, served, slot.endpoints)
+        registry.swap("clf", new, canary=True)  # type: ignore[attr-defined]
+        slot.split = CanarySplit(50)
+        answers = await _infer(registry, 40)
+        registry.close()  # type: ignore[attr-defined]
+        return answers
+
+    answers = asyncio.run(main())
+    assert sorted(set(answers)) == sorted({(v1, 2.0), (v2, 6.0)})
+    assert sum(v == v2 for v, _ in answers) == 20
+
+
+def test_the_command_line_refuses_what_cannot_work(store: Store) -> None:
+    from conftest import run_shelf
+
+    save(store, 1, stage="production")
+    bad = run_shelf("serve", "clf", "--watch", "--canary", "stage=c:10", store=store.root)
+    assert bad.returncode == 2 and "--watch, --canary need --label" in bad.stderr
+    tag = run_shelf("serve", "clf:latest", "--label", "stage=production", store=store.root)
+    assert tag.returncode == 2 and "give one model NAME" in tag.stderr
+    none = run_shelf("serve", "clf", "--label", "stage=gone", store=store.root)
+    assert none.returncode == 1 and "no version of clf matches stage=gone" in none.stderr
+    pct = run_shelf(
+        "serve", "clf", "--label", "stage=production", "--canary", "x", store=store.root
     )
-    swapper.start()
-    building.wait(10)
-    got: list[str] = []
-
-    def batch() -> None:
-        with slot.use(10) as value:
-            got.append(value)
-
-    waiter = threading.Thread(target=batch)
-    waiter.start()
-    time.sleep(0.05)
-    assert got == [] and order == ["release v1"]  # queued while the new one loads
-    go.set()
-    swapper.join(10)
-    waiter.join(10)
-    assert got == ["v2"]
-    with pytest.raises(SlotUnavailable), LiveSlot[str]().use(timeout=0.01):
-        pass
+    assert pct.returncode == 2 and "SELECTOR:PERCENT" in pct.stderr

@@ -237,15 +237,20 @@ def test_a_unique_version_prefix_resolves_as_in_git(store_home: Path) -> None:
     assert out.returncode == 0 and json.loads(out.stdout)["version"] == "abcd456"
 
 
-def test_a_read_only_store_still_lists(store_home: Path, three: list[str]) -> None:
-    if os.geteuid() == 0:
-        pytest.skip("root ignores directory permissions")
+def test_a_store_where_the_index_cannot_be_written_still_lists(
+    store_home: Path, three: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read-only store (or a full disk): the listing scans and says the same."""
+    import torchshelf.index as index
+
     shutil.rmtree(store_home / ".index", ignore_errors=True)
-    store_home.chmod(0o555)
-    try:
-        assert listed(store_home) == ["m:v3", "m:v2", "m:v1"]
-    finally:
-        store_home.chmod(0o755)
+
+    def refuse(path: Path, data: str, *, durable: bool = False) -> None:
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(index, "_write_atomic", refuse)
+    assert listed(store_home) == ["m:v3", "m:v2", "m:v1"]
+    assert not (store_home / ".index" / "m.json").exists()
 
 
 def test_a_listing_with_a_valid_index_opens_no_manifest(store_home: Path) -> None:
@@ -267,3 +272,19 @@ def test_a_listing_with_a_valid_index_opens_no_manifest(store_home: Path) -> Non
         assert Store(store_home).resolve("w").version == "v2" and opened == ["v2"]
     finally:
         Store.read_manifest = real_read  # type: ignore[method-assign]
+
+
+def test_gc_removes_index_files_of_gone_names_and_dead_writers(
+    store_home: Path, three: list[str]
+) -> None:
+    torchshelf.save_model("gone", zoo.MLP())
+    listed(store_home)
+    assert run_shelf("delete", "gone", "--yes", store=store_home).returncode == 0
+    index = store_home / ".index"
+    (index / ".m.json.999999999.abcd.tmp").write_text("{")  # a writer that died mid-write
+    mine = index / f".m.json.{os.getpid()}.abcd.tmp"  # a live writer's: kept
+    mine.write_text("{")
+    removed = set(Store(store_home).gc().removed)
+    assert {".index/gone.json", ".index/gone.gen", ".index/.m.json.999999999.abcd.tmp"} <= removed
+    assert mine.exists() and (index / "m.json").exists()
+    assert listed(store_home) == ["m:v3", "m:v2", "m:v1"]

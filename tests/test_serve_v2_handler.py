@@ -245,3 +245,86 @@ def _one() -> triton.InferInput:
     inp = triton.InferInput("inputs", [1, 8], "FP32")
     inp.set_data_from_numpy(np.zeros((1, 8), dtype=np.float32))
     return inp
+
+
+def test_v2_model_names_of_several_targets() -> None:
+    from torchshelf.serving.options import ServeOptions
+    from torchshelf.serving.registry import ModelRegistry
+    from torchshelf.serving.target import Served
+    from torchshelf.serving.v2 import v2_models_of
+
+    def ep(name: str) -> Endpoint:
+        return Endpoint(name=name, path=f"/{name}", params=[Param("x", "tensor")])
+
+    def served(kind: str, name: str, apis: list[str], fmt: str | None = None) -> Served:
+        return Served(
+            kind=kind,
+            title=name,
+            device="cpu",
+            endpoints=[ep(a) for a in apis],
+            loader=lambda device: {},
+            details={"format": fmt} if fmt else {},
+            name=name,
+            version="1",
+        )
+
+    registry = ModelRegistry(
+        [
+            served("model", "m", ["encode", "predict"], "torchscript"),
+            served("service", "svc", ["predict", "greet"]),
+            served("service", "svc2", ["greet"]),
+        ],
+        ServeOptions(),
+    )
+    got = [(m.name, m.model, m.endpoint.name, m.platform, m.series) for m in v2_models_of(registry)]
+    assert got == [
+        ("m.encode", "m", "encode", "pytorch_torchscript", "m/encode"),
+        ("m", "m", "predict", "pytorch_torchscript", "m/predict"),
+        ("predict", "svc", "predict", "torchshelf_service", "svc/predict"),
+        ("svc.greet", "svc", "greet", "torchshelf_service", "svc/greet"),
+        ("svc2.greet", "svc2", "greet", "torchshelf_service", "svc2/greet"),
+    ]
+
+
+def test_v2_readiness_follows_the_app_through_a_drain() -> None:
+    from starlette.testclient import TestClient
+
+    from torchshelf.serving.app import build_app
+    from torchshelf.serving.options import ServeOptions
+    from torchshelf.serving.target import Served
+
+    model = _model()
+    served = Served(
+        kind="model",
+        title="lin:1",
+        device="cpu",
+        endpoints=[
+            Endpoint(
+                name="predict",
+                path="/predict",
+                params=[Param("inputs", "tensor", spec=TensorSpec((-1, 8), "float32"))],
+                returns="tensor",
+                batch=True,
+                wrap_outputs=True,
+            )
+        ],
+        loader=lambda device: {"predict": lambda inputs: model(inputs)},
+        name="lin",
+        version="1",
+    )
+    app = build_app(served, ServeOptions())
+    with TestClient(app) as client:
+        deadline = time.monotonic() + 20
+        while client.get("/readyz").status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert client.get("/v2/health/ready").json() == {"ready": True}
+        body = {
+            "inputs": [{"name": "inputs", "shape": [1, 8], "datatype": "FP32", "data": [1] * 8}]
+        }
+        r = client.post("/v2/models/lin/infer", json=body)
+        assert r.status_code == 200 and r.headers["x-model-version"] == "1"
+        app.begin_drain()
+        r = client.get("/v2/health/ready")
+        assert r.status_code == 503 and r.json() == {"ready": False}
+        assert client.get("/readyz").status_code == 503

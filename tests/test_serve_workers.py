@@ -73,11 +73,13 @@ def test_published_snapshots_sum_across_workers(tmp_path: Path) -> None:
     ok = ("torchshelf_requests_total", (("api", "predict"), ("status", "200")))
     assert got[ok] == 5
     assert got[("torchshelf_requests_total", (("api", "predict"), ("status", "503")))] == 1
-    assert got[("torchshelf_batch_size_count", (("api", "predict"),))] == 2
-    assert got[("torchshelf_batch_size_sum", (("api", "predict"),))] == 43
+    on = (("api", "predict"), ("device", "cpu"), ("replica", "0"))
+    assert got[("torchshelf_batch_size_count", on)] == 2
+    assert got[("torchshelf_batch_size_sum", on)] == 43
     # buckets stay cumulative after summing: 3 <= 4, 40 <= 64
-    assert got[("torchshelf_batch_size_bucket", (("api", "predict"), ("le", "4.0")))] == 1
-    assert got[("torchshelf_batch_size_bucket", (("api", "predict"), ("le", "64.0")))] == 2
+    for le, count in (("4.0", 1), ("64.0", 2)):
+        labels = tuple(sorted((*on, ("le", le))))
+        assert got[("torchshelf_batch_size_bucket", labels)] == count
     assert got[("torchshelf_request_duration_seconds_count", (("api", "predict"),))] == 6
     assert got[("torchshelf_queue_depth", (("api", "predict"),))] == 7
     mark_process_dead(102, str(tmp_path))  # a dead worker's gauge goes, its counts stay
@@ -128,6 +130,13 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return home
 
 
+def _cmdline(p: psutil.Process) -> str:
+    try:
+        return " ".join(p.cmdline())
+    except psutil.Error:  # a zombie, or gone
+        return ""
+
+
 class Server:
     def __init__(self, store: Path, *args: str) -> None:
         self.port = _free_port()
@@ -161,10 +170,11 @@ class Server:
         raise AssertionError(f"not ready in {timeout} s:\n{self.finish()}")
 
     def workers(self) -> list[psutil.Process]:
+        """The live worker processes (a killed one not yet reaped is a zombie: left out)."""
         return [
             p
             for p in psutil.Process(self.proc.pid).children()
-            if "torchshelf.serving.workers" in " ".join(p.cmdline())
+            if "torchshelf.serving.workers" in _cmdline(p)
         ]
 
     def finish(self, timeout: float = 120) -> str:
@@ -195,7 +205,7 @@ def two_workers(store: Path) -> Iterator[Server]:
         if server.proc.poll() is None:
             server.proc.kill()
             for w in psutil.Process().children(recursive=True):
-                if "torchshelf.serving.workers" in " ".join(w.cmdline()):
+                if "torchshelf.serving.workers" in _cmdline(w):
                     w.kill()
 
 
@@ -261,24 +271,28 @@ def test_a_killed_worker_is_replaced_while_the_other_keeps_answering(two_workers
         connections = len(victim.net_connections(kind="tcp")) - 1  # minus the listening socket
         victim.kill()
         killed_at = time.monotonic()
-        load.wait_for(200)  # the survivor answers while the replacement loads
-        saw_not_ready = server.get("/readyz")[0] == 503
+        answered = load.ok
+        readiness: list[int] = []
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline:
+            readiness.append(server.get("/readyz")[0])
             pids = {w.pid for w in server.workers()}
-            if len(pids) == 2 and victim.pid not in pids and server.get("/readyz")[0] == 200:
+            if len(pids) == 2 and victim.pid not in pids and readiness[-1] == 200:
                 break
-            time.sleep(0.1)
+            time.sleep(0.02)
         else:
             raise AssertionError(f"no replacement became ready:\n{server.finish()}")
+        survivor_answers = load.ok - answered  # while the replacement loaded
         load.wait_for(200)
+    saw_not_ready = 503 in readiness
     after = [f for f in load.failed if f[0] >= killed_at - 0.5]
     print(f"\nkill -9 of one worker of 2 under 8 clients: {len(load.failed)} failed of "
           f"{load.ok + len(load.failed)}; the victim held {connections} client connections; "
           f"failures: {load.failed}")  # fmt: skip
     assert len(load.failed) == len(after)  # nothing failed before the kill
     assert len(load.failed) <= max(connections, 0)  # only requests on the dead worker's connections
-    assert saw_not_ready, "/readyz must be 503 while a worker is missing"
+    assert saw_not_ready, f"/readyz must be 503 while a worker is missing: {readiness}"
+    assert survivor_answers > 0  # the other worker kept answering meanwhile
     assert "died: killed by SIGKILL; starting a replacement" in server.finish()
     assert server.proc.returncode == 0
 
@@ -318,12 +332,7 @@ def test_a_model_that_fails_to_load_in_the_workers_exits_1(store: Path) -> None:
     out = server.finish() if server.proc.wait(240) is not None else ""
     assert server.proc.returncode == 1, out
     assert "failed to start" in out
-    assert not [
-        p
-        for p in psutil.process_iter(["cmdline"])
-        if str(server.port) in " ".join(p.info["cmdline"] or [])
-        and "workers" in " ".join(p.info["cmdline"] or [])
-    ]
+    assert "IntegrityError" in out  # the worker's own report of why
 
 
 def test_workers_flag_is_validated() -> None:

@@ -71,3 +71,18 @@ class Big(nn.Module):
         self.layers = nn.ParameterList(
             nn.Parameter(torch.full((dim, dim), float(i + 1))) for i in range(n)
         )
+
+
+class Scaled(nn.Module):
+    """`x @ (scale * ones(4, 4))`: each version's outputs name its scale (`shelf serve --label`
+    tests check every answer against the version its header names); `pad` sets the size."""
+
+    def __init__(self, scale: float = 1.0, pad: int = 0) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 4, bias=False)
+        with torch.no_grad():
+            self.lin.weight.fill_(scale)
+        self.pad = nn.Parameter(torch.zeros(pad))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lin(x)

@@ -231,7 +231,7 @@ def body_from_file(path: str | Path, content_type: str | None = None) -> Request
         content_type = {
             ".json": "application/json",
             ".safetensors": "application/vnd.safetensors",
-            ".bin": "application/octet-stream",
+            ".bin": "application/octet-stream",  # e.g. a V2 binary-extension body, sent as-is
         }.get(p.suffix.lower(), "application/json")
     items = 1
     if content_type == "application/json":

@@ -69,6 +69,8 @@ class ServeApp:
         self.on_ready = on_ready
         self.on_failure = on_failure
         self.draining = False
+        # Extra keys of a ready /readyz answer (serving a label: the live versions, failures).
+        self.ready_details: Callable[[], dict[str, Any]] | None = None
         self.metrics = _metrics_for(registry)
         registry.observer = self.metrics
         self.auth = Authorizer(options.api_token)
@@ -97,6 +99,10 @@ class ServeApp:
     def begin_drain(self) -> None:
         """/readyz answers 503 from now on (in-flight requests still finish)."""
         self.draining = True
+        for handler in self.handlers:  # protocols with their own readiness route (V2)
+            drain = getattr(handler, "begin_drain", None)
+            if drain is not None:
+                drain()
 
     @property
     def failed(self) -> str | None:
@@ -127,7 +133,8 @@ class ServeApp:
         if self.draining:
             return json_response({"status": "draining"}, 503)
         if self.registry.ready:
-            return json_response({"status": "ready"})
+            details = self.ready_details() if self.ready_details is not None else {}
+            return json_response({"status": "ready", **details})
         status = "failed" if self.registry.failed else "loading"
         return json_response({"status": status, "error": self.registry.failed}, 503)
 
@@ -206,12 +213,14 @@ def _metrics_for(registry: ModelRegistry) -> ServeMetrics:
     many = len(registry.slots) > 1
 
     def live() -> list[tuple[str, str]]:
-        return [(s.name, s.loaded.version) for s in registry.slots.values() if s.loaded]
+        live = [(s.name, s.loaded.version) for s in registry.slots.values() if s.loaded]
+        canaries = [(s.name, s.canary.version) for s in registry.slots.values() if s.canary]
+        return sorted(set(live + canaries))
 
     metrics = ServeMetrics(labels=("model", "api") if many else ("api",), live_versions=live)
     for slot in registry.slots.values():
         for api, queue in slot.queues.items():
-            metrics.add_series(queue, (slot.name, api) if many else (api,))
+            metrics.add_series(queue, (slot.name, api) if many else (api,), slot.devices)
     return metrics
 
 

@@ -1,9 +1,10 @@
-"""The adaptive batching loop: bounded queues feeding one worker thread per device.
+"""The adaptive batching loop: bounded queues feeding one worker thread per model replica.
 
 This module knows nothing about HTTP, codecs or torch. Callers `submit()` a payload and await an
 asyncio future; the `Batcher` merges queued payloads into one call of the queue's batch function,
-run on a single worker thread (one batch in flight per device), and hands each caller its own
-result or error.
+run on a worker thread (one batch in flight per replica: one replica per `--device` entry), and
+hands each caller its own result or error. With several replicas a batch is formed when one of
+them is free and goes to that one: no request is tied to a replica before then.
 
 Policy, in the order it is applied when the worker is free:
 - a request whose deadline can no longer be met (now + expected compute > deadline) is answered
@@ -28,6 +29,7 @@ the others still get their answers and each bad item gets its own error.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -72,14 +74,18 @@ class BatchObserver(Protocol):
 
     def queue_depth(self, queue: str, rows: int) -> None: ...
 
-    def batch(self, queue: str, rows: int, waits: Sequence[float], compute_s: float) -> None: ...
+    def batch(
+        self, queue: str, rows: int, waits: Sequence[float], compute_s: float, replica: int = 0
+    ) -> None: ...
 
 
 class _NullObserver:
     def queue_depth(self, queue: str, rows: int) -> None:
         pass
 
-    def batch(self, queue: str, rows: int, waits: Sequence[float], compute_s: float) -> None:
+    def batch(
+        self, queue: str, rows: int, waits: Sequence[float], compute_s: float, replica: int = 0
+    ) -> None:
         pass
 
 
@@ -88,7 +94,9 @@ class QueueSpec:
     """One api's queue: how to run a batch and how far to merge.
 
     `run` receives the payloads of one batch and returns one result per payload, in order; it runs
-    on the worker thread. `batchable=False` runs each request alone.
+    on the worker thread. `batchable=False` runs each request alone. With several replicas
+    (executors), `run_on(replica, payloads)` is called instead when given, on that replica's
+    thread.
     """
 
     name: str
@@ -97,6 +105,7 @@ class QueueSpec:
     max_batch_size: int = 32
     max_latency_ms: float = 10.0
     max_queue: int = 1024
+    run_on: Callable[[int, list[Any]], Sequence[Any]] | None = None
 
 
 @dataclass(eq=False)
@@ -120,7 +129,11 @@ class _Queue:
 
 
 class Batcher:
-    """Bounded queues (one per api) served by one worker thread, one batch in flight at a time.
+    """Bounded queues (one per api) served by worker threads, one batch in flight on each.
+
+    With several `executors` (one replica of the model per device), a batch goes to whichever
+    replica is free when it is dispatched; nothing is assigned to a replica ahead of time, so a
+    slow replica never holds requests that another could run.
 
     Must be used from a running asyncio loop. `submit` returns a future resolved with the item's
     result, or failed with the item's own exception, `Overloaded` or `DeadlineExceeded`.
@@ -136,6 +149,7 @@ class Batcher:
         queues: Sequence[QueueSpec],
         *,
         executor: ThreadPoolExecutor | None = None,
+        executors: Sequence[ThreadPoolExecutor] = (),
         observer: BatchObserver | None = None,
         default_timeout: float = 30.0,
         fill_wait: bool = True,
@@ -143,15 +157,18 @@ class Batcher:
         inline_max_s: float = 0.0,
     ) -> None:
         self._queues: dict[str, _Queue] = {q.name: _Queue(q) for q in queues}
-        self._own_executor = executor is None
-        self._executor = executor or ThreadPoolExecutor(1, thread_name_prefix=thread_name)
+        self._own_executor = executor is None and not executors
+        if executors:
+            self._executors = list(executors)
+        else:
+            self._executors = [executor or ThreadPoolExecutor(1, thread_name_prefix=thread_name)]
+        self._free = list(range(len(self._executors)))  # idle replicas, lowest index first
         self._observer: BatchObserver = observer or _NullObserver()
         self._timeout = default_timeout
         self._fill_wait = fill_wait
         self._inline_max_s = inline_max_s
         self._turns = 0
-        self._after_batch: list[Callable[[], None]] = []
-        self._busy = False
+        self._after_batch: list[tuple[set[int], Callable[[], None]]] = []
         self._pending = False
         self._closing = False
         self._timer: asyncio.TimerHandle | None = None
@@ -177,18 +194,24 @@ class Batcher:
             q.spec = spec
 
     @property
+    def replicas(self) -> int:
+        """How many worker threads (replicas) serve the queues."""
+        return len(self._executors)
+
+    @property
     def running(self) -> bool:
-        """True while a batch is on the worker thread."""
-        return self._busy
+        """True while a batch is on a worker thread."""
+        return len(self._free) < len(self._executors)
 
     def after_running(self, callback: Callable[[], None]) -> None:
-        """Call `callback` (on the loop) once the batch now running, if any, has finished.
+        """Call `callback` (on the loop) once the batches now running, if any, have finished.
 
         A slot swap uses it: batches dispatched from now on read the new version, so the old one
         can be released when this returns.
         """
-        if self._busy:
-            self._after_batch.append(callback)
+        busy = set(range(len(self._executors))) - set(self._free)
+        if busy:
+            self._after_batch.append((busy, callback))
         else:
             callback()
 
@@ -223,7 +246,7 @@ class Batcher:
         )
         q.rows += rows
         self._idle.clear()
-        if not self._busy and not self._pending:
+        if self._free and not self._pending:
             # Dispatch on the next loop iteration, not now: every request the loop parses in
             # this iteration (epoll hands it all ready sockets at once) joins the same batch,
             # at no cost in latency for a lone request.
@@ -233,13 +256,13 @@ class Batcher:
 
     def _deferred(self) -> None:
         self._pending = False
-        if not self._busy:
+        if self._free:
             self._schedule()
 
     async def drain(self) -> None:
         """Stop accepting work and wait until every queued and running request is answered."""
         self._closing = True
-        if self._busy or any(q.items for q in self._queues.values()):
+        if self.running or any(q.items for q in self._queues.values()):
             await self._idle.wait()
 
     def close(self) -> None:
@@ -254,7 +277,8 @@ class Batcher:
                     req.future.set_exception(ShuttingDown("the server is shutting down"))
             q.rows = 0
         if self._own_executor:
-            self._executor.shutdown(wait=False, cancel_futures=True)
+            for executor in self._executors:
+                executor.shutdown(wait=False, cancel_futures=True)
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -306,7 +330,8 @@ class Batcher:
         while True:
             q = self._pick()
             if q is None:
-                self._idle.set()
+                if not self.running:
+                    self._idle.set()
                 return
             self._expire(q, now)
             if q.items:
@@ -365,7 +390,7 @@ class Batcher:
         waits = [now - r.enqueued for r in batch]
         payloads = [r.payload for r in batch]
         assert self._loop is not None
-        if q.compute_ewma and q.compute_ewma < self._inline_max_s:
+        if q.compute_ewma and q.compute_ewma < self._inline_max_s and len(self._executors) == 1:
             # Cheaper here than a thread handoff; the next batch waits for the loop's next turn,
             # so a backlog of tiny batches never holds the loop for long.
             outcomes, compute_s = _run_isolating(spec.run, payloads)
@@ -377,9 +402,12 @@ class Batcher:
             else:
                 self._idle.set()
             return
-        self._busy = True
-        task = self._loop.run_in_executor(self._executor, _run_isolating, spec.run, payloads)
-        task.add_done_callback(lambda t: self._finish(q, batch, rows, waits, t))
+        replica = self._free.pop(0)
+        run = spec.run if spec.run_on is None else functools.partial(spec.run_on, replica)
+        task = self._loop.run_in_executor(self._executors[replica], _run_isolating, run, payloads)
+        task.add_done_callback(lambda t: self._finish(q, batch, rows, waits, t, replica))
+        if self._free and any(x.items for x in self._queues.values()):
+            self._schedule()  # another replica is idle: it takes the next batch now
 
     def _finish(
         self,
@@ -388,17 +416,24 @@ class Batcher:
         rows: int,
         waits: list[float],
         task: asyncio.Future[tuple[list[tuple[bool, Any]], float]],
+        replica: int = 0,
     ) -> None:
-        self._busy = False
+        self._free.append(replica)
+        self._free.sort()
         try:
             outcomes, compute_s = task.result()
         except BaseException as exc:  # the executor itself failed (e.g. shut down)
             outcomes, compute_s = [(False, exc)] * len(batch), 0.0
-        self._complete(q, batch, rows, waits, outcomes, compute_s)
+        self._complete(q, batch, rows, waits, outcomes, compute_s, replica)
         if self._after_batch:
-            callbacks, self._after_batch = self._after_batch, []
-            for callback in callbacks:
-                callback()
+            waiting = []
+            for busy, callback in self._after_batch:
+                busy.discard(replica)
+                if busy:
+                    waiting.append((busy, callback))
+                else:
+                    callback()
+            self._after_batch = waiting
         self._schedule()
 
     def _complete(
@@ -409,6 +444,7 @@ class Batcher:
         waits: list[float],
         outcomes: list[tuple[bool, Any]],
         compute_s: float,
+        replica: int = 0,
     ) -> None:
         q.compute_ewma = compute_s if not q.compute_ewma else 0.7 * q.compute_ewma + 0.3 * compute_s
         for req, (ok, value) in zip(batch, outcomes, strict=False):
@@ -419,7 +455,7 @@ class Batcher:
                 fut.set_result(value)
             else:
                 fut.set_exception(value)
-        self._observer.batch(q.spec.name, rows, waits, compute_s)
+        self._observer.batch(q.spec.name, rows, waits, compute_s, replica)
 
 
 def _run_isolating(run: BatchFn, payloads: list[Any]) -> tuple[list[tuple[bool, Any]], float]:

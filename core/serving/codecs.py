@@ -188,7 +188,7 @@ def params_of(func: Callable[..., Any], specs: dict[str, TensorSpec] | None = No
 def return_kind(func: Callable[..., Any]) -> str:
     """What the api returns, as one of `KINDS` (for the OpenAPI document and the client); for a
     streaming api (a generator), what each item is."""
-    from .streaming import is_stream_function, stream_item_hint
+    from .hints import is_stream_function, stream_item_hint
 
     if is_stream_function(func):
         return _kind_of(stream_item_hint(func))[0]

@@ -317,7 +317,7 @@ class Follower:
         self.counts = counts or SwapCounts()
         self.failed = FailedVersions()
         self.live: dict[str, str] = {}
-        self.checks = 0  # evaluations so far; `live_since[role]` is the one that swapped it in
+        self.checks = 0  # evaluations finished; `live_since[role]`: the one that swapped it in
         self.live_since: dict[str, int] = {}
         self._log, self._warn = log, warn
         self._wake = threading.Event()
@@ -345,8 +345,10 @@ class Follower:
     def check(self) -> list[str]:
         """Evaluate every selection once and swap what changed; returns what happened, per role."""
         with self._lock:
-            self.checks += 1
-            return [r for role in self.selections if (r := self._check_role(role))]
+            try:
+                return [r for role in self.selections if (r := self._check_role(role))]
+            finally:
+                self.checks += 1
 
     def _check_role(self, role: str) -> str:
         sel = self.selections[role]
@@ -381,7 +383,7 @@ class Follower:
             self._warn(f"{failure}; {old or 'the current version'} keeps serving {role}")
             return f"{role}:{failure.stage}_failed"
         self.live[role] = manifest.version
-        self.live_since[role] = self.checks
+        self.live_since[role] = self.checks + 1  # this check's number
         self.counts.add(self.name, "ok")
         self._log(f"{role}: {tag} is live ({time.perf_counter() - started:.2f} s after the check)")
         return f"{role}:ok"
@@ -398,11 +400,13 @@ class Follower:
         """Check at once (the SIGHUP handler; safe to call from a signal handler)."""
         self._wake.set()
 
-    def start(self) -> None:
-        """Check every `interval` seconds on a daemon thread until `stop()`."""
+    def start(self, *, once: bool = False) -> None:
+        """Check every `interval` seconds on a daemon thread until `stop()` (`once`: check one
+        time at once, e.g. to load the canary of a server that does not watch)."""
         if self._thread is not None:
             return
-        self._thread = threading.Thread(target=self._run, name="torchshelf-follow", daemon=True)
+        target = self._check_logged if once else self._run
+        self._thread = threading.Thread(target=target, name="torchshelf-follow", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
@@ -411,10 +415,13 @@ class Follower:
             self._wake.clear()
             if self._stop.is_set():
                 return
-            try:
-                self.check()
-            except Exception as exc:  # never let the watcher die: the server keeps serving
-                self._warn(f"watching {self.selections[PRIMARY]} failed: {exc!r}")
+            self._check_logged()
+
+    def _check_logged(self) -> None:
+        try:
+            self.check()
+        except Exception as exc:  # never let the watcher die: the server keeps serving
+            self._warn(f"watching {self.selections[PRIMARY]} failed: {exc!r}")
 
     def stop(self, timeout: float | None = 10.0) -> None:
         self._stop.set()

@@ -4,41 +4,18 @@ worker processes (`--workers`)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from .options import ServeOptions
 from .protocol import HandlerFactory
 from .server import run_server
-from .target import Served
+from .target import Served, resolve_targets
+
+if TYPE_CHECKING:
+    from .live import FollowSpec
 from .workers import run_workers
 
 __all__ = ["resolve_targets", "serve"]
-
-
-def resolve_targets(targets: Sequence[str], device: str | None = None) -> list[Served]:
-    """Resolve every TARGET (tags and services) on `device` (checked here: it must exist);
-    everything that can be wrong with the command fails here, before the server binds."""
-    from ..devices import parse_device, resolve_device
-    from ..errors import UsageError
-    from .target import resolve_target
-
-    if not targets:
-        raise UsageError("give at least one TARGET to serve")
-    if device is not None:
-        parse_device(device)  # a malformed string fails before anything heavy is imported
-        device = str(resolve_device(device))
-    served = []
-    for target in targets:
-        one = resolve_target(target, device)
-        if device is None and one.device != "cpu":
-            one.device = str(resolve_device(one.device))
-        served.append(one)
-    names = [s.name for s in served]
-    for name in names:
-        if names.count(name) > 1:
-            raise UsageError(
-                f"{name!r} is named by more than one TARGET; serve each model name once"
-            )
-    return served
 
 
 def serve(
@@ -50,11 +27,30 @@ def serve(
     on_resolved: Callable[[list[Served]], None] | None = None,
     on_ready: Callable[[], None] | None = None,
     protocols: Sequence[HandlerFactory] = (),
+    follow: FollowSpec | None = None,
 ) -> int:
     """`shelf serve TARGET...`: resolve the targets, tell `on_resolved` (the banner), then run
     the server (or `workers` server processes on one socket) until it is stopped; returns the
-    exit code."""
+    exit code. With `follow` (`shelf serve NAME --label ...`), the one TARGET is a model name
+    whose served version follows the label selection (live.py)."""
     from ..errors import UsageError
+
+    if follow is not None:
+        from .live import serve_label
+
+        if workers > 1:
+            raise UsageError(
+                "--workers with --label is not supported yet: each worker would follow the "
+                "label on its own; run one server per port instead"
+            )
+        return serve_label(
+            follow,
+            options,
+            device=device,
+            on_resolved=on_resolved,
+            on_ready=on_ready,
+            protocols=protocols,
+        )
 
     served = resolve_targets(targets, device)
     if workers > 1 and len(served) > 1:
@@ -62,5 +58,6 @@ def serve(
     if on_resolved is not None:
         on_resolved(served)
     if workers > 1:
-        return run_workers(targets[0], served[0].device, options, workers, on_ready=on_ready)
+        devices = ",".join(served[0].devices)
+        return run_workers(targets[0], devices, options, workers, on_ready=on_ready)
     return run_server(served, options, on_ready=on_ready, protocols=protocols)

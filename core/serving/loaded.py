@@ -30,39 +30,49 @@ class Inference:
 
 
 class LoadedModel:
-    """The runners of one target's version on one device; built on the worker thread.
+    """The runners of one target's version on each of its devices; built on the loader thread.
 
-    `run(api, calls)` is the batch function a queue calls (on the worker thread, or inline on
-    the event loop for tiny models); `call(api, kwargs)` awaits an async api directly.
+    One replica per entry of `--device` (`served.devices`), each with its own copy of the
+    weights. `run(api, calls, replica)` is the batch function a queue calls (on that replica's
+    worker thread, or inline on the event loop for tiny models); `call(api, kwargs)` awaits an
+    async api directly (on the first replica).
     """
 
     def __init__(
         self,
         served: Served,
         endpoints: Sequence[Endpoint],
-        fns: dict[str, Callable[..., Any]],
+        fns: dict[str, Callable[..., Any]] | Sequence[dict[str, Callable[..., Any]]],
     ) -> None:
         self.name = served.name
         self.version = served.version
         self.device = served.device
+        self.devices = served.devices
         self.endpoints = tuple(endpoints)
-        self._fns = fns
-        self._runners = {
-            ep.name: make_runner(ep, fns[ep.name], served.device)
-            for ep in endpoints
-            if not ep.is_async and not ep.stream
-        }
+        per_replica = [fns] if isinstance(fns, dict) else list(fns)
+        if len(per_replica) != len(self.devices):
+            raise ValueError(f"{len(per_replica)} replicas loaded for devices {self.devices}")
+        self._fns = per_replica[0]
+        self._runners = [
+            {
+                ep.name: make_runner(ep, one[ep.name], device)
+                for ep in endpoints
+                if not ep.is_async and not ep.stream
+            }
+            for one, device in zip(per_replica, self.devices, strict=True)
+        ]
         self.released = False
 
     @classmethod
     def load(cls, served: Served, endpoints: Sequence[Endpoint]) -> LoadedModel:
-        """Load weights (or build the service) and warm up; blocking, run it off the loop."""
-        return cls(served, endpoints, served.load())
+        """Load weights (or build the service) on every replica's device and warm up;
+        blocking, run it off the loop."""
+        return cls(served, endpoints, [served.load(device) for device in served.devices])
 
-    def run(self, api: str, calls: list[Call]) -> list[Inference]:
-        """Run one batch of `api`; every result is tagged with this version."""
+    def run(self, api: str, calls: list[Call], replica: int = 0) -> list[Inference]:
+        """Run one batch of `api` on `replica`; every result is tagged with this version."""
         version = self.version
-        return [Inference(v, version) for v in self._runners[api](calls)]
+        return [Inference(v, version) for v in self._runners[replica][api](calls)]
 
     async def call(self, api: str, kwargs: dict[str, Any]) -> Inference:
         """Await an `async def` api (not batched: it runs on the event loop)."""
@@ -77,11 +87,11 @@ class LoadedModel:
         """Drop the weights and give their memory back (CUDA cache, malloc arenas)."""
         self.released = True
         self._fns = {}
-        self._runners = {}
+        self._runners = []
         # Modules hold no reference cycles, so dropping the dicts freed the weights; a young-
         # generation pass catches stray cycles without the ~100 ms of a full collection.
         gc.collect(1)
-        if self.device.startswith("cuda"):
+        if any(d.startswith("cuda") for d in self.devices):
             import torch
 
             torch.cuda.empty_cache()

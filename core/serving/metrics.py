@@ -57,8 +57,10 @@ class ServeMetrics:
 
     Each series is keyed by a string (the batch queue's name) and carries one value per label
     name: `ServeMetrics(["predict"])` labels by `api`; with several models the app uses
-    `labels=("model", "api")` and `add_series("a/predict", ("a", "predict"))`. A later label
-    (`device`, `replica`) is one more name here and one more value per series.
+    `labels=("model", "api")` and `add_series("a/predict", ("a", "predict"))`. The batch
+    metrics (`torchshelf_batch_size`, `_queue_wait_seconds`, `_compute_seconds`) also carry
+    `device` and `replica` (the index in the `--device` list): `add_series(..., devices=...)`
+    names each replica's device, and `batch(..., replica=i)` records on replica i.
     `live_versions`, when given, yields (model, version) for `torchshelf_model_info`.
     """
 
@@ -73,9 +75,10 @@ class ServeMetrics:
         self.series: dict[str, tuple[str, ...]] = {}
         self.counts: dict[tuple[str, int], int] = {}
         self.latency: dict[str, _Histogram] = {}
-        self.batch_size: dict[str, _Histogram] = {}
-        self.wait: dict[str, _Histogram] = {}
-        self.compute: dict[str, _Histogram] = {}
+        self.devices: dict[str, tuple[str, ...]] = {}
+        self.batch_size: dict[str, list[_Histogram]] = {}  # per replica
+        self.wait: dict[str, list[_Histogram]] = {}
+        self.compute: dict[str, list[_Histogram]] = {}
         self.depth: dict[str, int] = {}
         self.live_versions = live_versions
         for api in apis:
@@ -87,15 +90,19 @@ class ServeMetrics:
     def apis(self) -> list[str]:
         return list(self.series)
 
-    def add_series(self, key: str, values: Sequence[str]) -> None:
-        """Start recording series `key` with these label values (one per label name)."""
+    def add_series(
+        self, key: str, values: Sequence[str], devices: Sequence[str] = ("cpu",)
+    ) -> None:
+        """Start recording series `key` with these label values (one per label name), run by
+        one replica on each of `devices`."""
         if len(values) != len(self.label_names):
             raise ValueError(f"series {key!r} needs values for {self.label_names}")
         self.series[key] = tuple(values)
+        self.devices[key] = tuple(devices)
         self.latency[key] = _Histogram(_LATENCY_BUCKETS)
-        self.batch_size[key] = _Histogram(_BATCH_BUCKETS)
-        self.wait[key] = _Histogram(_LATENCY_BUCKETS)
-        self.compute[key] = _Histogram(_LATENCY_BUCKETS)
+        self.batch_size[key] = [_Histogram(_BATCH_BUCKETS) for _ in devices]
+        self.wait[key] = [_Histogram(_LATENCY_BUCKETS) for _ in devices]
+        self.compute[key] = [_Histogram(_LATENCY_BUCKETS) for _ in devices]
         self.depth[key] = 0
 
     def request(self, api: str, status: int, seconds: float) -> None:
@@ -112,13 +119,16 @@ class ServeMetrics:
         if queue in self.depth:
             self.depth[queue] = rows
 
-    def batch(self, queue: str, rows: int, waits: Sequence[float], compute_s: float) -> None:
-        """Record one model call: its size, each request's queue wait and the compute time."""
+    def batch(
+        self, queue: str, rows: int, waits: Sequence[float], compute_s: float, replica: int = 0
+    ) -> None:
+        """Record one model call on `replica`: its size, each request's queue wait and the
+        compute time."""
         if queue not in self.series:
             return
-        self.batch_size[queue].observe(rows)
-        self.compute[queue].observe(compute_s)
-        observe = self.wait[queue].observe
+        self.batch_size[queue][replica].observe(rows)
+        self.compute[queue][replica].observe(compute_s)
+        observe = self.wait[queue][replica].observe
         for s in waits:
             observe(s)
 
@@ -141,19 +151,24 @@ class _Collector:
             if key in m.series:
                 requests.add_metric([*m.series[key], str(status)], n)
         yield requests
-        for name, doc, hists in (
-            (
-                "torchshelf_request_duration_seconds",
-                "Time from a request's arrival to its answer.",
-                m.latency,
-            ),
+        latency = HistogramMetricFamily(
+            "torchshelf_request_duration_seconds",
+            "Time from a request's arrival to its answer.",
+            labels=names,
+        )
+        for key, hist in m.latency.items():
+            latency.add_metric(list(m.series[key]), hist.cumulative(), sum_value=hist.total)
+        yield latency
+        for name, doc, per_replica in (
             ("torchshelf_batch_size", "Items per model call.", m.batch_size),
             ("torchshelf_queue_wait_seconds", "Time a request waited in the queue.", m.wait),
             ("torchshelf_compute_seconds", "Time of one model call (a whole batch).", m.compute),
         ):
-            family = HistogramMetricFamily(name, doc, labels=names)
-            for key, hist in hists.items():
-                family.add_metric(list(m.series[key]), hist.cumulative(), sum_value=hist.total)
+            family = HistogramMetricFamily(name, doc, labels=[*names, "device", "replica"])
+            for key, hists in per_replica.items():
+                for replica, (device, hist) in enumerate(zip(m.devices[key], hists, strict=True)):
+                    values = [*m.series[key], device, str(replica)]
+                    family.add_metric(values, hist.cumulative(), sum_value=hist.total)
             yield family
         depth = GaugeMetricFamily(
             "torchshelf_queue_depth", "Items waiting for the worker.", labels=names

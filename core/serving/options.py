@@ -31,3 +31,5 @@ class ServeOptions:
     threads: int | None = None
     max_loaded: int | None = None
     inline_max_s: float = 0.0002
+    header_timeout: float = 10.0  # request headers must be complete within this (connections.py)
+    max_connections: int | None = None  # open connections past this get 503 (None: unbounded)

@@ -15,10 +15,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import NotFound, UsageError
 from .batching import Batcher, BatchObserver, QueueSpec
@@ -26,6 +26,9 @@ from .codecs import InputError
 from .loaded import Inference, LoadedModel, default_threads
 from .options import ServeOptions
 from .target import Call, Endpoint, Served
+
+if TYPE_CHECKING:
+    from .follow import CanarySplit
 
 __all__ = ["Inference", "ModelRegistry", "ModelSlot", "NotLoaded"]
 
@@ -55,10 +58,30 @@ class ModelSlot:
         self.used = 0  # the registry's clock at the last request, for LRU eviction
         self.loading: asyncio.Future[LoadedModel] | None = None
         self.idle: asyncio.Event | None = None  # set when `pending` drops to 0 (for unload)
+        # Serving a label (issue 12): a second live version taking `split`'s share of requests,
+        # and, during a drain swap, a future new requests wait on before they are queued.
+        self.canary: LoadedModel | None = None
+        self.split: CanarySplit | None = None
+        self.held: asyncio.Future[None] | None = None
+
+    def takes_canary(self) -> bool:
+        """Whether the next request goes to the canary version (decided once, on arrival)."""
+        return self.canary is not None and self.split is not None and self.split.take()
 
     @property
     def device(self) -> str:
+        """The first replica's device."""
         return self.served.device
+
+    @property
+    def devices(self) -> list[str]:
+        """One device per replica (`--device cuda:0,cuda:1`)."""
+        return self.served.devices
+
+    @property
+    def batcher_key(self) -> str:
+        """Which `Batcher` serves this slot: one per device list, shared by its models."""
+        return ",".join(self.devices)
 
     @property
     def version(self) -> str:
@@ -72,7 +95,8 @@ class ModelSlot:
 
 
 class ModelRegistry:
-    """Served models by name; one `Batcher` (one worker thread) per device, shared by all."""
+    """Served models by name; one `Batcher` per device list (one worker thread per replica),
+    shared by every model on those devices."""
 
     def __init__(
         self,
@@ -133,10 +157,10 @@ class ModelRegistry:
         Raises the first load error: the server cannot serve what it was asked to.
         """
         threads = self.options.threads or default_threads()
-        if any(s.device == "cpu" for s in self.slots.values()):
+        if any("cpu" in s.devices for s in self.slots.values()):
             _set_threads(threads)  # inline batches run on this (the loop's) thread
         for slot in self.slots.values():
-            batcher = self._batcher(slot.device, threads)
+            batcher = self._batcher(slot.devices, threads)
             for ep in slot.endpoints:
                 if not ep.is_async and not ep.stream:
                     batcher.add_queue(self._queue_spec(slot, ep))
@@ -145,17 +169,23 @@ class ModelRegistry:
             await self.load(slot.name)
         self.started = True
 
-    def _batcher(self, device: str, threads: int) -> Batcher:
-        batcher = self.batchers.get(device)
+    def _batcher(self, devices: list[str], threads: int) -> Batcher:
+        key = ",".join(devices)
+        batcher = self.batchers.get(key)
         if batcher is None:
-            initializer = (lambda: _set_threads(threads)) if device == "cpu" else None
-            executor = ThreadPoolExecutor(
-                1, thread_name_prefix=f"torchshelf-{device}", initializer=initializer
-            )
-            self._executors.append(executor)
-            batcher = self.batchers[device] = Batcher(
+            from ..devices import split_threads
+
+            # CPU replicas share the torch threads, so together they do not oversubscribe
+            executors = [
+                _replica_executor(device, index, share)
+                for index, (device, share) in enumerate(
+                    zip(devices, split_threads(threads, devices), strict=True)
+                )
+            ]
+            self._executors.extend(executors)
+            batcher = self.batchers[key] = Batcher(
                 [],
-                executor=executor,
+                executors=executors,
                 observer=self.observer,
                 default_timeout=self.options.timeout,
                 fill_wait=self.options.fill_wait,
@@ -166,15 +196,22 @@ class ModelRegistry:
     def _queue_spec(self, slot: ModelSlot, ep: Endpoint) -> QueueSpec:
         api = ep.name
 
-        def run(calls: list[Call]) -> list[Inference]:
+        def run_on(replica: int, calls: list[Call]) -> list[Inference]:
             loaded = slot.loaded  # read per batch: a swap takes effect at the next batch
             if loaded is None:
                 raise NotLoaded(f"model {slot.name!r} was unloaded; retry to load it again")
-            return loaded.run(api, calls)
+            canary = slot.canary
+            if canary is None or not any(c.canary for c in calls):
+                return loaded.run(api, calls, replica)
+            return _run_split(api, calls, loaded, canary, replica)
+
+        def run(calls: list[Call]) -> list[Inference]:
+            return run_on(0, calls)
 
         return QueueSpec(
             name=slot.queues[api],
             run=run,
+            run_on=run_on,
             batchable=ep.batch,
             max_batch_size=ep.max_batch_size,
             max_latency_ms=ep.max_latency_ms,
@@ -208,6 +245,8 @@ class ModelRegistry:
         Batch apis go through the model's queue; `async def` apis are awaited directly.
         """
         slot = self.slots[model]
+        while slot.held is not None:  # a drain swap: queue here until the new version is live
+            await asyncio.shield(slot.held)
         if slot.by_api[api].stream:
             raise InputError(
                 f"{api} streams its answer, which this protocol cannot carry: call its native "
@@ -223,8 +262,8 @@ class ModelRegistry:
             return await loaded.call(api, kwargs)
         slot.pending += 1
         try:
-            return await self.batchers[slot.device].submit(  # type: ignore[no-any-return]
-                slot.queues[api], Call(kwargs, rows), rows, timeout
+            return await self.batchers[slot.batcher_key].submit(  # type: ignore[no-any-return]
+                slot.queues[api], Call(kwargs, rows, slot.takes_canary()), rows, timeout
             )
         finally:
             self._finished(slot)
@@ -236,6 +275,8 @@ class ModelRegistry:
         """Start a streaming api of `model`: yields `Inference(generator, version)`. The model
         counts as busy (not evicted, unload waits) until the block exits."""
         slot = self.slots[model]
+        while slot.held is not None:  # a drain swap: wait until the new version is live
+            await asyncio.shield(slot.held)
         self._clock += 1
         slot.used = self._clock
         loaded = slot.loaded
@@ -306,15 +347,15 @@ class ModelRegistry:
         """Take the slot's version out of service and release it once no batch runs on it."""
         old, slot.loaded, slot.state = slot.loaded, None, "unloaded"
         if old is not None:
-            self._release_later(slot.device, old)
+            self._release_later(slot.batcher_key, old)
 
-    def _release_later(self, device: str, old: LoadedModel) -> None:
+    def _release_later(self, key: str, old: LoadedModel) -> None:
         loop = asyncio.get_running_loop()
 
         def release() -> None:
             loop.run_in_executor(self._loader, old.release)
 
-        batcher = self.batchers.get(device)
+        batcher = self.batchers.get(key)
         if batcher is None:
             release()
         else:
@@ -332,14 +373,75 @@ class ModelRegistry:
         slot.idle = None
         self._detach(slot)
 
-    def swap(self, name: str, new: LoadedModel) -> LoadedModel | None:
-        """Make `new` the live version of `name`; returns the old one (released after the batch
-        running now). Build `new` with `LoadedModel.load(served, slot.endpoints)` off the loop."""
+    def swap(self, name: str, new: LoadedModel, *, canary: bool = False) -> LoadedModel | None:
+        """Make `new` the live version of `name` (or its canary); returns the old one (released
+        after the batch running now). Build `new` with `LoadedModel.load(served,
+        slot.endpoints)` off the loop."""
         slot = self.slot(name)
-        old, slot.loaded, slot.state, slot.error = slot.loaded, new, "ready", None
+        if canary:
+            old, slot.canary = slot.canary, new
+        else:
+            old, slot.loaded, slot.state, slot.error = slot.loaded, new, "ready", None
         if old is not None and old is not new:
-            self._release_later(slot.device, old)
+            self._release_later(slot.batcher_key, old)
         return old
+
+    async def drain_swap(
+        self,
+        name: str,
+        build: Callable[[], LoadedModel],
+        rebuild_old: Callable[[], LoadedModel],
+    ) -> LoadedModel:
+        """`--swap drain`: hold new requests (they wait, they are not refused), let the queued
+        ones finish on the old version, release it, then build the new one and resume on it.
+
+        If `build` fails, `rebuild_old` loads the old version again and requests resume on it
+        before the error propagates; the held requests are never failed by the swap.
+        """
+        slot = self.slot(name)
+        loop = asyncio.get_running_loop()
+        slot.held = loop.create_future()
+        try:
+            while slot.pending:
+                slot.idle = asyncio.Event()
+                await slot.idle.wait()
+            slot.idle = None
+            old, slot.loaded = slot.loaded, None
+            if old is not None:
+                await loop.run_in_executor(self._loader, old.release)
+            try:
+                new = await loop.run_in_executor(self._loader, build)
+            except BaseException:
+                slot.loaded = await loop.run_in_executor(self._loader, rebuild_old)
+                raise
+            slot.loaded, slot.state, slot.error = new, "ready", None
+            return new
+        finally:
+            held, slot.held = slot.held, None
+            held.set_result(None)
+
+
+def _run_split(
+    api: str, calls: list[Call], primary: LoadedModel, canary: LoadedModel, replica: int = 0
+) -> list[Inference]:
+    """One batch holding primary and canary requests: each part runs wholly on its version."""
+    out: list[Inference | None] = [None] * len(calls)
+    for model, wanted in ((primary, False), (canary, True)):
+        idx = [i for i, c in enumerate(calls) if c.canary is wanted]
+        if idx:
+            for i, res in zip(idx, model.run(api, [calls[i] for i in idx], replica), strict=True):
+                out[i] = res
+    return out  # type: ignore[return-value]
+
+
+def _replica_executor(device: str, index: int, threads: int) -> ThreadPoolExecutor:
+    """One replica's worker thread (on CPU with its share of the torch threads)."""
+    name = f"torchshelf-{device}-r{index}"
+    if device != "cpu":
+        return ThreadPoolExecutor(1, thread_name_prefix=name)
+    return ThreadPoolExecutor(
+        1, thread_name_prefix=name, initializer=_set_threads, initargs=(threads,)
+    )
 
 
 def _set_threads(threads: int) -> None:

@@ -25,8 +25,10 @@ from typing import Any
 
 import uvicorn
 
-from .app import HandlerFactory, build_app
+from .app import HandlerFactory, ServeApp, build_app
+from .connections import guarded_protocol, http_protocol_class
 from .options import ServeOptions
+from .registry import ModelRegistry
 from .target import Served
 
 __all__ = ["run_server", "uvicorn_config"]
@@ -76,17 +78,19 @@ def _http_choice() -> str:
 
 
 def run_server(
-    targets: Served | Sequence[Served],
+    targets: Served | Sequence[Served] | ModelRegistry,
     options: ServeOptions,
     on_ready: Callable[[], None] | None = None,
     protocols: Sequence[HandlerFactory] = (),
     *,
     sockets: list[socket.socket] | None = None,
     wrap_app: Callable[[Any], Any] | None = None,
+    setup: Callable[[ServeApp], None] | None = None,
 ) -> int:
     """Serve until SIGTERM/SIGINT; returns the exit code (0 after a clean drain, 1 if a model
     failed to load at start). `sockets`: listen on these (a `--workers` worker gets the
-    supervisor's) instead of binding host:port; `wrap_app` wraps the ASGI app (workers.py)."""
+    supervisor's) instead of binding host:port; `wrap_app` wraps the ASGI app (workers.py);
+    `setup(app)` runs before the server starts (serving a label adds metrics and /readyz keys)."""
     # The worker thread re-takes the GIL after every torch op; while the loop is busy parsing
     # requests it would wait up to the default 5 ms switch interval each time (a convoy that
     # can double a forward pass). 1 ms bounds that wait at a negligible switching cost.
@@ -97,6 +101,8 @@ def run_server(
         holder[0].should_exit = True
 
     app = build_app(targets, options, protocols=protocols, on_ready=on_ready, on_failure=stop)
+    if setup is not None:
+        setup(app)
     server = _Server(uvicorn_config(app if wrap_app is None else wrap_app(app), options))
     holder.append(server)
     server.on_exit = app.begin_drain
@@ -113,7 +119,10 @@ def uvicorn_config(app: Any, options: ServeOptions) -> uvicorn.Config:
         host=options.host,
         port=options.port,
         loop=_loop_choice(),
-        http=_http_choice(),
+        # header deadline + connection bound: uvicorn has neither (connections.py)
+        http=guarded_protocol(
+            http_protocol_class(_http_choice()), options.header_timeout, options.max_connections
+        ),
         lifespan="on",
         log_level="warning",
         access_log=options.access_log,

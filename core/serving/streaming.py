@@ -29,14 +29,14 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import inspect
 import logging
 import re
 import sys
-import typing
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, MutableMapping
 from dataclasses import dataclass
 from typing import Any
+
+from .hints import is_stream_function, stream_item_hint
 
 __all__ = [
     "NDJSON",
@@ -68,36 +68,6 @@ ErrorMapper = Callable[[Exception], tuple[int, str]]
 
 
 # -- what streams ---------------------------------------------------------------------------------
-
-
-def is_stream_function(func: Callable[..., Any]) -> bool:
-    """True for a generator or async generator function (seen through `functools.wraps`)."""
-    target = inspect.unwrap(func)
-    return inspect.isgeneratorfunction(target) or inspect.isasyncgenfunction(target)
-
-
-_ITERATOR_ORIGINS = {
-    "Iterator",
-    "Iterable",
-    "Generator",
-    "AsyncIterator",
-    "AsyncIterable",
-    "AsyncGenerator",
-}
-
-
-def stream_item_hint(func: Callable[..., Any]) -> Any:
-    """The item type of a streaming api: `X` from `-> Iterator[X]`, `Generator[X, ...]`,
-    `AsyncIterator[X]` or `AsyncGenerator[X, ...]`; `Any` when the hint says nothing."""
-    try:
-        hint = typing.get_type_hints(inspect.unwrap(func)).get("return", Any)
-    except Exception:
-        return Any
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if origin is not None and getattr(origin, "__name__", "") in _ITERATOR_ORIGINS and args:
-        return args[0]
-    return Any
 
 
 def stream_format(accept: str) -> str:

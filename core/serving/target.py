@@ -30,6 +30,7 @@ class Call:
 
     kwargs: dict[str, Any]
     rows: int = 1
+    canary: bool = False  # routed to the slot's canary version (`--canary`) on arrival
 
 
 @dataclass(frozen=True)
@@ -92,10 +93,19 @@ class Served:
     details: dict[str, Any] = field(default_factory=dict)
     name: str = ""
     version: str = ""
+    # `--device cuda:0,cuda:1` / `cpu,cpu`: one replica per entry (empty: just `device`, which
+    # is always the first replica's device)
+    replicas: tuple[str, ...] = ()
 
-    def load(self) -> dict[str, Callable[..., Any]]:
-        """Load weights / build the service and warm up; returns the callable of each api."""
-        return self.loader(self.device)
+    @property
+    def devices(self) -> list[str]:
+        """One device per replica, in `--device` order (the replica index is the position)."""
+        return list(self.replicas) or [self.device]
+
+    def load(self, device: str | None = None) -> dict[str, Callable[..., Any]]:
+        """Load weights / build the service on `device` (default: the first replica's) and warm
+        up; returns the callable of each api."""
+        return self.loader(self.device if device is None else device)
 
 
 # -- target parsing -----------------------------------------------------------------------------
@@ -448,3 +458,32 @@ def _split(out: Any, rows: list[int], total: int, dim: int) -> list[Any]:
             start += k
         return res
     raise ValueError(f"cannot split a batch result of type {type(out).__name__} between callers")
+
+
+def resolve_targets(targets: Sequence[str], device: str | None = None) -> list[Served]:
+    """Resolve every TARGET (tags and services) on `device` (checked here: it must exist);
+    everything that can be wrong with the command fails here, before the server binds."""
+    from ..devices import parse_devices, resolve_device, resolve_devices
+    from ..errors import UsageError
+
+    if not targets:
+        raise UsageError("give at least one TARGET to serve")
+    devices: list[str] = []
+    if device is not None:
+        parse_devices(device)  # a malformed string fails before anything heavy is imported
+        devices = [str(d) for d in resolve_devices(device)]
+    served = []
+    for target in targets:
+        one = resolve_target(target, devices[0] if devices else None)
+        if not devices and one.device != "cpu":
+            one.device = str(resolve_device(one.device))
+        if len(devices) > 1:
+            one.replicas = tuple(devices)  # one replica per device, in --device order
+        served.append(one)
+    names = [s.name for s in served]
+    for name in names:
+        if names.count(name) > 1:
+            raise UsageError(
+                f"{name!r} is named by more than one TARGET; serve each model name once"
+            )
+    return served

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
+from .. import dtypes
 from ..errors import NotFound
 from .asgi import AsgiApp, Disconnected, error_answer, read_body
 from .codecs import JSON, InputError, decode_json, encode_json
@@ -162,7 +163,7 @@ class V2Routes:
             model, rest = self._find(parts[1:])
             if rest == []:
                 _allow(method, "GET")
-                return 200, encode_json(self._metadata(model)), []
+                return 200, encode_json(await self._metadata(model)), []
             if rest == ["ready"]:
                 _allow(method, "GET")
                 return *self._model_ready(model), []
@@ -214,14 +215,40 @@ class V2Routes:
         ready = self.backend.model_state(model.model).state == READY
         return (200 if ready else 503), encode_json({"name": model.name, "ready": ready})
 
-    def _metadata(self, model: V2Model) -> dict[str, Any]:
+    async def _metadata(self, model: V2Model) -> dict[str, Any]:
         state = self.backend.model_state(model.model)
         ep = model.endpoint
         outputs = self._outputs.get((model.name, state.version))
+        if outputs is None and state.state == READY and model.platform.startswith("pytorch_"):
+            outputs = await self._probe(model)
         if outputs is None:  # not seen yet: what the api's return type says
             outputs = [_declared_output(ep)] if ep.returns in ("tensor", "str") else []
         versions = [state.version] if state.version else []
         return model_metadata(model.name, versions, model.platform, ep.params, outputs)
+
+    async def _probe(self, model: V2Model) -> list[dict[str, Any]] | None:
+        """A stored model's exact outputs: one forward on zeros shaped by its input spec (free
+        dims 1), through its queue like any request. Services are never probed (side effects)."""
+        ep = model.endpoint
+        spec = ep.params[0].spec if len(ep.params) == 1 else None
+        if spec is None or spec.shape is None:
+            return None
+        import torch
+
+        row = dtypes.find(spec.dtype) if spec.dtype else None
+        zeros = torch.zeros(
+            [1 if d == -1 else d for d in spec.shape], dtype=row.torch if row else None
+        )
+        kwargs = {ep.params[0].name: zeros}
+        try:
+            result, version = await self.backend.infer(
+                model.model, ep.name, kwargs, ep.rows_of(kwargs)
+            )
+            outputs = outputs_of(result)
+        except Exception:  # the metadata falls back to the declared outputs
+            return None
+        self._remember(model, version, outputs)
+        return self._outputs.get((model.name, version))
 
     async def _infer(
         self, model: V2Model, receive: Receive, headers: dict[bytes, bytes]
@@ -322,17 +349,25 @@ def _default_api(endpoints: Sequence[Endpoint]) -> Endpoint:
 
 
 def v2_models_of(registry: ModelRegistry) -> list[V2Model]:
-    """Every V2 model of the served targets: a stored model by its name, a service api by the
-    api's name (`<target>.<api>` where two targets would give one name twice)."""
+    """Every V2 model of the served targets.
+
+    A stored model is named by its model name (its `predict`, i.e. `__call__`, or its first
+    signature method) and its other methods by `<model>.<method>`; a service api by the api's
+    name, or `<target>.<api>` where two targets would give one name twice. Streaming
+    (generator) apis have no V2 form and are left out.
+    """
     found: list[V2Model] = []
     for slot in registry.slots.values():
         served = slot.served
         eps = [ep for ep in slot.endpoints if not ep.stream]  # V2 REST cannot stream
         if not eps:
             continue
-        chosen = [_default_api(eps)] if served.kind == "model" else eps
-        for ep in chosen:
-            name = slot.name if served.kind == "model" else ep.name
+        default = _default_api(eps) if served.kind == "model" else None
+        for ep in eps:
+            if served.kind != "model":
+                name = ep.name
+            else:
+                name = slot.name if ep is default else f"{slot.name}.{ep.name}"
             found.append(V2Model(name, slot.name, ep, _platform(served), slot.queues[ep.name]))
     names = [m.name for m in found]
     return [
@@ -351,12 +386,13 @@ class RegistryBackend:
     def __init__(self, registry: ModelRegistry) -> None:
         self.registry = registry
         self.models = v2_models_of(registry)
+        self.draining = False  # set by the app on SIGTERM, as /readyz
 
     def v2_models(self) -> Sequence[V2Model]:
         return self.models
 
     def server_ready(self) -> bool:
-        return bool(self.registry.ready)
+        return bool(self.registry.ready) and not self.draining
 
     def model_state(self, model: str) -> ModelState:
         slot = self.registry.slot(model)
@@ -401,6 +437,10 @@ class V2Handler:
             api_token=options.api_token,
             observe=ctx.metrics.request,
         )
+
+    def begin_drain(self) -> None:
+        """`/v2/health/ready` answers 503 from now on, like `/readyz`."""
+        self.backend.draining = True
 
     def post_routes(self) -> dict[str, AsgiApp]:
         return {f"{PREFIX}/models/{m.name}/infer": self.app for m in self.backend.v2_models()}

@@ -91,10 +91,19 @@ class SharedState:
             return None
         except PermissionError:
             pass
-        return pid
+        return None if _is_zombie(pid) else pid
 
     def ready_count(self) -> int:
         return sum(self.ready_pid(i) is not None for i in range(self.workers))
+
+
+def _is_zombie(pid: int) -> bool:
+    """A worker that died but is not reaped yet (the supervisor polls every 50 ms)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False  # not Linux, or gone
+    return stat.rpartition(")")[2].split()[0] == "Z"
 
 
 # -- the worker side: metrics publishing, /readyz and /metrics over all workers ---------------
@@ -259,7 +268,7 @@ def worker_main(argv: list[str]) -> int:
     """One worker: `SPEC INDEX FD`."""
     from .app import ServeOptions
     from .server import run_server
-    from .target import resolve_target
+    from .target import resolve_targets
 
     spec_path, index, fd = argv[0], int(argv[1]), int(argv[2])
     parent = os.getppid()
@@ -269,7 +278,7 @@ def worker_main(argv: list[str]) -> int:
     spec = json.loads(Path(spec_path).read_text())
     shared = SharedState(Path(spec["dir"]), int(spec["workers"]))
     sock = socket.socket(fileno=fd)
-    served = resolve_target(spec["target"], spec["device"])
+    (served,) = resolve_targets([spec["target"]], spec["device"])
     options = ServeOptions(**spec["options"])
 
     def ready() -> None:
