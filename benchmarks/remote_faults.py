@@ -1,4 +1,4 @@
-"""Kill the S3 server mid-transfer: push and pull of a 256 MiB version, N trials each.
+"""Kill the S3 server mid-transfer: push and pull of a 256 MiB version (two files), N trials each.
 
 moto runs in its own process on 127.0.0.1 (tests/s3_processes.py). Each trial starts a push (or
 a pull), SIGKILLs the moto process at a random point of a transfer's measured duration, and
@@ -42,10 +42,13 @@ def make_store_version(root: Path, size: int) -> Any:
 
     store = Store(root)
     staging = store.stage()
-    with open(staging / "weights.safetensors", "wb") as fh:
-        for _ in range(size // MIB):
-            fh.write(os.urandom(MIB))
-    files = {"weights.safetensors": hash_file(staging / "weights.safetensors")}
+    # two files (3/4 and 1/4 of the size), so that a retried push can reuse the one that made it
+    files = {}
+    for rel, part in (("weights.safetensors", size * 3 // 4), ("structure.pkl", size // 4)):
+        with open(staging / rel, "wb") as fh:
+            for _ in range(part // MIB):
+                fh.write(os.urandom(MIB))
+        files[rel] = hash_file(staging / rel)
     manifest = Manifest(
         name="big",
         version="v1",
@@ -61,8 +64,10 @@ def make_store_version(root: Path, size: int) -> Any:
 
 
 def attempt(fn: Any, kill: Any, delay: float) -> tuple[str, float | None, str]:
-    """Run fn(); kill after `delay` s. Returns (outcome, seconds from kill to error, message)."""
+    """Run fn(); kill after `delay` s. Returns (outcome, seconds from kill to error, message);
+    for a run that completed before the kill, the seconds it took instead."""
     killed_at: list[float] = []
+    began = time.monotonic()
 
     def killer() -> None:
         time.sleep(delay)
@@ -78,8 +83,9 @@ def attempt(fn: Any, kill: Any, delay: float) -> tuple[str, float | None, str]:
         thread.join()
         after = ended - killed_at[0] if killed_at else None
         return type(exc).__name__, after, str(exc)[:160]
+    took = time.monotonic() - began
     thread.join()  # finished before the kill: let the kill happen before the next step
-    return "completed", None, ""
+    return "completed", took, ""
 
 
 def push_trial(src: Any, endpoint: str, server: sp.Process, bucket: str, delay: float) -> dict:
@@ -96,7 +102,8 @@ def push_trial(src: Any, endpoint: str, server: sp.Process, bucket: str, delay: 
     return {
         "kill_at_s": round(delay, 2),
         "outcome": outcome,
-        "fail_after_kill_s": None if after is None else round(after, 2),
+        "fail_after_kill_s": None if outcome == "completed" else round(after or 0, 2),
+        "completed_in_s": round(after or 0, 2) if outcome == "completed" else None,
         "message": msg,
         "visible_after": visible,
         "retry": retry,
@@ -123,7 +130,8 @@ def pull_trial(src: Any, endpoint: str, server: sp.Process, bucket: str, delay: 
     return {
         "kill_at_s": round(delay, 2),
         "outcome": outcome,
-        "fail_after_kill_s": None if after is None else round(after, 2),
+        "fail_after_kill_s": None if outcome == "completed" else round(after or 0, 2),
+        "completed_in_s": round(after or 0, 2) if outcome == "completed" else None,
         "message": msg,
         "visible_after": visible,
         "staging_left": staging,
@@ -144,7 +152,9 @@ def cut_trial(src: Any, moto: sp.Process, link: sp.Process, delay: float) -> dic
     remote = Remote(f"s3://{bucket}/t", endpoint_url=f"http://127.0.0.1:{link.port}")
     outcome, after, msg = attempt(lambda: remote.push(src, "big:v1"), link.kill, delay)
     s3 = boto3.client("s3", endpoint_url=direct)
-    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])]
+    listed = s3.list_objects_v2(Bucket=bucket).get("Contents", [])
+    keys = [o["Key"] for o in listed]
+    reused = sum(o["Size"] for o in listed if not o["Key"].endswith("manifest.json"))
     link.kill()
     link.start()
     started = time.monotonic()
@@ -154,9 +164,11 @@ def cut_trial(src: Any, moto: sp.Process, link: sp.Process, delay: float) -> dic
     return {
         "kill_at_s": round(delay, 2),
         "outcome": outcome,
-        "fail_after_kill_s": None if after is None else round(after, 2),
+        "fail_after_kill_s": None if outcome == "completed" else round(after or 0, 2),
+        "completed_in_s": round(after or 0, 2) if outcome == "completed" else None,
         "objects_before_retry": keys,
         "manifest_visible_before_retry": any(k.endswith("manifest.json") for k in keys),
+        "bytes_complete_before_retry": reused,
         "retry": retry.status,
         "retry_s": round(time.monotonic() - started, 1),
     }
@@ -170,9 +182,13 @@ def baseline_seconds(fn: Any) -> float:
 
 def summarize(name: str, trials: list[dict]) -> dict:
     failed = [t for t in trials if t["outcome"] not in ("RemoteError", "completed")]
-    partial = [t for t in trials if t.get("visible_after") or t.get("staging_left")]
+    partial = [
+        t
+        for t in trials
+        if t["outcome"] != "completed" and (t.get("visible_after") or t.get("staging_left"))
+    ]
     retries = [t for t in trials if t["retry"] not in ("pushed", "pulled", "unchanged")]
-    times = [t["fail_after_kill_s"] for t in trials if t["fail_after_kill_s"] is not None]
+    times = [t["fail_after_kill_s"] for t in trials if t["outcome"] == "RemoteError"]
     return {
         "what": name,
         "trials": len(trials),
@@ -194,6 +210,7 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=10)
     parser.add_argument("--cut-trials", type=int, default=4)
     parser.add_argument("--seed", type=int, default=15)
+    parser.add_argument("--only", default="push,pull,cut", help="which trial kinds to run")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     os.environ.update(sp.AWS_ENV)
@@ -217,18 +234,25 @@ def main() -> None:
     )
     print(f"baseline: push {push_s:.1f} s, pull {pull_s:.1f} s", flush=True)
     results: dict[str, Any] = {"size_mib": args.size_mib, "push_s": push_s, "pull_s": pull_s}
-    pushes, pulls, cuts = [], [], []
-    for i in range(args.trials):
+    pushes: list[dict] = []
+    pulls: list[dict] = []
+    cuts: list[dict] = []
+    est = push_s  # kill points are drawn over the latest measured duration of a whole transfer
+    for i in range(args.trials if "push" in args.only else 0):
         server.kill()
         server.start()
         sp.create_bucket(endpoint, bucket)
-        pushes.append(push_trial(src, endpoint, server, bucket, rng.uniform(0.05, 0.95) * push_s))
+        pushes.append(push_trial(src, endpoint, server, bucket, rng.uniform(0.05, 0.95) * est))
+        est = pushes[-1]["retry_s"]
         print("push", i, pushes[-1], flush=True)
-    for i in range(args.trials):
-        pulls.append(pull_trial(src, endpoint, server, bucket, rng.uniform(0.05, 0.95) * pull_s))
+    est = pull_s
+    for i in range(args.trials if "pull" in args.only else 0):
+        pulls.append(pull_trial(src, endpoint, server, bucket, rng.uniform(0.05, 0.95) * est))
+        done = pulls[-1]
+        est = done["completed_in_s"] if done["outcome"] == "completed" else done["retry_s"]
         print("pull", i, pulls[-1], flush=True)
     link = sp.proxy(server.port).start()
-    for i in range(args.cut_trials):
+    for i in range(args.cut_trials if "cut" in args.only else 0):
         cuts.append(cut_trial(src, server, link, rng.uniform(0.05, 0.95) * push_s))
         print("cut", i, cuts[-1], flush=True)
     link.kill()

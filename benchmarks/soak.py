@@ -201,7 +201,7 @@ def plot(samples: list[tuple[float, int, int]], warm: int, out: Path) -> None:
     ax.set_xlabel("requests answered")
     ax.set_ylabel("server RSS (MiB)")
     ax.set_title("shelf serve soak: RSS over time (JSON + binary, 1% malformed)")
-    ax.set_ylim(bottom=0)
+    ax.set_ylim(0, max(s[2] for s in samples) / 1024 * 1.15)  # the line, not on the frame
     ax.legend()
     fig.tight_layout()
     fig.savefig(out, dpi=110)
@@ -223,10 +223,11 @@ def main() -> None:
         finally:
             proc.terminate()
             proc.wait(60)
-    plot(summary.pop("samples_full"), summary["warmup_requests"], args.png)
+    samples = summary.pop("samples_full")
+    plot(samples, summary["warmup_requests"], args.png)
     print(json.dumps(summary, indent=2))
     if args.json:
-        args.json.write_text(json.dumps(summary, indent=2) + "\n")
+        args.json.write_text(json.dumps({**summary, "rss_samples": samples}, indent=2) + "\n")
 
 
 def soak(proc: subprocess.Popen[bytes], port: int, data: Any, args: Any) -> dict[str, Any]:
