@@ -59,23 +59,35 @@ def _write(bundle: Any, output_dir: Path | None, containerfile: Path | None) -> 
         stderr.print(f"wrote {base / ARCHIVE_NAME} ({bundle.bake_tag})", highlight=False)
 
 
+# Option types of the longer options, kept here so the command's signature stays readable.
+_Label = Annotated[
+    list[str] | None,
+    typer.Option("--label", "-l", help="Serve the newest version matching K=V (repeatable)."),
+]
+_Remote = Annotated[
+    str | None,
+    typer.Option("--remote", help="s3://bucket/prefix the pods pull from (default: configured)."),
+]
+_Endpoint = Annotated[
+    str | None,
+    typer.Option("--endpoint-url", help="S3 endpoint for the pods (AWS_ENDPOINT_URL)."),
+]
+_OutputDir = Annotated[
+    Path | None,
+    typer.Option("--output-dir", "-o", help="Write one file per object here (default: stdout)."),
+]
+_Containerfile = Annotated[
+    Path | None,
+    typer.Option("--containerfile", help="Write the Containerfile here (default: in DIR)."),
+]
+
+
 @deploy_app.command("kubernetes")
 def kubernetes(
     target: Annotated[str, typer.Argument(help="A model: name, name:version (pinned).")],
-    label: Annotated[
-        list[str] | None,
-        typer.Option("--label", "-l", help="Serve the newest version matching K=V (repeatable)."),
-    ] = None,
-    remote: Annotated[
-        str | None,
-        typer.Option(
-            "--remote", help="s3://bucket/prefix the pods pull from (default: configured)."
-        ),
-    ] = None,
-    endpoint_url: Annotated[
-        str | None,
-        typer.Option("--endpoint-url", help="S3 endpoint for the pods (AWS_ENDPOINT_URL)."),
-    ] = None,
+    label: _Label = None,
+    remote: _Remote = None,
+    endpoint_url: _Endpoint = None,
     replicas: Annotated[int, typer.Option("--replicas", min=1, help="Pods (HPA minimum).")] = 1,
     max_replicas: Annotated[
         int | None,
@@ -90,16 +102,8 @@ def kubernetes(
     kserve: Annotated[
         bool, typer.Option("--kserve", help="A KServe ServingRuntime + InferenceService (v2).")
     ] = False,
-    output_dir: Annotated[
-        Path | None,
-        typer.Option(
-            "--output-dir", "-o", help="Write one file per object here (default: stdout)."
-        ),
-    ] = None,
-    containerfile: Annotated[
-        Path | None,
-        typer.Option("--containerfile", help="Write the Containerfile here (default: in DIR)."),
-    ] = None,
+    output_dir: _OutputDir = None,
+    containerfile: _Containerfile = None,
     bake: Annotated[
         bool, typer.Option("--bake", help="Put the local version into the image (no remote).")
     ] = False,
