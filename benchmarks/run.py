@@ -7,9 +7,12 @@ Groups:
   safetensors, torch.save/torch.load and BentoML (compare_store.py does the timing);
 - cli: `shelf list` / `--latest` / `shelf get` at 1,000 and 10,000 versions beside `python -c pass`
   and `bentoml models list` / `get` (1,000 versions), taking turns in one run;
-- serve: the small and big MLP behind echo (ceiling), naive starlette, `shelf serve` (JSON and
-  safetensors bodies), BentoML (max_latency_ms 10 and 1000) and LitServe, at 1, 8 and 64
-  closed-loop clients, all driven by the same load generator, `shelf bench --url`.
+- serve: the small and big MLP behind echo (ceiling), naive starlette, `shelf serve` (native JSON
+  and safetensors bodies, V2 JSON and V2 binary on `/v2/models/<name>/infer`), BentoML
+  (max_latency_ms 10 and 1000) and LitServe, at 1, 8 and 64 closed-loop clients, all driven by
+  the same load generator, `shelf bench --url`. echo, naive and shelf serve's four transports run
+  side by side and take turns per level; issue 11's targets are checked, with py-spy profiles of
+  the servers each target compares.
 
 Why one script: absolute times on this shared 2-core machine drift by tens of percent between
 runs, so every figure a target is stated in is a ratio of two measurements taken in this run.
@@ -59,7 +62,7 @@ MAX_BATCH = 32
 MAX_LATENCY_MS = 10.0
 BENTO_BUDGET_MS = 1000.0  # the smallest budget BentoML met at 64 clients (peers/README.md)
 LEVELS = (1, 8, 64)
-SERVERS = ("echo", "naive", "torchshelf", "torchshelf-st", "torchshelf-v2", "torchshelf-v2-bin",
+SERVERS = ("echo", "naive", "torchshelf", "torchshelf-st", "torchshelf-v2", "torchshelf-v2bin",
            "litserve", "bentoml@10", "bentoml@1000")  # fmt: skip
 
 
@@ -118,6 +121,7 @@ def summarise_collapsed(path: Path, top: int = 12, focus: tuple[str, ...] = ()) 
     """
     selfs: collections.Counter[str] = collections.Counter()
     incl: collections.Counter[str] = collections.Counter()
+    forward = {"worker thread": 0, "event loop": 0}  # where a server ran its model's forward
     total = 0
     for line in path.read_text(errors="replace").splitlines():
         stack, _, count = line.rpartition(" ")
@@ -127,6 +131,8 @@ def summarise_collapsed(path: Path, top: int = 12, focus: tuple[str, ...] = ()) 
         frames = [_frame_name(f) for f in stack.split(";") if not f.startswith("process ")]
         if not frames or (focus and not any(k in f for f in frames for k in focus)):
             continue
+        if any(f.startswith("Linear.forward (") for f in frames):
+            forward["worker thread" if "_WorkItem.run (" in stack else "event loop"] += n
         # Cut the entry frames (CLI, event-loop and thread plumbing) so the inclusive column
         # shows the layers: everything above the last dispatch point is the same on every stack.
         cut = max((i for i, f in enumerate(frames) if f.startswith(_DISPATCH)), default=-1)
@@ -140,11 +146,13 @@ def summarise_collapsed(path: Path, top: int = 12, focus: tuple[str, ...] = ()) 
         "samples": total,
         "self": [(f, pct(n)) for f, n in selfs.most_common(top)],
         "inclusive": [(f, pct(n)) for f, n in incl.most_common(top)],
+        "forward": forward,
     }
 
 
-# Frames after which a stack's work begins: an event-loop callback, a thread-pool work item.
-_DISPATCH = ("Handle._run (", "_WorkItem.run (", "Thread.run (")
+# Frames after which a stack's work begins: an event-loop callback, a thread-pool work item, or
+# (uvloop runs callbacks from C, so no Handle._run frame) the loop's own entry.
+_DISPATCH = ("Handle._run (", "_WorkItem.run (", "Thread.run (", "Runner.run (")
 
 
 def _frame_name(frame: str) -> str:
@@ -162,7 +170,7 @@ def profile_pid(pid: int, seconds: float, out: Path) -> dict[str, Any] | None:
     if exe is None:
         return None
     out.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [exe, "record", "--pid", str(pid), "--duration", str(max(1, round(seconds))), "--rate", "100",
+    cmd = [exe, "record", "--pid", str(pid), "--duration", str(max(1, round(seconds))), "--rate", "250",
            "--format", "raw", "--nonblocking", "--subprocesses", "-o", str(out)]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     return {"proc": proc, "out": out}
@@ -389,36 +397,38 @@ def save_serving_model(model: str, store: Path) -> str:
     return str(torchshelf.save_model(f"compare-{model}", serve_bench.build(model), signatures=sig))
 
 
-def write_bodies(model: str, work: Path) -> tuple[Path, Path]:
-    """One random row as JSON and as safetensors: every server gets the same bytes."""
+@dataclass
+class Bodies:
+    """The same random row in every transport: native JSON/safetensors and V2 JSON/binary."""
+
+    json: Path
+    safetensors: Path
+    v2_json: Path
+    v2_binary: Path
+    v2_header_length: int  # Inference-Header-Content-Length of v2_binary
+
+
+def write_bodies(model: str, work: Path) -> Bodies:
+    """One random row in each transport: every server gets the same numbers."""
     import torch
     from safetensors.torch import save_file
 
     torch.manual_seed(1)
     x = torch.randn(1, MODELS[model][0])
-    jpath, spath = work / f"{model}.json", work / f"{model}.safetensors"
-    jpath.write_text(json.dumps({"inputs": x.tolist()}))
-    save_file({"inputs": x}, str(spath))
-    return jpath, spath
-
-
-def write_v2_bodies(model: str, work: Path) -> tuple[Path, Path, str]:
-    """The same row as an Open Inference Protocol request: JSON, and the binary extension
-    (returns the two files and the binary body's Inference-Header-Content-Length)."""
-    import torch
-
-    torch.manual_seed(1)
-    x = torch.randn(1, MODELS[model][0])
+    b = Bodies(work / f"{model}.json", work / f"{model}.safetensors", work / f"{model}-v2.json",
+               work / f"{model}-v2.bin", 0)  # fmt: skip
+    b.json.write_text(json.dumps({"inputs": x.tolist()}))
+    save_file({"inputs": x}, str(b.safetensors))
     tensor = {"name": "inputs", "shape": list(x.shape), "datatype": "FP32"}
-    jpath, bpath = work / f"{model}.v2.json", work / f"{model}.v2.bin"
-    jpath.write_text(json.dumps({"inputs": [{**tensor, "data": x.flatten().tolist()}]}))
+    b.v2_json.write_text(json.dumps({"inputs": [{**tensor, "data": x.flatten().tolist()}]}))
     raw = x.numpy().tobytes()
-    head = json.dumps({
-        "inputs": [{**tensor, "parameters": {"binary_data_size": len(raw)}}],
-        "outputs": [{"name": "outputs", "parameters": {"binary_data": True}}],
-    }).encode()  # fmt: skip
-    bpath.write_bytes(head + raw)
-    return jpath, bpath, str(len(head))
+    # the binary tensor data extension: a JSON header, then the raw tensor bytes, and the
+    # answer's tensor asked for as binary too
+    head = json.dumps({"inputs": [{**tensor, "parameters": {"binary_data_size": len(raw)}}],
+                       "outputs": [{"name": "outputs", "parameters": {"binary_data": True}}]}).encode()  # fmt: skip
+    b.v2_binary.write_bytes(head + raw)
+    b.v2_header_length = len(head)
+    return b
 
 
 def run_serve(opts: argparse.Namespace) -> dict[str, Any]:
@@ -432,38 +442,23 @@ def run_serve(opts: argparse.Namespace) -> dict[str, Any]:
                 "raw": raw_forward(model, 2.0 if opts.quick else 3.0),
                 "servers": {},
             }
-            jbody, sbody = write_bodies(model, work)
+            bodies = write_bodies(model, work)
+            jbody = bodies.json
             tag = save_serving_model(model, work / "store")
             servers: dict[str, list[dict[str, Any]]] = res["servers"]
-            for name in ("echo", "naive"):
-                with peer(name, model) as s:
-                    servers[name] = measure(s, list(LEVELS), jbody, opts)
-                    if name == "echo" and not opts.no_profile:
-                        res["profile_echo_64"] = profile_at_64(s, jbody, opts, f"echo-{model}-64")
-                say(f"serve {model} {name}: {_fmt_levels(servers[name])}")
-            with shelf_serve(model, work / "store", tag) as s:
-                servers["torchshelf"] = measure(s, list(LEVELS), jbody, opts)
-                say(f"serve {model} torchshelf: {_fmt_levels(servers['torchshelf'])}")
-                servers["torchshelf-st"] = measure(
-                    s, list(LEVELS), sbody, opts, ("Accept: application/vnd.safetensors",)
-                )
-                say(f"serve {model} torchshelf-st: {_fmt_levels(servers['torchshelf-st'])}")
-                v2json, v2bin, v2head = write_v2_bodies(model, work)
-                v2url = Server(
-                    s.url.removesuffix("/predict") + f"/v2/models/{tag.split(':')[0]}/infer", s.pid
-                )
-                servers["torchshelf-v2"] = measure(v2url, list(LEVELS), v2json, opts)
-                servers["torchshelf-v2-bin"] = measure(
-                    v2url,
-                    list(LEVELS),
-                    v2bin,
-                    opts,
-                    (f"Inference-Header-Content-Length: {v2head}",),
-                )
-                say(f"serve {model} V2: JSON {_fmt_levels(servers['torchshelf-v2'])}, "
-                    f"binary {_fmt_levels(servers['torchshelf-v2-bin'])}")  # fmt: skip
+            profiles: dict[str, Any] = {}
+            res["profiles"] = profiles
+            with (
+                peer("echo", model) as e,
+                peer("naive", model) as n,
+                shelf_serve(model, work / "store", tag) as s,
+            ):
+                measure_interleaved(e, n, s, model, bodies, opts, servers)
                 if not opts.no_profile:
-                    res["profile_64"] = profile_at_64(s, jbody, opts, f"serve-{model}-64")
+                    profiles["echo@64"] = profile_at(e, 64, jbody, opts, f"echo-{model}-64")
+                    if model == "small":  # the @1 target compares with it
+                        profiles["naive@1"] = profile_at(n, 1, jbody, opts, f"naive-{model}-1")
+                    profile_shelf(s, model, bodies, opts, profiles)
             with peer("litserve", model) as s:
                 servers["litserve"] = measure(s, list(LEVELS), jbody, opts)
             say(f"serve {model} litserve: {_fmt_levels(servers['litserve'])}")
@@ -485,15 +480,78 @@ def run_serve(opts: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
-def profile_at_64(
-    server: Server, body: Path, opts: argparse.Namespace, name: str
+def transports(
+    server: Server, model: str, b: Bodies
+) -> dict[str, tuple[str, Path, tuple[str, ...]]]:
+    """shelf serve's four transports of one row: name -> (url, body, headers)."""
+    v2 = server.url.rsplit("/", 1)[0] + f"/v2/models/compare-{model}/infer"
+    return {
+        "torchshelf": (server.url, b.json, ()),
+        "torchshelf-st": (server.url, b.safetensors, ("Accept: application/vnd.safetensors",)),
+        "torchshelf-v2": (v2, b.v2_json, ()),
+        "torchshelf-v2bin": (v2, b.v2_binary, ("Content-Type: application/octet-stream",
+                                               f"Inference-Header-Content-Length: {b.v2_header_length}")),
+    }  # fmt: skip
+
+
+def measure_interleaved(
+    echo: Server,
+    naive: Server,
+    shelf: Server,
+    model: str,
+    b: Bodies,
+    opts: argparse.Namespace,
+    out: dict[str, Any],
+) -> None:
+    """echo, naive and shelf serve's four transports, all up at once, taking turns per level.
+
+    Why: the targets are ratios of these rows; on a shared machine whose load drifts over
+    minutes, rows measured seconds apart compare far better than rows measured minutes apart.
+    The idle servers cost nothing while another is measured; the order rotates per level.
+    """
+    targets = {"echo": (echo.url, b.json, ()), "naive": (naive.url, b.json, ()),
+               **transports(shelf, model, b)}  # fmt: skip
+    pids = {"echo": echo.pid, "naive": naive.pid}
+    names = list(targets)
+    for turn, level in enumerate(LEVELS):
+        for name in names[turn:] + names[:turn]:
+            url, body, headers = targets[name]
+            server = Server(url, pids.get(name, shelf.pid))
+            out.setdefault(name, []).extend(measure(server, [level], body, opts, headers))
+    for name in names:
+        out[name].sort(key=lambda r: r["concurrency"])
+        say(f"serve {model} {name}: {_fmt_levels(out[name])}")
+
+
+def profile_shelf(
+    server: Server, model: str, b: Bodies, opts: argparse.Namespace, out: dict[str, Any]
+) -> None:
+    """py-spy on shelf serve where a target compares it: JSON @64 (echo, limit), V2 binary @64
+    (vs V2 JSON), @1 (small vs naive) and, on the big model, safetensors @64 (binary vs JSON)."""
+    routes = transports(server, model, b)
+    wanted = [("torchshelf", 64), ("torchshelf-v2bin", 64)]
+    wanted += [("torchshelf", 1)] if model == "small" else [("torchshelf-st", 64)]
+    for name, level in wanted:
+        url, body, headers = routes[name]
+        out[f"{name}@{level}"] = profile_at(Server(url, server.pid), level, body, opts,
+                                            f"serve-{model}-{name.removeprefix('torchshelf')[1:] or 'json'}-{level}",
+                                            headers)  # fmt: skip
+
+
+def profile_at(
+    server: Server,
+    level: int,
+    body: Path,
+    opts: argparse.Namespace,
+    name: str,
+    headers: tuple[str, ...] = (),
 ) -> dict[str, Any]:
-    """py-spy on the server during an extra 64-client pass (never during a measured level)."""
+    """py-spy on the server during an extra pass at `level` clients (never a measured level)."""
     handle = profile_pid(server.pid, opts.profile_s, PROFILES / f"{name}.txt")
     prof_opts = argparse.Namespace(
         **{**vars(opts), "duration": opts.profile_s / 3, "max_windows": 3, "warmup": 0}
     )
-    out: dict[str, Any] = {"bench": bench(server.url, [64], body, prof_opts)[0]}
+    out: dict[str, Any] = {"bench": bench(server.url, [level], body, prof_opts, headers)[0]}
     out["summary"] = finish_profile(handle)
     return out
 
@@ -563,34 +621,63 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                 r >= 15,
             )
     for model, res in results.get("serve", {}).items():
-        if model.startswith("_"):
-            continue
-        sv = res["servers"]
-        ts = at(sv["torchshelf"], 64)["requests_per_s"]
-        lit = at(sv["litserve"], 64)["requests_per_s"]
-        echo = at(sv["echo"], 64)["requests_per_s"]
-        bento = at(sv[f"bentoml@{BENTO_BUDGET_MS:g}"], 64)["requests_per_s"]
-        if model == "small":
-            add("serve", "small @64: torchshelf / LitServe", ts / lit, ">= 1.7x", ts / lit >= 1.7)
-            add("serve", "small @64: torchshelf / echo", ts / echo, ">= 0.90x", ts / echo >= 0.9)
-        else:
-            lim = limit_of(res)
-            add("serve", f"{model} @64: torchshelf / LitServe", ts / lit, ">= 3x", ts / lit >= 3)
+        if not model.startswith("_"):
+            out += serve_targets(model, res)
+    return out
+
+
+def serve_targets(model: str, res: dict[str, Any]) -> list[dict[str, Any]]:
+    """Issue 11's "Done when" serving targets for one model, from this run's rows."""
+    sv = res["servers"]
+    out: list[dict[str, Any]] = []
+
+    def add(what: str, value: float, goal: float, kind: str = ">=") -> None:
+        out.append({"group": "serve", "what": f"{model} {what}", "value": value,
+                    "goal": f"{kind} {goal:g}x", "pass": value >= goal, "unit": "x"})  # fmt: skip
+
+    def rps(name: str, level: int) -> float:
+        return float(at(sv[name], level)["requests_per_s"]) if sv.get(name) else 0.0
+
+    def ratio(a: float, b: float) -> float:
+        return a / b if b else float("inf") if a else 0.0
+
+    if model == "small":
+        for level, goal in ((1, 0.95), (8, 1.0), (64, 1.0)):
             add(
-                "serve",
-                f"{model} @64: torchshelf / additive limit",
-                ts / lim,
-                ">= 0.85x",
-                ts / lim >= 0.85,
+                f"@{level}: shelf serve / naive",
+                ratio(rps("torchshelf", level), rps("naive", level)),
+                goal,
             )
-        r = ts / bento if bento else float("inf")
-        add(
-            "serve",
-            f"{model} @64: torchshelf / BentoML (max_latency_ms={BENTO_BUDGET_MS:g})",
-            r,
-            ">= 1.5x",
-            r >= 1.5,
+        add("@64: shelf serve / echo", ratio(rps("torchshelf", 64), rps("echo", 64)), 0.95)
+    else:
+        add("@64: shelf serve / additive limit", ratio(rps("torchshelf", 64), limit_of(res)), 0.95)
+    add(
+        "@64: binary (safetensors) / JSON",
+        ratio(rps("torchshelf-st", 64), rps("torchshelf", 64)),
+        1.0,
+    )
+    add(
+        "@64: V2 binary / V2 JSON",
+        ratio(rps("torchshelf-v2bin", 64), rps("torchshelf-v2", 64)),
+        1.0,
+    )
+    for name, label in (("torchshelf-v2", "V2 JSON"), ("torchshelf-v2bin", "V2 binary")):
+        rows = sv.get(name) or []
+        ok = len(rows) == len(LEVELS) and all(
+            r["requests_per_s"] > 0 and not r.get("errors") for r in rows
         )
+        out.append({"group": "serve", "what": f"{model}: {label} rows at 1/8/64, no errors (/ native JSON @64)",
+                    "value": ratio(rps(name, 64), rps("torchshelf", 64)), "goal": "present", "pass": ok, "unit": "x"})  # fmt: skip
+    for level in LEVELS:
+        add(
+            f"@{level}: shelf serve / LitServe",
+            ratio(rps("torchshelf", level), rps("litserve", level)),
+            1.7,
+        )
+    bento = f"bentoml@{BENTO_BUDGET_MS:g}"
+    if sv.get(bento):
+        add(f"@64: shelf serve / BentoML (max_latency_ms={BENTO_BUDGET_MS:g}; issue 5)",
+            ratio(rps("torchshelf", 64), rps(bento, 64)), 1.5)  # fmt: skip
     return out
 
 
@@ -634,14 +721,40 @@ def render_serve(model: str, res: dict[str, Any]) -> list[str]:
     return lines
 
 
+def render_ratios(res: dict[str, Any]) -> list[str]:
+    """shelf serve (JSON unless named) against each baseline, per level, from the rows above."""
+    sv = res["servers"]
+    pairs = [("torchshelf", "naive"), ("torchshelf", "echo"), ("torchshelf", "litserve"),
+             ("torchshelf-st", "torchshelf"), ("torchshelf-v2", "torchshelf"), ("torchshelf-v2bin", "torchshelf"),
+             ("torchshelf-v2bin", "torchshelf-v2")]  # fmt: skip
+    pairs = [(a, b) for a, b in pairs if sv.get(a) and sv.get(b)]
+    lines = ["| ratio (req/s; in brackets: the other's server CPU per request / this one's, > 1 = "
+             "less work here) | " + " | ".join(f"{c} clients" for c in LEVELS) + " |",
+             "|---|" + "---|" * len(LEVELS)]  # fmt: skip
+    for a, b in pairs:
+        cells = []
+        for c in LEVELS:
+            ra, rb = at(sv[a], c), at(sv[b], c)
+            num, den = ra["requests_per_s"], rb["requests_per_s"]
+            ca, cb = ra.get("server_cpu_ms"), rb.get("server_cpu_ms")
+            cpu = f" ({cb / ca:.2f})" if ca and cb else ""
+            cells.append((f"{num / den:.2f}x" if den else "inf") + cpu)
+        lines.append(
+            f"| {_label(a).replace('**', '')} / {_label(b).replace('**', '')} | "
+            + " | ".join(cells)
+            + " |"
+        )
+    return lines
+
+
 def _label(name: str) -> str:
     return {
         "echo": "echo (no model)",
         "naive": "naive starlette",
         "torchshelf": "**shelf serve** (JSON)",
         "torchshelf-st": "shelf serve (safetensors)",
-        "torchshelf-v2": "shelf serve V2 (JSON)",
-        "torchshelf-v2-bin": "shelf serve V2 (binary)",
+        "torchshelf-v2": "shelf serve V2 JSON",
+        "torchshelf-v2bin": "shelf serve V2 binary",
         "litserve": "LitServe",
         "bentoml@10": "BentoML max_latency 10 ms",
         "bentoml@1000": "BentoML max_latency 1000 ms",
@@ -654,6 +767,14 @@ def render_profile(title: str, prof: dict[str, Any] | None) -> list[str]:
         return [f"*{title}: no profile (py-spy not installed)*", ""]
     if "error" in prof:
         return [f"*{title}: {prof['error']}*", ""]
+    raw = HERE.parent / prof.get("file", "")
+    if prof.get("file") and raw.is_file():  # summarised again: the summary may have changed since
+        prof = {
+            **prof,
+            **summarise_collapsed(
+                raw, focus=tuple(filter(None, prof.get("focus", "").split(" or ")))
+            ),
+        }
     where = (
         f", stacks through `{prof['focus']}` only (other threads left out), I/O waits included"
         if prof.get("focus")
@@ -664,6 +785,10 @@ def render_profile(title: str, prof: dict[str, Any] | None) -> list[str]:
              "| self (leaf) | % | inclusive | % |", "|---|---|---|---|"]  # fmt: skip
     for (sf, sp), (inf, ip) in zip(prof["self"], prof["inclusive"], strict=False):
         lines.append(f"| `{sf}` | {sp} | `{inf}` | {ip} |")
+    fwd = prof.get("forward") or {}
+    if any(fwd.values()):
+        lines += ["", "Samples in the model's `Linear.forward`, by thread: "
+                  + ", ".join(f"{where} {n}" for where, n in fwd.items()) + "."]  # fmt: skip
     return [*lines, ""]
 
 
@@ -678,6 +803,17 @@ def _provenance(results: dict[str, Any]) -> str:
         f"{g}: `{results[g].get('_command', '?')}` ({results[g]['_date']})" for g in groups
     )
     return f"Groups from separate runs ({each}). {tail}"
+
+
+def render_cli_table(c: dict[str, Any]) -> str:
+    """The cli group's table; a group from before the several-sizes format gets its one column."""
+    if "sizes" in c:
+        return compare_store.render(None, c)
+    rows = [("python -c pass", "python"), ("shelf list", "shelf_list"), ("shelf get", "shelf_get"),
+            ("bentoml models list", "bentoml_list"), ("bentoml models get TAG", "bentoml_get")]  # fmt: skip
+    lines = [f"| command ({c['versions']} versions, whole process) | median ms |", "|---|---|"]
+    lines += [f"| {label} | {c[key] * 1e3:.0f} |" for label, key in rows if key in c]
+    return "\n".join(lines)
 
 
 def render(results: dict[str, Any]) -> str:
@@ -730,7 +866,7 @@ def render(results: dict[str, Any]) -> str:
         c = results["cli"]
         lines += ["", f"## CLI: whole processes, {c.get('sizes', [c['versions']])} versions", "",
                   f"Run {c['_date']}, {c.get('_seconds', '?')} s. Medians; `bentoml` runs from its venv with `BENTOML_DO_NOT_TRACK=true`.", "",
-                  compare_store.render(None, c), ""]  # fmt: skip
+                  render_cli_table(c), ""]  # fmt: skip
         lines += (
             render_profile("Profile of `shelf list` (a target was missed)", c.get("profile_list"))
             if "profile_list" in c
@@ -745,8 +881,11 @@ def render(results: dict[str, Any]) -> str:
                   "one connection per closed-loop client, 1 process; it reports its own CPU and flags a client-bound "
                   f"level). Per level: {o['warmup']} s warm-up, then {o['duration']} s windows repeated until the last "
                   f"3 agree within 10 % or {o['max_windows']} windows (`~` marks a level that never agreed).",
-                  "- Same body for every server: one random float32 row, `{\"inputs\": [[...]]}` (safetensors row "
-                  "for the binary transport). Same batching: max batch 32, max latency 10 ms; BentoML also at "
+                  "- Same body for every server: one random float32 row, `{\"inputs\": [[...]]}` (a safetensors row "
+                  "for the binary transport, answered as safetensors; for V2 on `/v2/models/<name>/infer` the row as a "
+                  "flat FP32 `data` list, or, for V2 binary, the binary tensor data extension: JSON header + raw bytes "
+                  "with `Inference-Header-Content-Length` and `Content-Type: application/octet-stream`, output asked "
+                  "for as `binary_data`). echo, naive and one `shelf serve` (its four transports) are up at once and take turns at each level, in an order rotated per level, so the rows a target compares are seconds apart. Same batching: max batch 32, max latency 10 ms; BentoML also at "
                   f"`max_latency_ms={BENTO_BUDGET_MS:g}`, a budget it meets. Access logs off everywhere.",
                   "- BentoML gets a fresh server per concurrency level (its latency model has hysteresis, "
                   "`peers/README.md`). `shelf serve` runs torch on all cores but one (1 thread here); the peers "
@@ -758,13 +897,12 @@ def render(results: dict[str, Any]) -> str:
         for model, res in sv.items():
             if model.startswith("_"):
                 continue
-            lines += render_serve(model, res) + [""]
-            for key, who in (("profile_64", "`shelf serve`"), ("profile_echo_64", "the echo app")):
-                p = res.get(key)
-                if p:
-                    b = p["bench"]
-                    lines += render_profile(f"Profile of {who} ({model}) at 64 clients, JSON "
-                                            f"({b['requests_per_s']:,.0f} req/s while sampled)", p.get("summary"))  # fmt: skip
+            lines += render_serve(model, res) + [""] + render_ratios(res) + [""]
+            for key, p in res.get("profiles", {}).items():
+                name, _, level = key.partition("@")
+                b = p["bench"]
+                lines += render_profile(f"Profile of {_label(name).replace('**', '')} ({model}) at {level} "
+                                        f"client(s) ({b['requests_per_s']:,.0f} req/s while sampled)", p.get("summary"))  # fmt: skip
     lines += ["", "## Findings about the peers", "",
               "- **BentoML 1.4 cannot load its own PyTorch models under torch ≥ 2.6 by default.** "
               "`bentoml.pytorch.load_model(tag)` raises `UnpicklingError: Weights only load failed`: torch.load "

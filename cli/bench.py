@@ -292,7 +292,8 @@ def register(app: typer.Typer) -> None:
             Path | None,
             typer.Option(
                 "--body",
-                help="--url: send this file as the request body (JSON, or .safetensors).",
+                help="--url: send this file as the request body (.json, .safetensors, or .bin "
+                "sent as application/octet-stream; -H 'Content-Type: ...' overrides the type).",
                 show_default=False,
             ),
         ] = None,
@@ -412,7 +413,8 @@ def register(app: typer.Typer) -> None:
                 if body is not None and input_shape is not None:
                     raise UsageError("pass --body or --input-shape, not both")
                 if body is not None:
-                    request_body = body_from_file(body)
+                    given = [v for k, v in headers if k.lower() == "content-type"]
+                    request_body = body_from_file(body, given[-1] if given else None)
                 elif input_shape is not None:
                     request_body = body_from_shape(
                         parse_shape(input_shape), *([normalise_dtype(dtype)] if dtype else [])

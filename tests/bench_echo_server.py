@@ -2,7 +2,8 @@
 
 POST /predict answers `{"outputs": <the inputs>}`, re-encoding a same-sized JSON answer, and
 records the number of items of each request in a `torchshelf_batch_size` histogram on /metrics,
-so the load generator's metrics reading can be checked without a model. POST /flaky answers 503
+so the load generator's metrics reading can be checked without a model. POST /raw takes only an octet-stream body with an
+Inference-Header-Content-Length header (415 otherwise). POST /flaky answers 503
 to every third request, POST /hang after a second. GET /schema describes /predict the way `shelf serve` does.
 """
 
@@ -37,6 +38,16 @@ async def predict(request: Request) -> Response:
         return JSONResponse({"error": 'body must be {"inputs": [...]}'}, status_code=400)
     batch_size.labels(api="predict").observe(len(inputs))
     return JSONResponse({"outputs": inputs})
+
+
+async def raw(request: Request) -> Response:
+    """Like a V2 binary infer: one octet-stream Content-Type and a header-length header."""
+    types = request.headers.getlist("content-type")
+    length = request.headers.get("inference-header-content-length")
+    body = await request.body()
+    if types != ["application/octet-stream"] or length is None or int(length) > len(body):
+        return JSONResponse({"error": f"content-type {types}, header length {length}"}, 415)
+    return Response(body[: int(length)], media_type="application/json")
 
 
 _calls = [0]
@@ -75,6 +86,7 @@ async def metrics(request: Request) -> Response:
 app = Starlette(
     routes=[
         Route("/predict", predict, methods=["POST"]),
+        Route("/raw", raw, methods=["POST"]),
         Route("/flaky", flaky, methods=["POST"]),
         Route("/hang", hang, methods=["POST"]),
         Route("/schema", schema),

@@ -108,6 +108,28 @@ def test_a_body_file_is_sent_as_is_and_its_items_counted(echo, tmp_path):
     assert r["throughput_per_s"] == pytest.approx(3 * r["requests_per_s"], rel=1e-3)
 
 
+@pytest.mark.parametrize("suffix", [".bin", ".json"])
+def test_a_raw_body_goes_with_the_given_headers_and_one_content_type(echo, tmp_path, suffix):
+    # a V2 binary body: JSON header + raw bytes; .bin is octet-stream, -H Content-Type overrides
+    head = json.dumps({"inputs": [{"name": "x", "shape": [1], "datatype": "FP32"}]}).encode()
+    body = tmp_path / f"v2{suffix}"
+    body.write_bytes(head + b"\x00\x00\x80\x3f")
+    types = [] if suffix == ".bin" else ["-H", "content-type: application/octet-stream"]
+    run = shelf("bench", "--url", f"{echo}/raw", "--body", str(body), "--concurrency", "2", *QUICK,
+                "-H", f"Inference-Header-Content-Length: {len(head)}", *types, "-o", "json")  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    doc = json.loads(run.stdout)
+    assert doc["results"][0]["errors"] == {} and doc["results"][0]["requests"] > 0
+    assert doc["settings"]["content_type"] == "application/octet-stream"
+
+
+def test_without_the_header_the_raw_route_refuses_before_any_load(echo, tmp_path):
+    body = tmp_path / "v2.bin"
+    body.write_bytes(b"{}")
+    run = shelf("bench", "--url", f"{echo}/raw", "--body", str(body), "--concurrency", "1", *QUICK)
+    assert run.returncode != 0 and "415" in run.stderr
+
+
 def test_the_body_can_come_from_the_servers_schema(echo):
     run = shelf("bench", "--url", f"{echo}/predict", "--concurrency", "1", *QUICK, "-o", "json")
     assert run.returncode == 0, run.stderr

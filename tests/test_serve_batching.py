@@ -216,7 +216,9 @@ def test_queues_take_turns_so_one_backlog_does_not_starve_another() -> None:
     asyncio.run(main())
 
 
-def test_a_queue_measured_below_inline_max_runs_on_the_loop_and_a_slow_one_never_does() -> None:
+def test_a_queue_measured_cheaper_than_the_handoff_runs_on_the_loop_and_a_slow_one_never_does() -> (
+    None
+):
     async def main() -> None:
         threads: dict[str, list[str]] = {"tiny": [], "slow": []}
 
@@ -261,6 +263,24 @@ def test_after_running_waits_for_the_batch_in_flight() -> None:
         rec.gate.set()
         assert await fut == 10
         assert calls == ["idle", "after"]
+        batcher.close()
+
+    asyncio.run(main())
+
+
+def test_a_lone_cheap_request_arriving_after_a_pause_is_answered_inside_submit() -> None:
+    async def main() -> None:
+        batcher = Batcher([QueueSpec("q", lambda xs: [x + 1 for x in xs])], inline_max_s=0.01)
+        for i in range(3):  # measured: first on the worker, then inline
+            assert await batcher.submit("q", i) == i + 1
+            await asyncio.sleep(0.01)
+        fut = batcher.submit("q", 41)  # the 4th request: not a probe
+        assert fut.done() and fut.result() == 42  # no loop turn needed
+        # A burst: within 8 requests one takes the deferred path, the rest of the burst joins
+        # its batch, and from then on the burst is batched instead of run one by one.
+        futs = [batcher.submit("q", i) for i in range(32)]
+        assert not futs[-1].done()
+        assert await asyncio.gather(*futs) == list(range(1, 33))
         batcher.close()
 
     asyncio.run(main())

@@ -89,6 +89,12 @@ def test_with_several_models_the_single_model_routes_are_gone_and_unknown_names_
     paths = httpx.get(three.url + "/openapi.json").json()["paths"]
     assert {"/models/a/predict", "/models/b/predict", "/models/c/predict"} <= set(paths)
     assert metric(three.url, "torchshelf_model_info", model="b") == 1
+    bad = httpx.post(three.url + "/models/a/predict", json={"inputs": [[0.0] * 7]})
+    assert bad.status_code == 422 and "shape" in bad.json()["error"]
+    assert (
+        bad.headers["x-model-version"]
+        == httpx.get(three.url + "/schema").json()["models"][0]["version"]
+    )
 
 
 def test_serving_one_name_twice_is_a_usage_error(store: dict[str, object]) -> None:

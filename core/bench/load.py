@@ -282,6 +282,16 @@ class LoadSettings:
         return out
 
 
+def _content_type(body: RequestBody, headers: Sequence[tuple[str, str]]) -> str:
+    """A `-H 'Content-Type: ...'` replaces the body's own type (sent once, never twice)."""
+    given = [v for k, v in headers if k.lower() == "content-type"]
+    return given[-1] if given else body.content_type
+
+
+def _other_headers(headers: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    return [(k, v) for k, v in headers if k.lower() != "content-type"]
+
+
 def _encode_request(
     endpoint: Endpoint, body: RequestBody, headers: Sequence[tuple[str, str]]
 ) -> bytes:
@@ -291,9 +301,9 @@ def _encode_request(
         f"Host: {host}:{endpoint.port}",
         "User-Agent: torchshelf-bench",
         "Accept: */*",
-        f"Content-Type: {body.content_type}",
+        f"Content-Type: {_content_type(body, headers)}",
         f"Content-Length: {len(body.data)}",
-        *(f"{k}: {v}" for k, v in headers),
+        *(f"{k}: {v}" for k, v in _other_headers(headers)),
     ]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body.data
 
@@ -383,7 +393,7 @@ def _probe(endpoint: Endpoint, body: RequestBody, headers: Sequence[tuple[str, s
         response = httpx.post(
             endpoint.url,
             content=body.data,
-            headers={"Content-Type": body.content_type, **dict(headers)},
+            headers={"Content-Type": _content_type(body, headers), **dict(_other_headers(headers))},
             timeout=60.0,
             trust_env=False,  # never through a proxy from the environment: only the given address
         )
@@ -632,7 +642,7 @@ def bench_server(
             **settings.to_dict(),
             "body": body.source,
             "body_bytes": len(body.data),
-            "content_type": body.content_type,
+            "content_type": _content_type(body, settings.headers),
             "items_per_request": body.items,
         },
         results=list(results),

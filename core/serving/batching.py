@@ -18,9 +18,13 @@ Policy, in the order it is applied when the worker is free:
 - a full batch (`max_batch_size` rows; a request carrying k rows counts as k) goes at once;
 - queues take turns: the one served longest ago goes first, so one queue's backlog (one model,
   or one api) never starves another's;
-- a batch whose queue's measured compute time is below `inline_max_s` runs on the event loop
-  itself: for a tiny model the handoff to the worker thread costs more than the forward pass. A
-  queue starts on the worker, so a big model is measured there and never blocks the loop.
+- a batch whose queue's measured compute time is below the measured cost of the handoff to the
+  worker thread (and below `inline_max_s`) runs on the event loop itself: for a tiny model the
+  handoff costs more than the forward pass. A queue starts on the worker, so a big model is
+  measured there and never blocks the loop; `inline_max_s=0` turns this off. When, moreover,
+  nothing is queued or running and the recent batches held one request each, such a request
+  runs inside `submit` itself, saving the loop turn of a deferred dispatch (every 8th request
+  still takes that turn, to notice when requests become concurrent again).
 
 If a batch raises, it is split in halves and re-run until the failing requests are isolated, so
 the others still get their answers and each bad item gets its own error.
@@ -126,6 +130,8 @@ class _Queue:
     gap_ewma: float = 0.0  # seconds between arrivals
     last_arrival: float = 0.0
     turn: int = 0  # when this queue was last dispatched (a counter), for taking turns
+    rows_ewma: float = 0.0  # rows per batch that the deferred dispatch formed
+    arrivals: int = 0
 
 
 class Batcher:
@@ -167,6 +173,7 @@ class Batcher:
         self._timeout = default_timeout
         self._fill_wait = fill_wait
         self._inline_max_s = inline_max_s
+        self._handoff_ewma = 0.0  # seconds a worker batch took beyond its compute, 0 until seen
         self._turns = 0
         self._after_batch: list[tuple[set[int], Callable[[], None]]] = []
         self._pending = False
@@ -241,9 +248,19 @@ class Batcher:
             gap = now - q.last_arrival
             q.gap_ewma = gap if not q.gap_ewma else 0.8 * q.gap_ewma + 0.2 * gap
         q.last_arrival = now
-        q.items.append(
-            _Request(payload, rows, now, now + (self._timeout if timeout is None else timeout), fut)
+        req = _Request(
+            payload, rows, now, now + (self._timeout if timeout is None else timeout), fut
         )
+        q.arrivals += 1
+        if self._lone_and_cheap(q):
+            # Requests arrive far apart and the model costs less than a handoff: nothing would
+            # join this batch, so it runs now, without the loop turn of a deferred dispatch.
+            self._turns += 1
+            q.turn = self._turns
+            outcomes, compute_s = _run_isolating(spec.run, [payload])
+            self._complete(q, [req], rows, [0.0], outcomes, compute_s)
+            return fut
+        q.items.append(req)
         q.rows += rows
         self._idle.clear()
         if self._free and not self._pending:
@@ -253,6 +270,28 @@ class Batcher:
             self._pending = True
             loop.call_soon(self._deferred)
         return fut
+
+    def _inline_ok(self, q: _Queue) -> bool:
+        """Whether a batch of `q` is cheaper on the loop than handed to the worker (one replica
+        only: with several, the loop must not compete with them for the model)."""
+        return (
+            0 < q.compute_ewma < min(self._inline_max_s, self._handoff_ewma)
+            and len(self._executors) == 1
+        )
+
+    def _lone_and_cheap(self, q: _Queue) -> bool:
+        """Nothing queued or running anywhere, cheap enough to run inline, and the batches the
+        deferred dispatch formed lately held one request (every 8th request still takes the
+        deferred path: if others join it, requests are concurrent and batching resumes)."""
+        return (
+            len(self._free) == len(self._executors)
+            and not self._pending
+            and self._timer is None
+            and not q.items
+            and q.rows_ewma < 1.25
+            and q.arrivals % 8 != 0
+            and self._inline_ok(q)
+        )
 
     def _deferred(self) -> None:
         self._pending = False
@@ -387,10 +426,11 @@ class Batcher:
             return
         self._turns += 1
         q.turn = self._turns
+        q.rows_ewma = rows if not q.rows_ewma else 0.8 * q.rows_ewma + 0.2 * rows
         waits = [now - r.enqueued for r in batch]
         payloads = [r.payload for r in batch]
         assert self._loop is not None
-        if q.compute_ewma and q.compute_ewma < self._inline_max_s and len(self._executors) == 1:
+        if self._inline_ok(q):
             # Cheaper here than a thread handoff; the next batch waits for the loop's next turn,
             # so a backlog of tiny batches never holds the loop for long.
             outcomes, compute_s = _run_isolating(spec.run, payloads)
@@ -404,8 +444,9 @@ class Batcher:
             return
         replica = self._free.pop(0)
         run = spec.run if spec.run_on is None else functools.partial(spec.run_on, replica)
+        started = time.perf_counter()
         task = self._loop.run_in_executor(self._executors[replica], _run_isolating, run, payloads)
-        task.add_done_callback(lambda t: self._finish(q, batch, rows, waits, t, replica))
+        task.add_done_callback(lambda t: self._finish(q, batch, rows, waits, t, replica, started))
         if self._free and any(x.items for x in self._queues.values()):
             self._schedule()  # another replica is idle: it takes the next batch now
 
@@ -417,6 +458,7 @@ class Batcher:
         waits: list[float],
         task: asyncio.Future[tuple[list[tuple[bool, Any]], float]],
         replica: int = 0,
+        started: float = 0.0,
     ) -> None:
         self._free.append(replica)
         self._free.sort()
@@ -424,6 +466,11 @@ class Batcher:
             outcomes, compute_s = task.result()
         except BaseException as exc:  # the executor itself failed (e.g. shut down)
             outcomes, compute_s = [(False, exc)] * len(batch), 0.0
+        else:
+            # Two thread switches and a wake-up of the loop: what running inline would save.
+            handoff = max(0.0, time.perf_counter() - started - compute_s)
+            h = self._handoff_ewma
+            self._handoff_ewma = handoff if not h else 0.8 * h + 0.2 * handoff
         self._complete(q, batch, rows, waits, outcomes, compute_s, replica)
         if self._after_batch:
             waiting = []

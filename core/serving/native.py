@@ -122,6 +122,8 @@ class NativeRoute:
         except Exception as exc:
             status, message = error_answer(exc, extra)
             content, media = encode_json({"error": message}), JSON_BYTES
+            if status != 401:  # the version serving now (the one that refused, for a 422)
+                extra.append((b"x-model-version", registry.slots[self.model].version.encode()))
         await send_answer(send, status, content, media, extra)
         self.metrics.request(self.series, status, time.perf_counter() - start)
 

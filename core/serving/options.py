@@ -13,8 +13,8 @@ class ServeOptions:
 
     `max_loaded` bounds how many served models are in memory at once: the first ones load at
     start, the others on first use, evicting the least recently used (None: all, at start).
-    `inline_max_s` is the measured compute time per batch under which a batch runs on the event
-    loop instead of the worker thread (a handoff costs more than such a model); 0 disables it.
+    A batch runs on the event loop instead of the worker thread when its queue's measured compute
+    time is below the measured handoff cost and below `inline_max_s` (0 disables it).
     """
 
     host: str = "127.0.0.1"
@@ -30,6 +30,6 @@ class ServeOptions:
     fill_wait: bool = True
     threads: int | None = None
     max_loaded: int | None = None
-    inline_max_s: float = 0.0002
+    inline_max_s: float = 0.001
     header_timeout: float = 10.0  # request headers must be complete within this (connections.py)
     max_connections: int | None = None  # open connections past this get 503 (None: unbounded)

@@ -13,6 +13,7 @@ even then waits for the worker thread at interpreter exit).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -69,12 +70,21 @@ def _loop_choice() -> str:
     return "uvloop"
 
 
-def _http_choice() -> str:
+def _http_choice() -> Any:
+    """httptools (one write per response, transport.py) when installed, else h11."""
     try:
         import httptools  # noqa: F401
     except ImportError:
         return "h11"
-    return "httptools"
+    from .transport import http_protocol
+
+    return http_protocol()
+
+
+def _http_base() -> type[asyncio.Protocol]:
+    """The protocol class under the guards: ours (transport.py) over httptools, else h11."""
+    choice = _http_choice()
+    return http_protocol_class(choice) if isinstance(choice, str) else choice  # type: ignore[no-any-return]
 
 
 def run_server(
@@ -120,9 +130,7 @@ def uvicorn_config(app: Any, options: ServeOptions) -> uvicorn.Config:
         port=options.port,
         loop=_loop_choice(),
         # header deadline + connection bound: uvicorn has neither (connections.py)
-        http=guarded_protocol(
-            http_protocol_class(_http_choice()), options.header_timeout, options.max_connections
-        ),
+        http=guarded_protocol(_http_base(), options.header_timeout, options.max_connections),
         lifespan="on",
         log_level="warning",
         access_log=options.access_log,
