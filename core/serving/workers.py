@@ -275,7 +275,9 @@ def worker_main(argv: list[str]) -> int:
     _die_with_parent()
     # The supervisor may have died before prctl took effect (we would be init's child then):
     # compare with the pid it gave us, not with what getppid() said when we started.
-    if os.getppid() != int(os.environ.get(SUPERVISOR_ENV, os.getppid())):
+    from ..config import supervisor_pid
+
+    if os.getppid() != (supervisor_pid() or os.getppid()):
         return 1
     spec = json.loads(Path(spec_path).read_text())
     shared = SharedState(Path(spec["dir"]), int(spec["workers"]))
