@@ -413,8 +413,8 @@ def register(app: typer.Typer) -> None:
                 if body is not None and input_shape is not None:
                     raise UsageError("pass --body or --input-shape, not both")
                 if body is not None:
-                    given = [v for k, v in headers if k.lower() == "content-type"]
-                    request_body = body_from_file(body, given[-1] if given else None)
+                    ctypes_given = [v for k, v in headers if k.lower() == "content-type"]
+                    request_body = body_from_file(body, ctypes_given[-1] if ctypes_given else None)
                 elif input_shape is not None:
                     request_body = body_from_shape(
                         parse_shape(input_shape), *([normalise_dtype(dtype)] if dtype else [])

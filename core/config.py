@@ -22,6 +22,7 @@ ENV_REMOTE_STALL = (
 ENV_API_TOKEN = "TORCHSHELF_API_TOKEN"
 ENV_ENDPOINT = "AWS_ENDPOINT_URL"  # the standard AWS variable; a `[remote] endpoint_url` wins
 ENV_MAX_IMPORT = "TORCHSHELF_MAX_IMPORT_BYTES"
+ENV_SUPERVISOR_PID = "TORCHSHELF_SUPERVISOR_PID"  # set by `shelf serve --workers` for its workers
 DEFAULT_MAX_IMPORT = 256 << 30
 DEFAULT_HOME = Path("~/.torchshelf")
 
@@ -123,3 +124,9 @@ def api_token(explicit: str | None = None) -> tuple[str | None, str | None]:
         return explicit, "--api-token"
     env = os.environ.get(ENV_API_TOKEN)
     return (env, ENV_API_TOKEN) if env else (None, None)
+
+
+def supervisor_pid() -> int | None:
+    """The pid of the `shelf serve --workers` supervisor that started this worker, if any."""
+    raw = os.environ.get(ENV_SUPERVISOR_PID)
+    return int(raw) if raw and raw.isdigit() else None

@@ -8,6 +8,7 @@ a replacement comes up. Nothing here asserts a duration.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -202,11 +203,12 @@ def two_workers(store: Path) -> Iterator[Server]:
         server.wait_ready()
         yield server
     finally:
+        workers = server.workers() if server.proc.poll() is None else []
         if server.proc.poll() is None:
             server.proc.kill()
-            for w in psutil.Process().children(recursive=True):
-                if "torchshelf.serving.workers" in _cmdline(w):
-                    w.kill()
+        for w in workers:  # PR_SET_PDEATHSIG ends them too; this is for other platforms
+            with contextlib.suppress(psutil.Error):
+                w.kill()
 
 
 class Load:
@@ -345,3 +347,12 @@ def test_workers_flag_is_validated() -> None:
     )
     assert result.returncode == 2
     assert "--workers" in result.stderr
+
+
+def test_workers_do_not_outlive_a_killed_supervisor(two_workers: Server) -> None:
+    workers = two_workers.workers()
+    assert len(workers) == 2
+    two_workers.proc.kill()  # SIGKILL: no drain; PR_SET_PDEATHSIG sends each worker SIGTERM
+    two_workers.proc.wait()
+    _, alive = psutil.wait_procs(workers, timeout=120)
+    assert not alive, [(p.pid, _cmdline(p)) for p in alive]

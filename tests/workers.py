@@ -100,13 +100,22 @@ def reader(store: Path, log: Path, go: Path, stop: Path) -> None:
             )
 
 
+def _listed(store: Path) -> list[Any]:
+    """The versions of `conc` so far; none before the first save commits (the Python API's
+    `models.list(name)` raises NotFound for a name with no version, as BentoML's does)."""
+    try:
+        return torchshelf.models.list("conc", store=store)
+    except torchshelf.NotFound:
+        return []
+
+
 def labeler(store: Path, log: Path, go: Path, stop: Path) -> None:
     """Relabel random versions (a label change rewrites the manifest) while others load them."""
     _wait(go)
     rng = random.Random(os.getpid())
     n = 0
     while not stop.exists():
-        refs = torchshelf.models.list("conc", store=store)
+        refs = _listed(store)
         if not refs:
             time.sleep(0.01)
             continue
@@ -129,7 +138,7 @@ def deleter(store: Path, log: Path, go: Path, stop: Path, keep_newest: int, most
     deleted = 0
     while not stop.exists() and deleted < most:
         time.sleep(rng.uniform(0.01, 0.05))
-        refs = torchshelf.models.list("conc", store=store)[keep_newest:]
+        refs = _listed(store)[keep_newest:]
         if not refs:
             continue
         victim = rng.choice(refs).tag

@@ -45,6 +45,7 @@ from typing import Any
 __all__ = ["PUBLISH_S", "SharedState", "WorkerApp", "run_workers", "worker_threads"]
 
 PUBLISH_S = 0.25
+SUPERVISOR_ENV = "TORCHSHELF_SUPERVISOR_PID"  # a worker's check that its supervisor is alive
 _TICK_S = 0.05
 _YOUNG_S = 10.0  # a worker that dies younger than this is restarted after a growing back-off
 
@@ -271,9 +272,12 @@ def worker_main(argv: list[str]) -> int:
     from .target import resolve_targets
 
     spec_path, index, fd = argv[0], int(argv[1]), int(argv[2])
-    parent = os.getppid()
     _die_with_parent()
-    if os.getppid() != parent:  # the supervisor died before prctl took effect
+    # The supervisor may have died before prctl took effect (we would be init's child then):
+    # compare with the pid it gave us, not with what getppid() said when we started.
+    from ..config import supervisor_pid
+
+    if os.getppid() != (supervisor_pid() or os.getppid()):
         return 1
     spec = json.loads(Path(spec_path).read_text())
     shared = SharedState(Path(spec["dir"]), int(spec["workers"]))
@@ -343,6 +347,7 @@ class _Supervisor:
 
     def spawn(self, w: _Worker) -> None:
         env = dict(os.environ, PROMETHEUS_MULTIPROC_DIR=str(self.shared.path))
+        env[SUPERVISOR_ENV] = str(os.getpid())
         fd = self.sock.fileno()
         cmd = [sys.executable, "-m", "torchshelf.serving.workers", str(self.spec_path)]
         w.proc = subprocess.Popen([*cmd, str(w.index), str(fd)], env=env, pass_fds=(fd,))
