@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -276,7 +277,8 @@ def test_batch_service_gives_each_concurrent_caller_its_own_results(home: Path) 
         assert len(body) == 2
         for j, got in enumerate(body):
             assert torch.allclose(torch.tensor(got["prediction"]), expected[2 * i + j], atol=1e-5)
-    assert 'torchshelf_batch_size_count{api="batch_predict"}' in metrics
+    # the batch metrics also carry the device and replica that ran the batch (issue 13)
+    assert re.search(r'torchshelf_batch_size_count\{api="batch_predict"[,}]', metrics), metrics
 
 
 def test_multi_model_service_serves_three_models(home: Path) -> None:
