@@ -6,12 +6,11 @@ Nothing here imports torch: commands that need it import it inside their body.
 
 from __future__ import annotations
 
-import sys
-
 import typer
 
 from . import bench, deploy, remote_cmds, serve, store_cmds
-from .render import fail
+from .quick import apply_store_flag
+from .render import run_guarded
 
 PROG = "shelf"
 
@@ -53,12 +52,7 @@ def _options(
     ),
 ) -> None:
     """torchshelf: a versioned PyTorch model store, a batching inference server and a benchmark."""
-    import os
-
-    if store:
-        # The flag wins over everything; core reads the root from the environment, and child
-        # processes (serve workers) inherit it.
-        os.environ["TORCHSHELF_HOME"] = os.path.abspath(os.path.expanduser(store))
+    apply_store_flag(store)
 
 
 store_cmds.register(app)
@@ -94,16 +88,7 @@ app.add_typer(_models_group(app), name="models", rich_help_panel="Store")
 
 
 def main() -> None:
-    """Console-script entry point: run the app; errors become one line on stderr and an exit code."""
-    from torchshelf.errors import ShelfError
-
-    try:
-        # A fixed program name: `python -m torchshelf` then completes and reads like `shelf`
-        # (completion is keyed on `_SHELF_COMPLETE`, derived from this name).
-        app(prog_name=PROG)
-    except ShelfError as exc:
-        fail(exc)
-    except OSError as exc:
-        fail(exc, 1)
-    except KeyboardInterrupt:
-        sys.exit(130)
+    """Run the Typer app: errors become one line on stderr and an exit code."""
+    # A fixed program name: `python -m torchshelf` then completes and reads like `shelf`
+    # (completion is keyed on `_SHELF_COMPLETE`, derived from this name).
+    run_guarded(lambda: app(prog_name=PROG))

@@ -10,15 +10,13 @@ import json
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 
+from .listing import list_versions, open_source, show_version
 from .remote_cmds import REMOTE_HELP, RemoteFlagCommand, open_remote
-from .render import fail, human_size, print_columns, print_json, stderr, stdout
-
-if TYPE_CHECKING:
-    from torchshelf.records import ModelStore
+from .render import fail, human_size, stderr, stdout
 
 
 class Output(str, Enum):
@@ -30,15 +28,6 @@ class Output(str, Enum):
 class InfoOutput(str, Enum):
     table = "table"
     json = "json"
-
-
-def _source(remote: str | None) -> ModelStore:
-    """The store a command works on: the remote for `--remote [URL]`, else the local store."""
-    if remote is not None:
-        return open_remote(remote)
-    from torchshelf.store import default_store
-
-    return default_store()
 
 
 def _parse_signature(text: str) -> tuple[str, dict[str, Any]]:
@@ -233,26 +222,7 @@ def register(app: typer.Typer) -> None:
         An unknown NAME lists nothing and exits 0, so scripts can test the output; the Python
         API (`torchshelf.models.list(name)`) raises NotFound instead, as BentoML does.
         """
-        source = _source(remote)
-        if output is Output.json:
-            print_json([i.to_dict() for i in source.list_info(name, label, latest=latest)])
-            return
-        found = source.list(name, label, latest=latest)
-        if output is Output.tags:
-            sys.stdout.write("".join(f"{m.name}:{m.version}\n" for m in found))
-            return
-        sizes: dict[int, str] = {}
-        label_text: dict[int, str] = {}  # by id: versions of one name share their label sets
-        rows = []
-        for m in found:
-            labels = label_text.get(id(m.labels))
-            if labels is None:
-                labels = ",".join(f"{k}={v}" for k, v in sorted(m.labels.items()))
-                label_text[id(m.labels)] = labels
-            size = sizes.get(m.size) or sizes.setdefault(m.size, human_size(m.size))
-            created = m.creation_time[:19].replace("T", " ")
-            rows.append([f"{m.name}:{m.version}", created, m.format, size, labels])
-        print_columns(["TAG", "CREATED (UTC)", "FORMAT", "SIZE", "LABELS"], rows)
+        list_versions(name, label, latest=latest, output=output.value, remote=remote)
 
     @app.command(rich_help_panel="Store", cls=RemoteFlagCommand)
     def get(
@@ -266,32 +236,7 @@ def register(app: typer.Typer) -> None:
         ] = None,
     ) -> None:
         """Show one version's manifest: labels, metadata, signatures, files."""
-        info = _source(remote).get(tag).to_dict()
-        if output is InfoOutput.json:
-            print_json(info)
-            return
-        from rich.table import Table
-
-        table = Table(show_header=False, box=None, pad_edge=False)
-        table.add_column(style="bold")
-        table.add_column()
-        for key in (
-            "tag",
-            "path",
-            "creation_time",
-            "format",
-            "module_class",
-            "torch_version",
-            "trusted",
-        ):
-            table.add_row(key, str(info[key]))
-        table.add_row("size", human_size(info["size"]))
-        for key in ("labels", "metadata", "signatures"):
-            table.add_row(key, json.dumps(info[key], sort_keys=True) if info[key] else "-")
-        table.add_row("custom_objects", ", ".join(info["custom_objects"]) or "-")
-        for rel, rec in info["files"].items():
-            table.add_row("file", f"{rel}  {human_size(rec['size'])}  sha256:{rec['sha256'][:16]}")
-        stdout.print(table)
+        show_version(tag, output=output.value, remote=remote)
 
     @app.command(rich_help_panel="Store", cls=RemoteFlagCommand)
     def label(
@@ -313,7 +258,7 @@ def register(app: typer.Typer) -> None:
 
         if not labels and not remove:
             raise UsageError("nothing to do: give K=V labels and/or --remove K")
-        m = _source(remote).set_labels(tag, parse_assignments(labels), remove)
+        m = open_source(remote).set_labels(tag, parse_assignments(labels), remove)
         stderr.print(
             f"{m.name}:{m.version}: "
             + (",".join(f"{k}={v}" for k, v in sorted(m.labels.items())) or "(no labels)"),

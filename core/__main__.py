@@ -1,5 +1,5 @@
 """`python -m torchshelf`: the `shelf` command (the one place core reaches into the CLI)."""
 
-from torchshelf.cli.app import main
+from torchshelf.cli.main import main
 
 main()

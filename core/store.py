@@ -121,6 +121,17 @@ def default_store(store: Store | str | os.PathLike[str] | None = None) -> Store:
     return Store(config.store_root(store))
 
 
+def _origin_at(vdir: Path) -> dict[str, Any]:
+    """`.origin.json` of a version directory; none means saved here, and so trusted."""
+    try:
+        data = json.loads((vdir / ORIGIN).read_bytes())
+        return data if isinstance(data, dict) else {"trusted": False}
+    except FileNotFoundError:
+        return {"source": "local", "trusted": True}
+    except ValueError:
+        return {"trusted": False}
+
+
 class Store:
     """A model store rooted at `root`. Cheap to construct; creates directories on first write."""
 
@@ -247,27 +258,22 @@ class Store:
         out = []
         for row in self.list(name, labels, latest=latest):
             with contextlib.suppress(NotFound, ManifestError):  # deleted or broken since listed
-                out.append(self.get(Tag(row.name, row.version)))
+                out.append(self._info(self.read_manifest(row.name, row.version)))
         return out
 
     def get(self, tag: object) -> ModelInfo:
         """The record of one version (what `shelf get` shows)."""
+        return self._info(self.resolve(tag))
+
+    def _info(self, m: Manifest) -> ModelInfo:
         from .model import ModelInfo
 
-        m = self.resolve(tag)
-        return ModelInfo.from_manifest(
-            m, self.version_dir(m.name, m.version), self.is_trusted(m.name, m.version)
-        )
+        vdir = self.version_dir(m.name, m.version)
+        return ModelInfo.from_manifest(m, vdir, _origin_at(vdir).get("trusted") is True)
 
     def origin(self, name: str, version: str) -> dict[str, Any]:
         """Where a version came from; locally saved versions have no origin file and are trusted."""
-        try:
-            data = json.loads((self.version_dir(name, version) / ORIGIN).read_bytes())
-            return data if isinstance(data, dict) else {"trusted": False}
-        except FileNotFoundError:
-            return {"source": "local", "trusted": True}
-        except ValueError:
-            return {"trusted": False}
+        return _origin_at(self.version_dir(name, version))
 
     def is_trusted(self, name: str, version: str) -> bool:
         return self.origin(name, version).get("trusted") is True
