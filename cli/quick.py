@@ -20,6 +20,8 @@ import os
 from collections.abc import Callable, Mapping
 from functools import partial
 
+from torchshelf.config import ENV_HOME, completion_requested
+
 from . import listing
 
 # option -> (attribute, takes a value); both long and short spellings, as the commands declare
@@ -37,7 +39,7 @@ def apply_store_flag(value: str | None) -> None:
     """`shelf --store DIR`: the flag wins over everything. Core reads the root from the
     environment, and child processes (serve workers) inherit it."""
     if value:
-        os.environ["TORCHSHELF_HOME"] = os.path.abspath(os.path.expanduser(value))
+        os.environ[ENV_HOME] = os.path.abspath(os.path.expanduser(value))
 
 
 def _scan(
@@ -74,7 +76,7 @@ def _scan(
 
 def parse(argv: list[str], environ: Mapping[str, str]) -> Callable[[], None] | None:
     """The command `argv` (without the program name) asks for, or None to let Typer parse it."""
-    if "_SHELF_COMPLETE" in environ:
+    if completion_requested(environ):
         return None  # shell completion is click's
     i, store = 0, None
     while i < len(argv) and argv[i].startswith("--store"):

@@ -91,11 +91,10 @@ def print_json(data: Any) -> None:
 
 
 def _bold(text: str) -> str:
-    """`text` in bold on a colour terminal, as rich would print it; unchanged when piped, under
-    NO_COLOR or on a dumb terminal."""
-    if not sys.stdout.isatty() or "NO_COLOR" in os.environ or os.environ.get("TERM") == "dumb":
-        return text
-    return f"\x1b[1m{text}\x1b[0m"
+    """`text` in bold on a terminal, as rich would print it; unchanged when piped."""
+    from torchshelf.config import bold_allowed
+
+    return f"\x1b[1m{text}\x1b[0m" if bold_allowed(sys.stdout.isatty()) else text
 
 
 def print_columns(headers: list[str], rows: list[list[str]]) -> None:
@@ -104,12 +103,13 @@ def print_columns(headers: list[str], rows: list[list[str]]) -> None:
     Used for listings instead of `rich.table.Table`, which measures every cell (about 1 ms a
     row here), and without rich at all, whose import alone is ~15 ms of a `shelf list`.
     """
-    widths = [len(h) for h in headers]
-    for i in range(len(headers)):
-        widths[i] = max(widths[i], max((len(r[i]) for r in rows), default=0))
-    fmt = "  ".join(f"{{:<{w}}}" for w in widths[:-1]) + "  {}"
+    columns = zip(*rows, strict=True) if rows else ([] for _ in headers)
+    widths = [
+        max(len(h), max(map(len, c), default=0)) for h, c in zip(headers, columns, strict=True)
+    ]
+    fmt = "  ".join([*(f"{{:<{w}}}" for w in widths[:-1]), "{}"])
     sys.stdout.write(_bold(fmt.format(*headers).rstrip()) + "\n")
-    sys.stdout.write("".join(fmt.format(*r).rstrip() + "\n" for r in rows))
+    sys.stdout.write("\n".join([fmt.format(*r).rstrip() for r in rows]) + ("\n" if rows else ""))
     sys.stdout.flush()
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ ENV_API_TOKEN = "TORCHSHELF_API_TOKEN"
 ENV_ENDPOINT = "AWS_ENDPOINT_URL"  # the standard AWS variable; a `[remote] endpoint_url` wins
 ENV_MAX_IMPORT = "TORCHSHELF_MAX_IMPORT_BYTES"
 ENV_SUPERVISOR_PID = "TORCHSHELF_SUPERVISOR_PID"  # set by `shelf serve --workers` for its workers
+ENV_COMPLETE = "_SHELF_COMPLETE"  # click's shell-completion switch for the `shelf` program
 DEFAULT_MAX_IMPORT = 256 << 30
 DEFAULT_HOME = Path("~/.torchshelf")
 
@@ -130,3 +132,16 @@ def supervisor_pid() -> int | None:
     """The pid of the `shelf serve --workers` supervisor that started this worker, if any."""
     raw = os.environ.get(ENV_SUPERVISOR_PID)
     return int(raw) if raw and raw.isdigit() else None
+
+
+def completion_requested(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether this `shelf` process was started by a shell's completion script."""
+    return ENV_COMPLETE in (os.environ if environ is None else environ)
+
+
+def bold_allowed(is_terminal: bool) -> bool:
+    """Whether the plain tables may print bold text, by rich's rules: on a terminal or with
+    FORCE_COLOR set, and never on a dumb terminal (NO_COLOR turns off colours, not bold)."""
+    if os.environ.get("TERM") == "dumb":
+        return False
+    return is_terminal or bool(os.environ.get("FORCE_COLOR"))

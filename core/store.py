@@ -18,17 +18,15 @@ from __future__ import annotations
 
 import builtins
 import contextlib
-import dataclasses
 import errno
 import json
 import os
 import shutil
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from . import selectors
 from .diskspace import remove_quietly, translate_full
@@ -40,34 +38,20 @@ from .errors import (
     NotFound,
 )
 from .index import NEWEST, ModelSummary, Rows, StoreIndex
-from .manifest import (
-    MANIFEST,
-    MANIFEST_SUM,
-    ORIGIN,
-    Manifest,
-    check_files,
-    fsync_dir,
-    manifest_digest,
-    parse_manifest,
-    read_manifest_sums,
-    stat_signature,
-    write_manifest_sums,
-    write_stat_cache,
-)
 from .records import Labels, check_labels, merge_labels, pick_prefix
 from .tag import NAME_RE, Tag, new_version, parse_tag, validate_name, validate_version
 
 if TYPE_CHECKING:
     from filelock import FileLock
 
+    from .manifest import Manifest
     from .model import ModelInfo
 
 LOCK_TIMEOUT = 60.0
 FOREIGN_STALE_SECONDS = 24 * 3600  # gc removes another host's staging after a day untouched
 
 
-@dataclass(frozen=True)
-class GcReport:
+class GcReport(NamedTuple):
     """What `gc` removed: entries and bytes freed."""
 
     removed: tuple[str, ...]
@@ -123,6 +107,8 @@ def default_store(store: Store | str | os.PathLike[str] | None = None) -> Store:
 
 def _origin_at(vdir: Path) -> dict[str, Any]:
     """`.origin.json` of a version directory; none means saved here, and so trusted."""
+    from .manifest import ORIGIN
+
     try:
         data = json.loads((vdir / ORIGIN).read_bytes())
         return data if isinstance(data, dict) else {"trusted": False}
@@ -160,6 +146,8 @@ class Store:
     # --- reading ----------------------------------------------------------------------------
 
     def read_manifest(self, name: str, version: str) -> Manifest:
+        from .manifest import MANIFEST, parse_manifest
+
         path = self.version_dir(name, version) / MANIFEST
         try:
             data = path.read_bytes()
@@ -245,7 +233,9 @@ class Store:
         names = [validate_name(name)] if name else self.names()
         out: builtins.list[ModelSummary] = []
         for n in names:
-            versions = [r for r in self.summaries(n) if selectors.matches(r.labels, sels)]
+            versions = self.summaries(n)
+            if sels:
+                versions = [r for r in versions if selectors.matches(r.labels, sels)]
             out.extend(versions[:1] if latest else versions)
         if len(names) > 1:
             out.sort(key=NEWEST, reverse=True)
@@ -280,6 +270,8 @@ class Store:
 
     def check(self, manifest: Manifest, *, full: bool = False, progress: Any = None) -> None:
         """Integrity check of a version's manifest and files (stat-cached unless `full`)."""
+        from .manifest import check_files
+
         vdir = self.version_dir(manifest.name, manifest.version)
         self._check_manifest_bytes(manifest, vdir)
         check_files(manifest, vdir, full=full, progress=progress)
@@ -290,6 +282,7 @@ class Store:
         Lock-free first; a mismatch is re-checked under the name lock, because a label change
         replaces the two files one after the other.
         """
+        from .manifest import MANIFEST, MANIFEST_SUM, manifest_digest, read_manifest_sums
 
         def matches() -> bool:
             sums = read_manifest_sums(vdir)
@@ -339,6 +332,19 @@ class Store:
         With `auto_version`, a version that another process took meanwhile is replaced by a
         fresh one; otherwise an existing version is `AlreadyExists`.
         """
+        import dataclasses
+
+        from .manifest import (
+            MANIFEST,
+            MANIFEST_SUM,
+            ORIGIN,
+            fsync_dir,
+            manifest_digest,
+            stat_signature,
+            write_manifest_sums,
+            write_stat_cache,
+        )
+
         if origin is not None:
             (staging / ORIGIN).write_text(json.dumps(origin))
         while True:
@@ -381,6 +387,14 @@ class Store:
         Call under the name lock. `.manifest.sha256` accepts both the old and the new manifest
         while the manifest is swapped, so a crash at any point leaves a version that checks.
         """
+        from .manifest import (
+            MANIFEST,
+            fsync_dir,
+            manifest_digest,
+            read_manifest_sums,
+            write_manifest_sums,
+        )
+
         vdir = self.version_dir(manifest.name, manifest.version)
         data = manifest.to_json()
         tmp = vdir / f".{MANIFEST}.{os.urandom(4).hex()}.tmp"
@@ -406,6 +420,8 @@ class Store:
         self, tag: object, labels: dict[str, str], remove: Iterable[str] = ()
     ) -> Manifest:
         """Add/overwrite `labels` and drop `remove` keys on one version, under the name lock."""
+        import dataclasses
+
         check_labels(labels)
         target = self.resolve(tag)
         with (
@@ -420,6 +436,8 @@ class Store:
         return manifest
 
     def set_trusted(self, tag: object) -> Manifest:
+        from .manifest import ORIGIN
+
         manifest = self.resolve(tag)
         with self.lock(manifest.name):
             vdir = self.version_dir(manifest.name, manifest.version)

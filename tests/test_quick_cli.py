@@ -101,6 +101,7 @@ def both_ways(argv: list[str], root: Path) -> tuple[tuple[str, str, int], tuple[
 
 def _argv(template: list[str], root: Path, tag: str) -> list[str]:
     subs = {"TAG": tag, "PREFIX": tag[: tag.index(":") + 9], "STORE": str(root)}
+    subs["--store=STORE"] = f"--store={root}"
     return [subs.get(a, a) for a in template]
 
 
@@ -313,3 +314,39 @@ def test_a_closed_pipe_ends_the_listing_quietly(store: tuple[Path, str], entry: 
     finally:
         os.close(write_end)
     assert (proc.returncode, proc.stderr) == (1, "")
+
+
+def test_headers_are_bold_only_where_rich_would_style_them(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from torchshelf.cli.render import print_columns, print_fields
+
+    monkeypatch.delenv("FORCE_COLOR", raising=False)
+    monkeypatch.setenv("TERM", "xterm")
+    print_columns(["TAG", "SIZE"], [["m:v", "1 B"]])
+    assert capsys.readouterr().out == "TAG  SIZE\nm:v  1 B\n"  # piped: plain
+    monkeypatch.setenv("FORCE_COLOR", "1")
+    print_columns(["TAG", "SIZE"], [["m:v", "1 B"]])
+    print_fields([("tag", "m:v"), ("size", "1 B")])
+    assert capsys.readouterr().out == (
+        "\x1b[1mTAG  SIZE\x1b[0m\nm:v  1 B\n\x1b[1mtag \x1b[0m  m:v\n\x1b[1msize\x1b[0m  1 B\n"
+    )
+    monkeypatch.setenv("TERM", "dumb")
+    print_columns(["TAG"], [])
+    assert capsys.readouterr().out == "TAG\n"
+
+
+def test_listing_a_missing_name_or_store_creates_nothing(tmp_path: Path) -> None:
+    """A typo in `--store` or in a name must not leave directories, locks or index files."""
+    missing = tmp_path / "no-store-here"
+    for args in (["list", "nothing"], ["list"], ["list", "nothing", "-o", "json"]):
+        proc = subprocess.run(
+            [sys.executable, "-m", "torchshelf", "--store", str(missing), *args],
+            env=child_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert (proc.returncode, proc.stderr) == (0, ""), proc.stderr
+        assert proc.stdout.strip() in ("", "[]", "TAG  CREATED (UTC)  FORMAT  SIZE  LABELS")
+    assert not missing.exists()
