@@ -28,7 +28,15 @@ from typing import IO, Any
 from .config import ENV_MAX_IMPORT, max_import_bytes
 from .diskspace import ensure_free, is_disk_full, store_full
 from .errors import AlreadyExists, ArchiveError, IntegrityError, ManifestError, UsageError
-from .manifest import MANIFEST, HashingWriter, Manifest, Progress, check_relpath, parse_manifest
+from .manifest import (
+    MANIFEST,
+    FileRecord,
+    HashingWriter,
+    Manifest,
+    Progress,
+    check_relpath,
+    parse_manifest,
+)
 from .store import Store, now_iso
 from .tag import Tag, validate_name, validate_version
 
@@ -207,75 +215,18 @@ def import_model(
     try:
         with tar:
             members = iter(tar)
-            first = next(members, None)
-            if first is None:
-                raise ArchiveError(f"{path} is empty")
-            name, version, rel = _split_member(first)
-            if rel != MANIFEST or not first.isreg() or first.size > MAX_MANIFEST_BYTES:
-                raise ArchiveError(f"{path}: the first member must be <name>/<version>/{MANIFEST}")
-            fh = tar.extractfile(first)
-            assert fh is not None
-            try:
-                manifest = parse_manifest(fh.read(), f"{path.name}:{MANIFEST}")
-            except ManifestError as exc:
-                raise ArchiveError(f"{path}: {exc}") from None
-            if (manifest.name, manifest.version) != (name, version):
-                raise ArchiveError(
-                    f"{path}: member path {name}/{version} does not match its manifest"
-                )
-            total = manifest.size
-            if total > max_import_bytes():
-                raise ArchiveError(
-                    f"{path}: the version holds {total} bytes, over the import limit "
-                    f"({ENV_MAX_IMPORT}={max_import_bytes()})"
-                )
-            needed = total
-            ensure_free(store.root, total, f"importing {name}:{version} from {path.name}")
+            manifest = _read_first_manifest(tar, next(members, None), path)
+            name, version = manifest.name, manifest.version
+            needed = manifest.size
+            ensure_free(store.root, needed, f"importing {name}:{version} from {path.name}")
             if store.version_dir(name, version).exists():
                 raise AlreadyExists(f"model {name}:{version} already exists in {store.root}")
             staging = store.stage()
             seen: set[str] = set()
             for member in members:
-                mname, mversion, mrel = _split_member(member)
-                if (mname, mversion) != (name, version):
-                    raise ArchiveError(
-                        f"{path}: member {member.name!r} is outside {name}/{version}"
-                    )
-                if not member.isreg():
-                    raise ArchiveError(
-                        f"{path}: member {member.name!r} is not a regular file (links and devices are refused)"
-                    )
-                if mrel in seen or mrel == MANIFEST:
-                    raise ArchiveError(f"{path}: duplicate member {member.name!r}")
-                rec = manifest.files.get(mrel)
-                if rec is None:
-                    raise ArchiveError(
-                        f"{path}: member {member.name!r} is not listed in the manifest"
-                    )
-                if member.size != rec["size"]:
-                    raise ArchiveError(
-                        f"{path}: member {member.name!r} has {member.size} bytes, manifest says {rec['size']}"
-                    )
-                seen.add(mrel)
-                target = staging / check_relpath(mrel)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                src = tar.extractfile(member)
-                assert src is not None
-                writer = HashingWriter(target, progress)
-                try:
-                    remaining = member.size
-                    while remaining > 0:
-                        chunk = src.read(min(_COPY, remaining))
-                        if not chunk:
-                            raise ArchiveError(f"{path}: member {member.name!r} is truncated")
-                        writer.write(chunk)
-                        remaining -= len(chunk)
-                except BaseException:
-                    writer.abort()
-                    raise
-                got = writer.close()
-                if got["sha256"] != rec["sha256"]:
-                    raise ArchiveError(f"{path}: {mrel} does not match the sha256 in its manifest")
+                rel, rec = _listed_member(member, manifest, seen, path)
+                seen.add(rel)
+                _copy_member(tar, member, staging, rel, rec, path, progress)
             missing = sorted(set(manifest.files) - seen)
             if missing:
                 raise ArchiveError(f"{path}: files listed in the manifest are missing: {missing}")
@@ -301,6 +252,89 @@ def import_model(
         tar.fileobj.close()  # type: ignore[union-attr]
         if staging is not None:
             store.discard(staging)
+
+
+def _read_first_manifest(
+    tar: tarfile.TarFile, first: tarfile.TarInfo | None, path: Path
+) -> Manifest:
+    """The archive's first member, which must be its version's manifest, parsed and checked
+    against its member path and the import size limit before anything is written."""
+    if first is None:
+        raise ArchiveError(f"{path} is empty")
+    name, version, rel = _split_member(first)
+    if rel != MANIFEST or not first.isreg() or first.size > MAX_MANIFEST_BYTES:
+        raise ArchiveError(f"{path}: the first member must be <name>/<version>/{MANIFEST}")
+    fh = tar.extractfile(first)
+    assert fh is not None
+    try:
+        manifest = parse_manifest(fh.read(), f"{path.name}:{MANIFEST}")
+    except ManifestError as exc:
+        raise ArchiveError(f"{path}: {exc}") from None
+    if (manifest.name, manifest.version) != (name, version):
+        raise ArchiveError(f"{path}: member path {name}/{version} does not match its manifest")
+    if manifest.size > max_import_bytes():
+        raise ArchiveError(
+            f"{path}: the version holds {manifest.size} bytes, over the import limit "
+            f"({ENV_MAX_IMPORT}={max_import_bytes()})"
+        )
+    return manifest
+
+
+def _listed_member(
+    member: tarfile.TarInfo, manifest: Manifest, seen: set[str], path: Path
+) -> tuple[str, FileRecord]:
+    """A later member's path inside the version and its manifest record; a member outside the
+    version, not a regular file, repeated, unlisted or of the wrong size is refused."""
+    mname, mversion, mrel = _split_member(member)
+    if (mname, mversion) != (manifest.name, manifest.version):
+        raise ArchiveError(
+            f"{path}: member {member.name!r} is outside {manifest.name}/{manifest.version}"
+        )
+    if not member.isreg():
+        raise ArchiveError(
+            f"{path}: member {member.name!r} is not a regular file (links and devices are refused)"
+        )
+    if mrel in seen or mrel == MANIFEST:
+        raise ArchiveError(f"{path}: duplicate member {member.name!r}")
+    rec = manifest.files.get(mrel)
+    if rec is None:
+        raise ArchiveError(f"{path}: member {member.name!r} is not listed in the manifest")
+    if member.size != rec.size:
+        raise ArchiveError(
+            f"{path}: member {member.name!r} has {member.size} bytes, manifest says {rec.size}"
+        )
+    return mrel, rec
+
+
+def _copy_member(
+    tar: tarfile.TarFile,
+    member: tarfile.TarInfo,
+    staging: Path,
+    rel: str,
+    rec: FileRecord,
+    path: Path,
+    progress: Progress | None,
+) -> None:
+    """Copy one member into staging, hashing as it goes; a short or mismatching copy fails."""
+    target = staging / check_relpath(rel)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    src = tar.extractfile(member)
+    assert src is not None
+    writer = HashingWriter(target, progress)
+    try:
+        remaining = member.size
+        while remaining > 0:
+            chunk = src.read(min(_COPY, remaining))
+            if not chunk:
+                raise ArchiveError(f"{path}: member {member.name!r} is truncated")
+            writer.write(chunk)
+            remaining -= len(chunk)
+    except BaseException:
+        writer.abort()
+        raise
+    got = writer.close()
+    if got["sha256"] != rec.sha256:
+        raise ArchiveError(f"{path}: {rel} does not match the sha256 in its manifest")
 
 
 def _split_member(member: tarfile.TarInfo) -> tuple[str, str, str]:

@@ -475,6 +475,9 @@ def _split(total: int, parts: int) -> list[int]:
     return [base + (1 if i < extra else 0) for i in range(parts)]
 
 
+_Kept = tuple["array[int]", "array[int]", int, list[tuple[int, int]]]  # one window's raw data
+
+
 def _run_level(
     endpoint: Endpoint,
     request: bytes,
@@ -483,7 +486,7 @@ def _run_level(
     settings: LoadSettings,
     progress: Progress | None,
 ) -> ServerResult:
-    shares = _split(concurrency, settings.procs)
+    """Measure one concurrency level: windows until the last three agree, then summarise them."""
     workers = [
         _start_worker(
             {
@@ -498,51 +501,26 @@ def _run_level(
                 "timeout_ns": int(settings.timeout_s * 1e9),
             }
         )
-        for share in shares
+        for share in _split(concurrency, settings.procs)
     ]
     label = f"concurrency {concurrency}"
     try:
-        for proc, pconn in workers:
-            if not pconn.poll(60):
-                raise ServerUnreachable(f"load worker {proc.pid} did not start within 60 s")
-            try:
-                message = pconn.recv()
-            except EOFError:
-                raise ShelfError(
-                    f"load worker {proc.pid} exited before starting (see its error above)"
-                ) from None
-            if message[0] == "error":
-                raise ServerUnreachable(message[1] + "; is the server running?")
+        _await_ready(workers)
         start_ns = time.perf_counter_ns() + 50_000_000
         for _, pconn in workers:
             pconn.send(("go", start_ns))
         time.sleep(max(0.0, (start_ns + settings.warmup_s * 1e9 - time.perf_counter_ns()) / 1e9))
         before = _fetch_metrics(endpoint, settings.headers)
-
         windows: list[Window] = []
-        kept: list[tuple[array[int], array[int], int, list[tuple[int, int]]]] = []
+        kept: list[_Kept] = []
         stable = False
         for _ in range(settings.max_windows):
-            lat: array[int] = array("q")
-            sts: array[int] = array("h")
-            cpu: list[tuple[int, int]] = []
-            wall = 0
-            for proc, pconn in workers:
-                try:
-                    if not pconn.poll(settings.duration_s * 4 + 30):
-                        raise EOFError
-                    _, _, lat_bytes, st_bytes, cpu_ns, wall_ns = pconn.recv()
-                except EOFError:
-                    raise ShelfError(f"load worker {proc.pid} stopped reporting") from None
-                lat.frombytes(lat_bytes)
-                sts.frombytes(st_bytes)
-                cpu.append((cpu_ns, wall_ns))
-                wall = max(wall, wall_ns)
+            window = _collect_window(workers, settings)
+            lat, sts, wall, _ = window
             ok = [v for v, s in zip(lat, sts, strict=False) if 200 <= s < 300]
             rate = len(ok) / (wall / 1e9) if wall else 0.0
-            p50 = sorted(ok)[len(ok) // 2] / 1e6 if ok else math.nan
-            windows.append(Window(rate, p50))
-            kept.append((lat, sts, wall, cpu))
+            windows.append(Window(rate, sorted(ok)[len(ok) // 2] / 1e6 if ok else math.nan))
+            kept.append(window)
             stable = windows_agree(windows, settings.stability)
             if progress:
                 progress(label, len(windows), settings.max_windows, stable)
@@ -555,9 +533,60 @@ def _run_level(
     finally:
         _send_stop(workers)
         _drain_and_join(workers, deadline_s=settings.duration_s + 10)
+    mean, distribution = _batch_delta(before, after)
+    return _summarise(
+        kept[-3:], len(workers), concurrency, body, mean, distribution, len(windows), stable
+    )
 
-    # Statistics over the last three windows: the ones the stability rule judged.
-    tail = kept[-3:]
+
+def _await_ready(workers: list[tuple[subprocess.Popen[bytes], Connection]]) -> None:
+    """Every load worker has connected to the server, or the first that could not says why."""
+    for proc, pconn in workers:
+        if not pconn.poll(60):
+            raise ServerUnreachable(f"load worker {proc.pid} did not start within 60 s")
+        try:
+            message = pconn.recv()
+        except EOFError:
+            raise ShelfError(
+                f"load worker {proc.pid} exited before starting (see its error above)"
+            ) from None
+        if message[0] == "error":
+            raise ServerUnreachable(message[1] + "; is the server running?")
+
+
+def _collect_window(
+    workers: list[tuple[subprocess.Popen[bytes], Connection]], settings: LoadSettings
+) -> _Kept:
+    """One measurement window from every worker: latencies, statuses, wall time, CPU."""
+    lat: array[int] = array("q")
+    sts: array[int] = array("h")
+    cpu: list[tuple[int, int]] = []
+    wall = 0
+    for proc, pconn in workers:
+        try:
+            if not pconn.poll(settings.duration_s * 4 + 30):
+                raise EOFError
+            _, _, lat_bytes, st_bytes, cpu_ns, wall_ns = pconn.recv()
+        except EOFError:
+            raise ShelfError(f"load worker {proc.pid} stopped reporting") from None
+        lat.frombytes(lat_bytes)
+        sts.frombytes(st_bytes)
+        cpu.append((cpu_ns, wall_ns))
+        wall = max(wall, wall_ns)
+    return lat, sts, wall, cpu
+
+
+def _summarise(
+    tail: list[_Kept],
+    n_workers: int,
+    concurrency: int,
+    body: RequestBody,
+    mean: float | None,
+    distribution: dict[str, int] | None,
+    windows: int,
+    stable: bool,
+) -> ServerResult:
+    """Statistics over the last three windows: the ones the stability rule judged."""
     ok_latencies: list[int] = []
     errors: Counter[str] = Counter()
     for lat, sts, _, _ in tail:
@@ -570,10 +599,9 @@ def _run_level(
     cpu_s = sum(c for _, _, _, cpu in tail for c, _ in cpu) / 1e9
     per_worker = [
         sum(cpu[i][0] for *_, cpu in tail) / max(1, sum(cpu[i][1] for *_, cpu in tail))
-        for i in range(len(workers))
+        for i in range(n_workers)
     ]
     requests = len(ok_latencies) + sum(errors.values())
-    mean, distribution = _batch_delta(before, after)
     return ServerResult(
         concurrency=concurrency,
         requests=requests,
@@ -586,7 +614,7 @@ def _run_level(
         client_cpu_percent=100.0 * cpu_s / wall_s if wall_s else 0.0,
         client_cpu_us_per_request=cpu_s / requests * 1e6 if requests else None,
         client_bound=client_was_bound(per_worker),
-        windows=len(windows),
+        windows=windows,
         stable=stable,
     )
 
