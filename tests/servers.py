@@ -25,7 +25,8 @@ class Server:
 
     def __init__(self, *args: str, env: dict[str, str] | None = None, wait: bool = True) -> None:
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.host = f"127.0.0.1:{self.port}"  # what tritonclient takes
+        self.url = f"http://{self.host}"
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "torchshelf", "serve", *args, "--port", str(self.port)],
             env={**os.environ, **(env or {})},

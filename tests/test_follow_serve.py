@@ -8,7 +8,6 @@ same runs against a local store and against a moto S3 remote on 127.0.0.1.
 
 from __future__ import annotations
 
-import os
 import secrets
 import signal
 import subprocess
@@ -23,6 +22,7 @@ import httpx
 import pytest
 from conftest import child_env
 from prometheus_client.parser import text_string_to_metric_families
+from s3_processes import AWS_ENV, threaded_moto
 
 import torchshelf
 from torchshelf.store import Store
@@ -198,36 +198,13 @@ class Load:
 
 # --- the remote -------------------------------------------------------------------------------
 
-AWS_ENV = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_SESSION_TOKEN": "testing",
-    "AWS_DEFAULT_REGION": "us-east-1",
-    "AWS_EC2_METADATA_DISABLED": "true",
-    "AWS_CONFIG_FILE": os.devnull,
-    "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
-}
-
 
 @pytest.fixture(scope="module")
 def moto_endpoint() -> Iterator[str]:
     pytest.importorskip("s3fs")
-    moto_server = pytest.importorskip("moto.server")
-    import logging
-
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    old = {k: os.environ.get(k) for k in AWS_ENV}
-    os.environ.update(AWS_ENV)
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-    for k, v in old.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    pytest.importorskip("moto.server")
+    with threaded_moto() as url:
+        yield url
 
 
 class Delivery:

@@ -21,42 +21,21 @@ from typing import Any
 import pytest
 
 pytest.importorskip("s3fs")
-moto_server = pytest.importorskip("moto.server")
+pytest.importorskip("moto.server")
 boto3 = pytest.importorskip("boto3")
+
+from s3_processes import AWS_ENV, threaded_moto  # noqa: E402
 
 from torchshelf import AlreadyExists, IntegrityError, NotFound, RemoteError  # noqa: E402
 from torchshelf.manifest import Manifest, hash_file  # noqa: E402
 from torchshelf.remote import Remote  # noqa: E402
 from torchshelf.store import Store, now_iso  # noqa: E402
 
-AWS_ENV = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_SESSION_TOKEN": "testing",
-    "AWS_DEFAULT_REGION": "us-east-1",
-    "AWS_EC2_METADATA_DISABLED": "true",
-    "AWS_CONFIG_FILE": os.devnull,
-    "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
-}
-
 
 @pytest.fixture(scope="module")
 def endpoint() -> Iterator[str]:
-    import logging
-
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
-    old = {k: os.environ.get(k) for k in AWS_ENV}
-    os.environ.update(AWS_ENV)
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-    for k, v in old.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    with threaded_moto() as url:
+        yield url
 
 
 @pytest.fixture

@@ -27,9 +27,9 @@ from typing import Any
 import httpx
 import pytest
 import torch
-from prometheus_client.parser import text_string_to_metric_families
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
+from servers import Server, free_port, metric
 
 SERVICE_SOURCE = textwrap.dedent(
     '''
@@ -121,12 +121,6 @@ SLOW_SOURCE = textwrap.dedent(
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _shelf(*args: str, env: dict[str, str] | None = None, **kw: Any) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "torchshelf", *args],
@@ -136,48 +130,6 @@ def _shelf(*args: str, env: dict[str, str] | None = None, **kw: Any) -> subproce
         text=True,
         **kw,
     )
-
-
-class Server:
-    """A `shelf serve` child process; `url` is ready once /readyz answers 200."""
-
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc = _shelf("serve", *args, "--port", str(self.port), env=env)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"server exited {self.proc.returncode}: {self.proc.stderr.read()}"
-                )
-            try:
-                if httpx.get(self.url + "/readyz", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        self.stop()
-        raise RuntimeError("server did not become ready")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
-def _metric(url: str, name: str, **labels: str) -> float:
-    text = httpx.get(url + "/metrics").text
-    total = 0.0
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                total += sample.value
-    return total
 
 
 @pytest.fixture(scope="module")
@@ -320,8 +272,8 @@ def test_64_concurrent_callers_each_get_their_own_rows_and_calls_are_batched(
 ) -> None:
     _, other = reference_models
     url = service_server.url
-    before_count = _metric(url, "torchshelf_batch_size_count", api="classify")
-    before_items = _metric(url, "torchshelf_batch_size_sum", api="classify")
+    before_count = metric(url, "torchshelf_batch_size_count", api="classify")
+    before_items = metric(url, "torchshelf_batch_size_sum", api="classify")
     xs = [torch.randn(1 + i % 3, 8) for i in range(64)]
     responses = asyncio.run(_concurrently(url + "/classify", [{"items": x.tolist()} for x in xs]))
     for x, r in zip(xs, responses, strict=True):
@@ -332,20 +284,20 @@ def test_64_concurrent_callers_each_get_their_own_rows_and_calls_are_batched(
         for row, item in zip(expected, got, strict=True):
             assert item["label"] == int(row.argmax())
             assert torch.allclose(torch.tensor(item["scores"]), row, atol=1e-5)
-    calls = _metric(url, "torchshelf_batch_size_count", api="classify") - before_count
-    items = _metric(url, "torchshelf_batch_size_sum", api="classify") - before_items
+    calls = metric(url, "torchshelf_batch_size_count", api="classify") - before_count
+    items = metric(url, "torchshelf_batch_size_sum", api="classify") - before_items
     assert items == sum(len(x) for x in xs)
     assert calls < 64, "concurrent callers should share model calls"
 
 
 def test_a_lone_request_is_run_as_a_batch_of_one(service_server: Server) -> None:
     url = service_server.url
-    ones = _metric(url, "torchshelf_batch_size_bucket", api="embed", le="1.0")
-    count = _metric(url, "torchshelf_batch_size_count", api="embed")
+    ones = metric(url, "torchshelf_batch_size_bucket", api="embed", le="1.0")
+    count = metric(url, "torchshelf_batch_size_count", api="embed")
     r = httpx.post(url + "/embed", json={"x": [[0.5] * 8]})
     assert r.status_code == 200, r.text
-    assert _metric(url, "torchshelf_batch_size_bucket", api="embed", le="1.0") == ones + 1
-    assert _metric(url, "torchshelf_batch_size_count", api="embed") == count + 1
+    assert metric(url, "torchshelf_batch_size_bucket", api="embed", le="1.0") == ones + 1
+    assert metric(url, "torchshelf_batch_size_count", api="embed") == count + 1
 
 
 def test_bad_requests_get_their_own_4xx_while_good_ones_in_flight_succeed(
@@ -542,7 +494,7 @@ def test_a_missing_device_fails_cleanly_before_binding(
     if torch.cuda.device_count() > 3:
         pytest.skip("this machine has a cuda:3")
     root, tag, _ = store
-    port = _free_port()
+    port = free_port()
     proc = _shelf(
         "serve", tag, "--device", "cuda:3", "--port", str(port), env={"TORCHSHELF_HOME": root}
     )
@@ -577,7 +529,7 @@ def test_a_service_that_fails_to_load_exits_1_with_its_error(tmp_path: Path) -> 
         "    def __init__(self):\n        raise RuntimeError('weights missing')\n\n"
         "    @ts.api\n    def predict(self, x: int) -> int:\n        return x\n"
     )
-    proc = _shelf("serve", f"{path}:Broken", "--port", str(_free_port()))
+    proc = _shelf("serve", f"{path}:Broken", "--port", str(free_port()))
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 1
     assert "weights missing" in err

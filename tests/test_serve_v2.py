@@ -8,13 +8,8 @@ api reports which requests shared each batch, so V2 and native requests are seen
 from __future__ import annotations
 
 import os
-import signal
-import socket
-import subprocess
-import sys
 import textwrap
 import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 import tritonclient.http as triton
-from prometheus_client.parser import text_string_to_metric_families
+from servers import Server, metric
 from tritonclient.utils import InferenceServerException
 
 TOKEN = "s3cret"
@@ -53,60 +48,6 @@ SERVICE_SOURCE = textwrap.dedent(
             return {"greeting": ("hello " + name) * times, "length": len(name)}
     '''
 )
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Server:
-    """A `shelf serve` child process, ready once /readyz answers 200."""
-
-    def __init__(self, *args: str, env: dict[str, str]) -> None:
-        self.port = _free_port()
-        self.host = f"127.0.0.1:{self.port}"
-        self.url = f"http://{self.host}"
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "torchshelf", "serve", *args, "--port", str(self.port)],
-            env={**os.environ, **env},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"server exited {self.proc.returncode}: {self.proc.stderr.read()}"
-                )
-            try:
-                if httpx.get(self.url + "/readyz", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        self.stop()
-        raise RuntimeError("server did not become ready")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
-def _metric(url: str, name: str, **labels: str) -> float:
-    total = 0.0
-    for family in text_string_to_metric_families(httpx.get(url + "/metrics").text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                total += sample.value
-    return total
 
 
 @pytest.fixture(scope="module")
@@ -254,8 +195,8 @@ def test_async_infer_64_in_flight_matches_the_model(models: Server, store: dict[
 
 def test_v2_and_native_requests_share_one_batch_queue(service: Server) -> None:
     """Concurrent V2 and native callers; the api reports who shared each batch."""
-    before = _metric(service.url, "torchshelf_batch_size_count", api="mix")
-    items_before = _metric(service.url, "torchshelf_batch_size_sum", api="mix")
+    before = metric(service.url, "torchshelf_batch_size_count", api="mix")
+    items_before = metric(service.url, "torchshelf_batch_size_sum", api="mix")
     mixed: list[bool] = []
     errors: list[BaseException] = []
 
@@ -289,8 +230,8 @@ def test_v2_and_native_requests_share_one_batch_queue(service: Server) -> None:
         t.join(60)
     assert not errors, errors[0]
     assert any(mixed), "no batch held both a V2 and a native request"
-    batches = _metric(service.url, "torchshelf_batch_size_count", api="mix") - before
-    items = _metric(service.url, "torchshelf_batch_size_sum", api="mix") - items_before
+    batches = metric(service.url, "torchshelf_batch_size_count", api="mix") - before
+    items = metric(service.url, "torchshelf_batch_size_sum", api="mix") - items_before
     assert items == 48 and batches < 48  # batch-size metrics: mean > 1
 
 
