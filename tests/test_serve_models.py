@@ -97,6 +97,40 @@ def test_with_several_models_the_single_model_routes_are_gone_and_unknown_names_
     )
 
 
+def test_the_python_client_chooses_a_model_by_name(three: Server, store: dict[str, object]) -> None:
+    models = store["models"]
+    assert isinstance(models, dict)
+    x = torch.randn(3, 8)
+    with torchshelf.Client(three.url) as client:
+        assert client.models == ["a", "b", "c"]
+        assert client.apis == ["predict"]  # one name, three owners
+        with pytest.raises(torchshelf.UsageError, match=r"several served models .*model="):
+            client.predict(x)
+    for name, key in (("a", "a"), ("b", "b1"), ("c", "c")):
+        with torchshelf.Client(three.url, model=name, binary=name != "b") as client:
+            assert client.apis == ["predict"]
+            with torch.inference_mode():
+                expected = models[key](x)
+            assert torch.allclose(torch.as_tensor(client.predict(x)), expected, atol=1e-5)
+    with (
+        torchshelf.Client(three.url, model="zzz") as client,
+        pytest.raises(torchshelf.UsageError, match="serves: a, b, c"),
+    ):
+        client.predict(x)
+
+
+def test_the_client_takes_the_name_of_a_single_served_model(store: dict[str, object]) -> None:
+    server = Server("c", env={"TORCHSHELF_HOME": str(store["root"])})
+    try:
+        assert torchshelf.Client(server.url).models == ["c"]
+        x = torch.randn(2, 8)
+        assert torchshelf.Client(server.url, model="c").predict(x).shape == (2, 5)
+        with pytest.raises(torchshelf.UsageError, match="serves: c"):
+            torchshelf.Client(server.url, model="a").predict(x)
+    finally:
+        server.stop()
+
+
 def test_serving_one_name_twice_is_a_usage_error(store: dict[str, object]) -> None:
     tags = store["tags"]
     assert isinstance(tags, dict)

@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 
-from ..errors import ShelfError
+from ..errors import ShelfError, UsageError
 from .streaming import SSE, ServerEvent, SSEDecoder
 
 __all__ = ["AsyncStream", "Client", "RequestError", "Stream"]
@@ -140,7 +140,9 @@ class Client:
     """A client for `shelf serve`, with one method per served api.
 
     `binary=True` (the default) sends and receives tensors as safetensors; `binary=False` uses
-    JSON nested lists. The token defaults to none; pass the server's `--api-token`.
+    JSON nested lists. The token defaults to none; pass the server's `--api-token`. When the
+    server serves several models (`shelf serve a b`), `model="a"` picks the one whose apis
+    this client calls; without it, an api name that several models have is an error.
 
     Example:
         >>> client = torchshelf.Client("http://127.0.0.1:3000")
@@ -148,17 +150,20 @@ class Client:
         >>> y = await client.predict.acall(torch.randn(4, 64))  # the same, async
         >>> client.apis
         ['predict']
+        >>> torchshelf.Client("http://127.0.0.1:3000", model="ranker").predict(x)  # several models
     """
 
     def __init__(
         self,
         url: str,
         *,
+        model: str | None = None,
         token: str | None = None,
         timeout: float = 60.0,
         binary: bool = True,
     ) -> None:
         self.url = url.rstrip("/")
+        self.model = model
         self.binary = binary
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._timeout = timeout
@@ -176,15 +181,43 @@ class Client:
         return self._schema
 
     @property
+    def models(self) -> list[str]:
+        """The names of the served models (one for a single target)."""
+        schema = self.schema
+        if "models" in schema:
+            return [m["name"] for m in schema["models"]]
+        return [schema["name"]] if "name" in schema else []
+
+    def _infos(self) -> list[dict[str, Any]]:
+        """The apis this client calls: every api, or with `model=` that model's."""
+        infos: list[dict[str, Any]] = self.schema["apis"]
+        if self.model is None:
+            return infos
+        if self.model not in self.models:
+            raise UsageError(
+                f"the server does not serve a model {self.model!r}; it serves: "
+                + ", ".join(self.models)
+            )
+        if "models" not in self.schema:
+            return infos  # a single target: its apis are the model's
+        return [info for info in infos if info.get("model") == self.model]
+
+    @property
     def apis(self) -> list[str]:
-        """The api names the server offers."""
-        return [a["name"] for a in self.schema["apis"]]
+        """The api names the server offers (with `model=`, that model's)."""
+        return list(dict.fromkeys(a["name"] for a in self._infos()))
 
     def _api_info(self, name: str) -> dict[str, Any]:
-        for info in self.schema["apis"]:
-            if info["name"] == name:
-                return info
-        raise AttributeError(f"the server has no api {name!r}; it has: {', '.join(self.apis)}")
+        found = [info for info in self._infos() if info["name"] == name]
+        if len(found) > 1:
+            owners = ", ".join(str(info.get("model")) for info in found)
+            raise UsageError(
+                f"several served models have an api {name!r} ({owners}): pass "
+                f"Client(url, model=...) to choose one"
+            )
+        if not found:
+            raise AttributeError(f"the server has no api {name!r}; it has: {', '.join(self.apis)}")
+        return found[0]
 
     def __getattr__(self, name: str) -> _Api:
         if name.startswith("_"):
@@ -375,7 +408,9 @@ class Client:
         await self.aclose()
 
     def __repr__(self) -> str:
-        return f"Client({self.url!r})"
+        return (
+            f"Client({self.url!r}, model={self.model!r})" if self.model else f"Client({self.url!r})"
+        )
 
 
 def _is_event_stream(response: httpx.Response) -> bool:

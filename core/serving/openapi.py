@@ -260,6 +260,7 @@ def schema_document(registry: ModelRegistry, options: ServeOptions) -> dict[str,
         slot = slots[0]
         return {
             "kind": slot.served.kind,
+            "name": slot.name,
             "target": slot.served.title,
             "device": slot.device,
             "version": slot.version,
