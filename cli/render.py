@@ -64,15 +64,20 @@ def fail(exc: BaseException, code: int | None = None) -> NoReturn:
 def _dumps(data: Any) -> bytes:
     """`data` as indented JSON. The stdlib encoder has no C path once `indent` is set (about
     150 µs a version for `shelf list -o json`), so orjson writes it when installed (the `fast`
-    extra); the two differ only in writing non-ASCII text as UTF-8 rather than `\\u` escapes."""
+    extra). The documents are equal; only spellings differ: non-ASCII text as UTF-8 rather than
+    `\\u` escapes, and `1e16` for `1e+16`."""
     try:
         import orjson
     except ImportError:
         pass
     else:
         with contextlib.suppress(TypeError):  # e.g. an int beyond 64 bits: the stdlib copes
+            # datetimes and dataclasses go to `default` as with the stdlib, not orjson's forms
+            options = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
             return orjson.dumps(
-                data, default=str, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS
+                data,
+                default=str,
+                option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS | options,
             )
     return json.dumps(data, indent=2, default=str).encode()
 

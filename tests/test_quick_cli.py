@@ -350,3 +350,26 @@ def test_listing_a_missing_name_or_store_creates_nothing(tmp_path: Path) -> None
         assert (proc.returncode, proc.stderr) == (0, ""), proc.stderr
         assert proc.stdout.strip() in ("", "[]", "TAG  CREATED (UTC)  FORMAT  SIZE  LABELS")
     assert not missing.exists()
+
+
+def test_json_output_is_the_same_document_with_or_without_orjson(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import dataclasses
+    import json
+    from datetime import datetime, timezone
+
+    from torchshelf.cli import render
+
+    @dataclasses.dataclass
+    class Point:
+        x: int
+
+    when = datetime(2026, 1, 2, tzinfo=timezone.utc)
+    data = [{"tag": "m:v", "labels": {"k": "é"}, "when": when, "p": Point(1), "f": 1e16}]
+    fast = render._dumps(data)
+    assert json.loads(fast) == json.loads(json.dumps(data, default=str))
+    assert json.loads(render._dumps([2**70])) == [2**70]  # beyond orjson: the stdlib writes it
+    monkeypatch.setitem(sys.modules, "orjson", None)  # as if the `fast` extra were absent
+    assert render._dumps(data) == json.dumps(data, indent=2, default=str).encode()
+    assert json.loads(render._dumps(data)) == json.loads(fast)
