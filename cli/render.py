@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -64,8 +65,9 @@ def fail(exc: BaseException, code: int | None = None) -> NoReturn:
 def _dumps(data: Any) -> bytes:
     """`data` as indented JSON. The stdlib encoder has no C path once `indent` is set (about
     150 µs a version for `shelf list -o json`), so orjson writes it when installed (the `fast`
-    extra). The documents are equal; only spellings differ: non-ASCII text as UTF-8 rather than
-    `\\u` escapes, and `1e16` for `1e+16`."""
+    extra). The documents are equal, NaN and infinity written as null by both (they are not
+    JSON); only spellings differ: non-ASCII text as UTF-8 rather than `\\u` escapes, `1e16`
+    for `1e+16`."""
     try:
         import orjson
     except ImportError:
@@ -79,7 +81,21 @@ def _dumps(data: Any) -> bytes:
                 default=str,
                 option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS | options,
             )
-    return json.dumps(data, indent=2, default=str).encode()
+    try:
+        return json.dumps(data, indent=2, default=str, allow_nan=False).encode()
+    except ValueError:  # NaN or infinity: not JSON; written as null, as orjson does
+        return json.dumps(_finite(data), indent=2, default=str).encode()
+
+
+def _finite(value: Any) -> Any:
+    """`value` with every NaN and infinity replaced by None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def print_json(data: Any) -> None:

@@ -357,6 +357,7 @@ def test_json_output_is_the_same_document_with_or_without_orjson(
 ) -> None:
     import dataclasses
     import json
+    import math
     from datetime import datetime, timezone
 
     from torchshelf.cli import render
@@ -367,9 +368,16 @@ def test_json_output_is_the_same_document_with_or_without_orjson(
 
     when = datetime(2026, 1, 2, tzinfo=timezone.utc)
     data = [{"tag": "m:v", "labels": {"k": "é"}, "when": when, "p": Point(1), "f": 1e16}]
-    fast = render._dumps(data)
+    odd = {"p50": math.nan, "rates": [math.inf, 1.5], "pair": (-math.inf, 2)}
+    fast, odd_fast = render._dumps(data), render._dumps(odd)
     assert json.loads(fast) == json.loads(json.dumps(data, default=str))
     assert json.loads(render._dumps([2**70])) == [2**70]  # beyond orjson: the stdlib writes it
     monkeypatch.setitem(sys.modules, "orjson", None)  # as if the `fast` extra were absent
     assert render._dumps(data) == json.dumps(data, indent=2, default=str).encode()
     assert json.loads(render._dumps(data)) == json.loads(fast)
+    for doc in (odd_fast, render._dumps(odd)):  # NaN and infinity are not JSON: null
+        assert json.loads(doc, parse_constant=pytest.fail) == {
+            "p50": None,
+            "rates": [None, 1.5],
+            "pair": [None, 2],
+        }
