@@ -91,13 +91,9 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> Callable[[], None] | N
             return None
     if argv[i : i + 1] == ["models"]:
         i += 1
-    command, args = (argv[i], argv[i + 1 :]) if i < len(argv) else ("", [])
-    call = _list_call(args) if command == "list" else None
-    if command == "get":
-        call = _get_call(args)
-    if call is None:
-        return None
-    return partial(_run, store, call)
+    build = _COMMANDS.get(argv[i]) if i < len(argv) else None
+    call = build(argv[i + 1 :]) if build else None
+    return partial(_run, store, call) if call else None
 
 
 def _run(store: str | None, call: Callable[[], None]) -> None:
@@ -136,3 +132,9 @@ def _get_call(args: list[str]) -> Callable[[], None] | None:
     if output is None:
         return None
     return partial(listing.show_version, positionals[0], output=output)
+
+
+_COMMANDS: dict[str, Callable[[list[str]], Callable[[], None] | None]] = {
+    "list": _list_call,
+    "get": _get_call,
+}
