@@ -47,6 +47,9 @@ if TYPE_CHECKING:
     from .manifest import Manifest
     from .model import ModelInfo
 
+# `.manifest` (and with it dataclasses and inspect, ~8 ms of start-up) is imported inside the
+# methods that read or write manifests: a `shelf list` answered from the index never needs it.
+
 LOCK_TIMEOUT = 60.0
 FOREIGN_STALE_SECONDS = 24 * 3600  # gc removes another host's staging after a day untouched
 
