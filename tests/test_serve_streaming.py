@@ -11,11 +11,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
 import textwrap
 import threading
 import time
@@ -25,6 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
+from servers import Server
 
 import torchshelf
 from torchshelf.errors import ShelfError
@@ -155,65 +151,17 @@ SERVICE_SOURCE = textwrap.dedent(
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Server:
-    """A `shelf serve` child process on a free port, ready once /readyz answers 200."""
-
-    def __init__(self, *targets: str, home: Path) -> None:
-        self.url = f"http://127.0.0.1:{_free_port()}"
-        port = self.url.rsplit(":", 1)[1]
-        self.log = (home / "server.log").open("w")
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "torchshelf",
-                "serve",
-                *targets,
-                "--port",
-                port,
-                "--threads",
-                "1",
-            ],
-            env={**os.environ, "TORCHSHELF_HOME": str(home)},
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 60
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the server exited {self.proc.returncode}")
-            try:
-                if httpx.get(self.url + "/readyz", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError("the server did not become ready")
-            time.sleep(0.1)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     root = tmp_path_factory.mktemp("streams")
     (root / "streams.py").write_text(SERVICE_SOURCE)
-    srv = Server(f"{root / 'streams.py'}:Streams", home=root)
+    srv = Server(
+        f"{root / 'streams.py'}:Streams",
+        "--threads",
+        "1",
+        env={"TORCHSHELF_HOME": str(root)},
+        log=root / "server.log",
+    )
     yield srv
     srv.stop()
 
@@ -680,7 +628,12 @@ def test_streams_of_several_served_targets(tmp_path: Path) -> None:
         )
     )
     srv = Server(
-        f"{tmp_path / 'streams.py'}:Streams", f"{tmp_path / 'letters.py'}:Letters", home=tmp_path
+        f"{tmp_path / 'streams.py'}:Streams",
+        f"{tmp_path / 'letters.py'}:Letters",
+        "--threads",
+        "1",
+        env={"TORCHSHELF_HOME": str(tmp_path)},
+        log=tmp_path / "server.log",
     )
     try:
         r = httpx.post(srv.url + "/models/Letters/spell", json={"word": "abc"}, timeout=30)
