@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -155,3 +156,32 @@ def retarget(members: list[Member], rel: str, data: bytes) -> list[Member]:
 
     out = rewrite_manifest(members, edit)
     return [(i, data if i.name.endswith("/" + rel) else d) for i, d in out]
+
+
+TMPFS_MIB = 48  # small enough to fill in a test, big enough for a store and a small model
+
+
+def mount_tmpfs(where: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("mounting a size-limited tmpfs needs root")
+    if shutil.which("mount") is None:
+        pytest.skip("no mount(8) here")
+    where.mkdir()
+    proc = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={TMPFS_MIB}m", "tmpfs", str(where)],
+        capture_output=True,
+        text=True,
+    )
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    """A fresh 48 MiB tmpfs (skips without root), unmounted after the test."""
+    where = tmp_path / "small-fs"
+    mount_tmpfs(where)
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)

@@ -16,13 +16,11 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from conftest import child_env, run_shelf
 
-TMPFS_MIB = 48
 BIG_MODEL = """
 import torch
 
@@ -39,32 +37,6 @@ class Small(torch.nn.Module):
     def forward(self, x):
         return self.lin(x)
 """
-
-
-def mount_tmpfs(where: Path) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("mounting a size-limited tmpfs needs root")
-    if shutil.which("mount") is None:
-        pytest.skip("no mount(8) here")
-    where.mkdir()
-    proc = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={TMPFS_MIB}m", "tmpfs", str(where)],
-        capture_output=True,
-        text=True,
-    )
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
-
-
-@pytest.fixture
-def small_fs(tmp_path: Path) -> Iterator[Path]:
-    """A fresh 48 MiB tmpfs, unmounted after the test."""
-    where = tmp_path / "small-fs"
-    mount_tmpfs(where)
-    try:
-        yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], check=False)
 
 
 @pytest.fixture

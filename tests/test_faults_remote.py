@@ -28,7 +28,6 @@ boto3 = pytest.importorskip("boto3")
 
 import s3_processes as sp  # noqa: E402
 from conftest import child_env  # noqa: E402
-from test_faults_disk import mount_tmpfs  # noqa: E402
 from test_remote import make_version  # noqa: E402
 
 from torchshelf import RemoteError, StoreFull  # noqa: E402
@@ -59,17 +58,6 @@ def bucket(moto_proc: sp.Process) -> str:
     name = f"faults-{secrets.token_hex(6)}"
     sp.create_bucket(f"http://127.0.0.1:{moto_proc.port}", name)
     return name
-
-
-@pytest.fixture
-def small_fs(tmp_path: Path) -> Iterator[Path]:
-    """A 48 MiB tmpfs (skips without root), unmounted after the test."""
-    where = tmp_path / "small-fs"
-    mount_tmpfs(where)
-    try:
-        yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], check=False)
 
 
 @pytest.fixture
