@@ -18,6 +18,11 @@ if TYPE_CHECKING:
     from torchshelf.remote import Remote, Transfer
 
 REMOTE_HELP = "Remote store s3://bucket/prefix; a bare --remote uses TORCHSHELF_REMOTE or [remote] url in shelf.toml."
+# `--remote [URL]` of list, get, label, push and pull (with `RemoteFlagCommand`: the URL is optional)
+RemoteOption = Annotated[
+    str | None,
+    typer.Option("--remote", metavar="[URL]", help=REMOTE_HELP, show_default=False),
+]
 
 
 class RemoteFlagCommand(TyperCommand):
@@ -77,10 +82,7 @@ def register(app: typer.Typer) -> None:
         tags: Annotated[
             list[str], typer.Argument(help="name, name:latest or name:version; repeatable.")
         ],
-        remote: Annotated[
-            str | None,
-            typer.Option("--remote", metavar="[URL]", help=REMOTE_HELP, show_default=False),
-        ] = None,
+        remote: RemoteOption = None,
     ) -> None:
         """Upload versions to the remote store (files first, manifest last); prints each tag."""
         import torchshelf
@@ -100,10 +102,7 @@ def register(app: typer.Typer) -> None:
         tags: Annotated[
             list[str], typer.Argument(help="name, name:latest or name:version; repeatable.")
         ],
-        remote: Annotated[
-            str | None,
-            typer.Option("--remote", metavar="[URL]", help=REMOTE_HELP, show_default=False),
-        ] = None,
+        remote: RemoteOption = None,
     ) -> None:
         """Download versions from the remote store, verifying every sha256; prints each tag."""
         from torchshelf.lifecycle import default_store

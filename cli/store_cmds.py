@@ -15,7 +15,7 @@ from typing import Annotated, Any
 import typer
 
 from .listing import list_versions, open_source, show_version
-from .remote_cmds import REMOTE_HELP, RemoteFlagCommand, open_remote
+from .remote_cmds import REMOTE_HELP, RemoteFlagCommand, RemoteOption, open_remote
 from .render import fail, human_size, stderr, stdout
 
 
@@ -204,10 +204,7 @@ def list_(
     output: Annotated[
         Output, typer.Option("--output", "-o", help="table, json or tags.")
     ] = Output.table,
-    remote: Annotated[
-        str | None,
-        typer.Option("--remote", metavar="[URL]", help=REMOTE_HELP, show_default=False),
-    ] = None,
+    remote: RemoteOption = None,
 ) -> None:
     """List stored versions, newest first (with --remote: the versions on the remote).
 
@@ -222,10 +219,7 @@ def get(
     output: Annotated[
         InfoOutput, typer.Option("--output", "-o", help="table or json.")
     ] = InfoOutput.table,
-    remote: Annotated[
-        str | None,
-        typer.Option("--remote", metavar="[URL]", help=REMOTE_HELP, show_default=False),
-    ] = None,
+    remote: RemoteOption = None,
 ) -> None:
     """Show one version's manifest: labels, metadata, signatures, files."""
     show_version(tag, output=output.value, remote=remote)
@@ -239,10 +233,7 @@ def label(
     remove: Annotated[
         list[str], typer.Option("--remove", "-r", help="Label key to remove; repeatable.")
     ] = [],  # noqa: B006
-    remote: Annotated[
-        str | None,
-        typer.Option("--remote", metavar="[URL]", help=REMOTE_HELP, show_default=False),
-    ] = None,
+    remote: RemoteOption = None,
 ) -> None:
     """Set or remove labels on one version (e.g. promote: stage=production)."""
     from torchshelf.errors import UsageError
