@@ -11,7 +11,9 @@ import json
 import sys
 from typing import TYPE_CHECKING
 
-from .render import human_size, print_columns, print_fields, print_json
+from torchshelf.diskspace import human_size
+
+from .render import print_columns, print_fields, print_json
 
 if TYPE_CHECKING:
     from torchshelf.records import ModelStore

@@ -12,7 +12,9 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from typer.core import TyperCommand
 
-from .render import human_size, stderr, stdout
+from torchshelf.diskspace import human_size
+
+from .render import stderr, stdout
 
 if TYPE_CHECKING:
     from torchshelf.remote import Remote, Transfer

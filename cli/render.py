@@ -43,16 +43,6 @@ stdout = LazyConsole(stderr=False)
 stderr = LazyConsole(stderr=True)
 
 
-def human_size(size: int) -> str:
-    """Bytes as people read them: 512 B, 1.5 KiB, 3.2 GiB."""
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{size} B"
-
-
 def fail(exc: BaseException, code: int | None = None) -> NoReturn:
     """Print `error: ...` on stderr and exit with the error's exit code (1 by default)."""
     from rich.markup import escape

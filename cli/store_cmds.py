@@ -14,9 +14,11 @@ from typing import Annotated, Any
 
 import typer
 
+from torchshelf.diskspace import human_size
+
 from .listing import list_versions, open_source, show_version
 from .remote_cmds import REMOTE_HELP, RemoteFlagCommand, RemoteOption, open_remote
-from .render import fail, human_size, stderr, stdout
+from .render import fail, stderr, stdout
 
 
 class Output(str, Enum):

@@ -47,6 +47,7 @@ def free_bytes(root: Path) -> int:
 
 
 def human_size(size: int) -> str:
+    """Bytes as people read them: 512 B, 1.5 KiB, 3.2 GiB (messages and `shelf list`)."""
     value = float(size)
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if value < 1024 or unit == "TiB":
